@@ -1,0 +1,3 @@
+"""The built-in plugins, registered directly by the registry (as tox registers its own)."""
+
+DEFAULT_PLUGINS: tuple[str, ...] = ()

@@ -1,0 +1,48 @@
+"""The ipd plugin system: hookspecs, the registry, component protocols and configs."""
+
+from registry.config import KINDS, ComponentConfig, config_hash
+from registry.hookspecs import hookimpl, hookspec
+from registry.manager import (
+    PluginRegistry,
+    Registration,
+    config_class,
+    create,
+    get_registry,
+    names,
+)
+from registry.protocols import (
+    Actor,
+    BuildContext,
+    Logger,
+    PlanningContext,
+    Planner,
+    SequencePolicy,
+    UncertaintyMetric,
+    ValueLearner,
+    WorldModel,
+    WorldModelStep,
+)
+
+__all__ = [
+    "KINDS",
+    "Actor",
+    "BuildContext",
+    "ComponentConfig",
+    "Logger",
+    "PlanningContext",
+    "Planner",
+    "PluginRegistry",
+    "Registration",
+    "SequencePolicy",
+    "UncertaintyMetric",
+    "ValueLearner",
+    "WorldModel",
+    "WorldModelStep",
+    "config_class",
+    "config_hash",
+    "create",
+    "get_registry",
+    "hookimpl",
+    "hookspec",
+    "names",
+]

@@ -1,0 +1,142 @@
+"""Component configs: one dataclass per plugin, with the paper's defaults (d3rlpy style).
+
+A config is a plain dataclass whose fields are the plugin's hyperparameters. It knows its
+component ``kind`` and registry ``name``, serialises to and from plain dicts (so a run can be
+written down as TOML/YAML and replayed), and ``create()``\\ s the component.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from registry.protocols import BuildContext
+
+__all__ = ["ComponentConfig", "config_hash", "KINDS", "coerce_value"]
+
+#: The component kinds, in pipeline order.
+KINDS: tuple[str, ...] = ("value", "world_model", "uncertainty", "planner", "policy")
+
+
+@dataclasses.dataclass
+class ComponentConfig(ABC):
+    """Base of every plugin config.
+
+    Subclasses are ``@dataclass`` es that set the class variables ``kind`` (one of
+    :data:`KINDS`) and ``name`` (the registry key used in the CLI and in run files), and
+    implement :meth:`create`.
+    """
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+
+    @abstractmethod
+    def create(self, ctx: BuildContext) -> Any:
+        """Build the component for the spaces and device described by ``ctx``."""
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain Python values (JSON/TOML friendly)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None = None) -> ComponentConfig:
+        """Build a config from ``values``; unknown keys fail with the list of valid ones."""
+        values = dict(values or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"{cls.kind} '{cls.name}' has no option(s) {', '.join(unknown)}; "
+                f"valid options: {', '.join(sorted(fields)) or '(none)'}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: coerce_value(v, hints[k], f"{cls.kind}.{k}") for k, v in values.items()}
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> ComponentConfig:
+        """A copy with ``changes`` applied (validated like :meth:`from_dict`)."""
+        merged = self.to_dict()
+        merged.update(changes)
+        return type(self).from_dict(merged)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def coerce_value(value: Any, hint: Any, label: str) -> Any:
+    """Convert ``value`` (possibly a string from ``--set k=v``) to the type ``hint``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce_value(value, arg, label)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(f"{label}: cannot read {value!r} as {hint}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        inner = args[0] if args else Any
+        items = [coerce_value(v, inner, label) for v in value]
+        return tuple(items) if origin is tuple else items
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"{label}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{label}: expected an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            number = float(value)  # accepts "100000" and "1e5"
+            if not number.is_integer():
+                raise ValueError(f"{label}: expected an integer, got {value!r}")
+            return int(number)
+        if isinstance(value, int):
+            return value
+        raise ValueError(f"{label}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{label}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{label}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def config_hash(*parts: Any) -> str:
+    """A short stable hash of configs (via :meth:`ComponentConfig.to_dict`) and plain values."""
+
+    def norm(p: Any) -> Any:
+        if isinstance(p, ComponentConfig):
+            return {"kind": p.kind, "name": p.name, "config": p.to_dict()}
+        return p
+
+    blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
