@@ -1,0 +1,43 @@
+"""The ``ipd`` command line (click)."""
+
+from __future__ import annotations
+
+import click
+
+from ipd_plugins import __version__
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ipd")
+def main() -> None:
+    """ipd: Imaginary Planning Distillation for offline RL, built from swappable plugins.
+
+    Components of five kinds (value, world_model, uncertainty, planner, policy) are pluggy
+    plugins; `ipd plugins` lists them.
+    """
+
+
+@main.command()
+def plugins() -> None:
+    """List every registered component: kind, name and where it comes from."""
+    from registry import KINDS, get_registry
+
+    reg = get_registry()
+    for kind in KINDS:
+        click.secho(kind, bold=True)
+        rows = reg.registrations(kind)
+        if not rows:
+            click.echo("  (none)")
+        for r in rows:
+            doc = (r.config_cls.__doc__ or "").strip().splitlines()
+            click.echo(f"  {r.name:<16} {r.source:<24} {doc[0] if doc else ''}")
+
+
+@main.group()
+def data() -> None:
+    """Trajectory datasets: inspect, make and list them."""
+
+
+# -- data subcommands (one line per command module) ---------------------------------------
