@@ -13,11 +13,20 @@ import json
 import types
 import typing
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from registry.protocols import BuildContext
 
-__all__ = ["ComponentConfig", "config_hash", "KINDS", "coerce_value"]
+__all__ = [
+    "ComponentConfig",
+    "config_hash",
+    "KINDS",
+    "coerce_value",
+    "dataclass_from_dict",
+    "dataclass_to_dict",
+]
+
+T = TypeVar("T")
 
 #: The component kinds, in pipeline order.
 KINDS: tuple[str, ...] = ("value", "world_model", "uncertainty", "planner", "policy")
@@ -42,28 +51,41 @@ class ComponentConfig(ABC):
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain Python values (JSON/TOML friendly)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None = None) -> ComponentConfig:
         """Build a config from ``values``; unknown keys fail with the list of valid ones."""
-        values = dict(values or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ValueError(
-                f"{cls.kind} '{cls.name}' has no option(s) {', '.join(unknown)}; "
-                f"valid options: {', '.join(sorted(fields)) or '(none)'}"
-            )
-        hints = typing.get_type_hints(cls)
-        kwargs = {k: coerce_value(v, hints[k], f"{cls.kind}.{k}") for k, v in values.items()}
-        return cls(**kwargs)
+        return dataclass_from_dict(cls, values, f"{cls.kind} '{cls.name}'")
 
     def replace(self, **changes: Any) -> ComponentConfig:
         """A copy with ``changes`` applied (validated like :meth:`from_dict`)."""
         merged = self.to_dict()
         merged.update(changes)
         return type(self).from_dict(merged)
+
+
+def dataclass_from_dict(cls: type[T], values: dict[str, Any] | None, label: str) -> T:
+    """Build dataclass ``cls`` from plain ``values`` (strings from the CLI are coerced).
+
+    Unknown keys fail with the list of valid ones; ``label`` names the thing in messages.
+    """
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{label} has no option(s) {', '.join(unknown)}; "
+            f"valid options: {', '.join(sorted(fields)) or '(none)'}"
+        )
+    hints = typing.get_type_hints(cls)
+    prefix = label.split()[0]
+    return cls(**{k: coerce_value(v, hints[k], f"{prefix}.{k}") for k, v in values.items()})
+
+
+def dataclass_to_dict(obj: Any) -> dict[str, Any]:
+    """The fields of a dataclass instance as plain values."""
+    return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Planners: choose actions for imagined states (paper sec. 3.3, eq. 25)."""
