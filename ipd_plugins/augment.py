@@ -60,6 +60,7 @@ class AugmentConfig:
     chunk_size: int = 4096  # states per batched chunk; larger is faster until memory runs out
     calibration_pairs: int = 50_000  # dataset (s, a) pairs used to choose kappa
     require_improvement: bool = False  # keep only states with R_imagine > R_real (paper: off)
+    max_episodes: int | None = None  # augment a random subset of episodes (CPU budget); None: all
 
     def __post_init__(self) -> None:
         if self.n_aug < 0:
@@ -206,6 +207,12 @@ def augment(
     gen = torch.Generator(device=device).manual_seed(seed)
     report: dict[str, Any] = {"kappa": float(kappa)}
     cand, cand_ep = candidate_states(dataset.episode_lengths, cfg.context, cfg.horizon)
+    if cfg.max_episodes is not None and cfg.max_episodes < dataset.n_episodes:
+        rng = np.random.default_rng(seed)
+        keep = rng.choice(dataset.n_episodes, cfg.max_episodes, replace=False)
+        mask = np.isin(cand_ep, keep)
+        cand, cand_ep = cand[mask], cand_ep[mask]
+        report["episodes_considered"] = int(cfg.max_episodes)
     report["candidates"] = int(len(cand))
     if cfg.n_aug == 0 or len(cand) == 0:
         report.update(selected=0, imagined_steps_kept=0)
@@ -219,8 +226,12 @@ def augment(
         for lo in tqdm(chunks, desc="identify", disable=not progress, leave=False):
             rows = cand[lo : lo + cfg.chunk_size]
             r_im = _imagine_policy_returns(
-                _t(dataset.observations[rows], device), value, world_model,
-                cfg.horizon, cfg.gamma, gen,
+                _t(dataset.observations[rows], device),
+                value,
+                world_model,
+                cfg.horizon,
+                cfg.gamma,
+                gen,
             )
             n = np.full(len(rows), cfg.horizon)
             r_real = _real_returns(dataset, rows, n, value, cfg.gamma, device)
@@ -249,7 +260,9 @@ def augment(
             range(0, len(sel), cfg.chunk_size), desc="imagine", disable=not progress, leave=False
         )
     ]
-    roll = {k: np.concatenate([p[k] for p in parts], axis=1 if k != "n_kept" else 0) for k in parts[0]}
+    roll = {
+        k: np.concatenate([p[k] for p in parts], axis=1 if k != "n_kept" else 0) for k in parts[0]
+    }
     report["rollout_seconds"] = time.perf_counter() - t0
     n_kept = roll["n_kept"]
     report["imagined_steps_kept"] = int(n_kept.sum())

@@ -1,3 +1,11 @@
 """The built-in plugins, registered directly by the registry (as tox registers its own)."""
 
-DEFAULT_PLUGINS: tuple[str, ...] = ()
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "ipd_plugins.planners.mpc",
+    "ipd_plugins.planners.greedy",
+    "ipd_plugins.policies.ipd_dt",
+    "ipd_plugins.policies.dt",
+    "ipd_plugins.world_models.pe",
+    "ipd_plugins.uncertainty.gjs",
+    "ipd_plugins.uncertainty.alternatives",
+)

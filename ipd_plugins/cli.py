@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ipd_plugins import __version__
+from ipd_plugins.run_cli import eval_run, run
 
 __all__ = ["main"]
 
@@ -35,9 +36,16 @@ def plugins() -> None:
             click.echo(f"  {r.name:<16} {r.source:<24} {doc[0] if doc else ''}")
 
 
+main.add_command(run)
+main.add_command(eval_run)
+
+
 @main.group()
 def data() -> None:
     """Trajectory datasets: inspect, make and list them."""
 
 
 # -- data subcommands (one line per command module) ---------------------------------------
+from ipd_plugins.data.commands import info  # noqa: E402
+
+data.add_command(info)

@@ -158,6 +158,8 @@ def config_hash(*parts: Any) -> str:
     def norm(p: Any) -> Any:
         if isinstance(p, ComponentConfig):
             return {"kind": p.kind, "name": p.name, "config": p.to_dict()}
+        if dataclasses.is_dataclass(p) and not isinstance(p, type):
+            return {"type": type(p).__name__, "config": dataclass_to_dict(p)}
         return p
 
     blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)

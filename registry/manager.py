@@ -165,5 +165,3 @@ def names(kind: str) -> list[str]:
 
 def config_class(kind: str, name: str) -> type[ComponentConfig]:
     return get_registry().config_class(kind, name)
-
-

@@ -32,8 +32,13 @@ class ExactModel:
     def step(self, obs, act, generator=None):
         nxt = (obs + act).clamp(-5, 5)
         var = obs.abs().expand(3, *obs.shape).clone() + 1e-3
-        return WorldModelStep(nxt, -(nxt[:, 0] ** 2), torch.zeros(len(obs), dtype=torch.bool),
-                              nxt.expand(3, *nxt.shape), var)
+        return WorldModelStep(
+            nxt,
+            -(nxt[:, 0] ** 2),
+            torch.zeros(len(obs), dtype=torch.bool),
+            nxt.expand(3, *nxt.shape),
+            var,
+        )
 
 
 class FakeValue:
@@ -72,9 +77,18 @@ def _dataset(n_episodes=6, length=40, seed=0) -> TrajectoryDataset:
             a = rng.uniform(-1, 1, size=1)
             s = np.clip(s + a, -5, 5)
             obs.append(s), acts.append(a), rews.append(-(s[0] ** 2))
-        eps.append(dict(observations=np.array(obs), actions=np.array(acts), rewards=np.array(rews),
-                        terminations=np.zeros(length), truncations=np.eye(length)[-1]))
-    return TrajectoryDataset.from_episodes(eps, action_low=np.array([-1.0]), action_high=np.array([1.0]))
+        eps.append(
+            dict(
+                observations=np.array(obs),
+                actions=np.array(acts),
+                rewards=np.array(rews),
+                terminations=np.zeros(length),
+                truncations=np.eye(length)[-1],
+            )
+        )
+    return TrajectoryDataset.from_episodes(
+        eps, action_low=np.array([-1.0]), action_high=np.array([1.0])
+    )
 
 
 def _true_return(s0, actions, gamma):
@@ -116,8 +130,17 @@ def test_discounted_return_matches_loop():
 
 def _run(planner_cfg, ds, kappa=1e9, n_aug=1.0, seed=0):
     torch.manual_seed(seed)
-    return augment(ds, FakeValue(), ExactModel(), VarUncertainty(), planner_cfg.create(CTX), kappa,
-                   AugmentConfig(n_aug=n_aug, horizon=5, context=3), seed=seed, progress=False)
+    return augment(
+        ds,
+        FakeValue(),
+        ExactModel(),
+        VarUncertainty(),
+        planner_cfg.create(CTX),
+        kappa,
+        AugmentConfig(n_aug=n_aug, horizon=5, context=3),
+        seed=seed,
+        progress=False,
+    )
 
 
 def test_augment_structure_and_provenance():
@@ -178,12 +201,25 @@ def test_termination_ends_rollouts_and_no_bootstrap():
     class Falls(ExactModel):
         def step(self, obs, act, generator=None):
             out = super().step(obs, act)
-            return WorldModelStep(out.next_obs, out.reward, torch.ones(len(obs), dtype=torch.bool),
-                                  out.member_mean, out.member_var)
+            return WorldModelStep(
+                out.next_obs,
+                out.reward,
+                torch.ones(len(obs), dtype=torch.bool),
+                out.member_mean,
+                out.member_var,
+            )
 
     ds = _dataset()
-    res = augment(ds, FakeValue(), Falls(), VarUncertainty(), GreedyConfig().create(CTX), 1e9,
-                  AugmentConfig(horizon=5, context=3), progress=False)
+    res = augment(
+        ds,
+        FakeValue(),
+        Falls(),
+        VarUncertainty(),
+        GreedyConfig().create(CTX),
+        1e9,
+        AugmentConfig(horizon=5, context=3),
+        progress=False,
+    )
     assert res.report["ended_by_termination"] == res.report["selected"]
     assert (res.segments.episode_lengths == 4).all()  # 3 real + 1 imagined terminal step
     assert res.segments.terminations.sum() == res.segments.n_episodes

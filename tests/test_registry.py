@@ -94,7 +94,9 @@ def test_wrong_kind_and_non_config_are_refused():
 
 
 def test_config_round_trip_and_coercion():
-    cfg = _PlannerA.from_dict({"horizon": "1e1", "gamma": "0.5", "use_v": "false", "widths": "64,32"})
+    cfg = _PlannerA.from_dict(
+        {"horizon": "1e1", "gamma": "0.5", "use_v": "false", "widths": "64,32"}
+    )
     assert (cfg.horizon, cfg.gamma, cfg.use_v, cfg.widths) == (10, 0.5, False, (64, 32))
     assert _PlannerA.from_dict(cfg.to_dict()) == cfg
     assert _PlannerA.from_dict({"kappa": "none"}).kappa is None
@@ -163,8 +165,16 @@ def installed_example(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-            "--no-build-isolation", "--target", str(target), str(ROOT / "examples/random_planner"),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT / "examples/random_planner"),
         ],
         check=True,
     )
@@ -191,7 +201,9 @@ def test_ipd_plugins_cli_lists_builtins_and_example(installed_example):
     out = subprocess.run(
         [sys.executable, "-c", "from ipd_plugins.cli import main; main()", "plugins"],
         env={**__import__("os").environ, "PYTHONPATH": env_path},
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert re.search(r"^\s+random\s+ipd-random-planner 0.1.0", out, re.M), out
     assert re.search(r"^\s+qov\s+built-in", out, re.M), out

@@ -38,9 +38,7 @@ class RandomPlanner:
 
     def plan(self, obs: torch.Tensor, ctx: PlanningContext) -> torch.Tensor:
         """(B,O) -> (B,A) uniform actions; ignores the models."""
-        u = torch.rand(
-            obs.shape[0], self.low.shape[0], generator=self.generator, device=obs.device
-        )
+        u = torch.rand(obs.shape[0], self.low.shape[0], generator=self.generator, device=obs.device)
         return self.low + u * (self.high - self.low)
 
 

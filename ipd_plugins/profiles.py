@@ -1,0 +1,47 @@
+"""Run profiles: step counts and sizes for a demo, a CPU run and the paper's GPU run.
+
+A profile is a set of overrides applied over the paper's defaults (each component config's
+own defaults) before the user's ``--config`` file and ``--set`` options. An override is applied
+only to components whose config has that field, so a third-party component without, say,
+``n_steps`` simply keeps its own defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PROFILES", "DEFAULT_DATASET"]
+
+#: The dataset each profile runs on when ``--dataset`` is not given (made if missing).
+DEFAULT_DATASET: dict[str, str] = {
+    "quick": "pendulum-medium-replay",
+    "default": "hopper-medium",
+    "paper": "hopper-medium",
+}
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    # A demo of every stage in a few minutes on 2 CPU cores: small networks, few steps.
+    "quick": {
+        "run": {"eval_episodes": 5},
+        "value": {"n_steps": 3_000, "hidden": 128},
+        "world_model": {"n_steps": 2_000, "hidden": 128, "n_layers": 2, "holdout_fraction": 0.1},
+        "augment": {"n_aug": 1.0, "calibration_pairs": 5_000},
+        "policy": {"n_steps": 600, "n_layers": 2, "embed_dim": 64, "n_heads": 2, "batch_size": 32},
+    },
+    # hopper-medium with a real result in about 30 minutes on 2 CPU cores.
+    "default": {
+        "run": {"eval_episodes": 10},
+        "value": {"n_steps": 30_000},
+        "world_model": {"n_steps": 15_000},
+        "augment": {"n_aug": 1.0, "max_episodes": 200},
+        "policy": {"n_steps": 6_000, "n_layers": 3, "embed_dim": 128, "batch_size": 64},
+    },
+    # The paper's step counts and sizes (table 2-4): GPU work.
+    "paper": {
+        "run": {"eval_episodes": 10},
+        "value": {"n_steps": 1_000_000},
+        "world_model": {"n_steps": 100_000},
+        "augment": {"n_aug": 1.0},
+        "policy": {"n_steps": 100_000},
+    },
+}
