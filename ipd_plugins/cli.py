@@ -49,3 +49,7 @@ def data() -> None:
 from ipd_plugins.data.commands import info  # noqa: E402
 
 data.add_command(info)
+from ipd_plugins.data.make import list_datasets, make  # noqa: E402
+
+data.add_command(make)
+data.add_command(list_datasets)
