@@ -186,10 +186,10 @@ class TrajectoryDataset:
         return cls(
             observations=np.ascontiguousarray(arrays["observations"], np.float32),
             actions=_2d(np.ascontiguousarray(arrays["actions"], np.float32)),
-            rewards=np.ascontiguousarray(arrays["rewards"], np.float32).reshape(-1),
+            rewards=_1d(np.ascontiguousarray(arrays["rewards"], np.float32)),
             next_observations=np.ascontiguousarray(arrays["next_observations"], np.float32),
-            terminations=np.asarray(arrays["terminations"]).astype(bool).reshape(-1),
-            truncations=np.asarray(arrays["truncations"]).astype(bool).reshape(-1),
+            terminations=_1d(np.asarray(arrays["terminations"]).astype(bool)),
+            truncations=_1d(np.asarray(arrays["truncations"]).astype(bool)),
             episode_lengths=np.asarray(episode_lengths, np.int64),
             **meta,
         )
@@ -282,3 +282,8 @@ class TrajectoryDataset:
 
 def _2d(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, 1) if a.ndim == 1 else a
+
+
+def _1d(a: np.ndarray) -> np.ndarray:
+    """(N, 1) -> (N,); any other shape is left for validation to report (no silent reshape)."""
+    return a.reshape(-1) if a.ndim == 2 and a.shape[1] == 1 else a

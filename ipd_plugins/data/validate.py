@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Container, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -9,11 +12,17 @@ import numpy as np
 if TYPE_CHECKING:
     from ipd_plugins.data.dataset import TrajectoryDataset
 
-__all__ = ["validate_dataset", "check_action_bounds"]
+__all__ = [
+    "validate_dataset",
+    "check_action_bounds",
+    "enforce_action_bounds",
+    "require_keys",
+    "named_source",
+]
 
 
 def validate_dataset(ds: TrajectoryDataset) -> None:
-    """Raise :class:`DatasetError` naming the field on NaN/inf, wrong ranks, bad lengths, empty data."""
+    """Raise :class:`DatasetError` naming the field: NaN/inf, ranks, lengths, empty data, bounds."""
     from ipd_plugins.data.dataset import DatasetError
 
     n = ds.actions.shape[0] if ds.actions.ndim >= 1 else 0
@@ -59,7 +68,9 @@ def validate_dataset(ds: TrajectoryDataset) -> None:
     for key in ("action_low", "action_high"):
         arr = getattr(ds, key)
         if arr is not None and np.shape(arr) != (ds.actions.shape[1],):
-            raise DatasetError(f"{key}: expected shape ({ds.actions.shape[1]},), got {np.shape(arr)}")
+            raise DatasetError(
+                f"{key}: expected shape ({ds.actions.shape[1]},), got {np.shape(arr)}"
+            )
     if ds.action_low is not None and ds.action_high is not None:
         check_action_bounds(ds.actions, ds.action_low, ds.action_high)
 
@@ -80,3 +91,70 @@ def check_action_bounds(
             f"[{np.min(low):g}, {np.max(high):g}]; first at step {step}, dim {dim} "
             f"(value {actions[step, dim]:g}). Pass clip_actions=True (--clip-actions) to clip them."
         )
+
+
+def enforce_action_bounds(
+    actions: np.ndarray,
+    low: np.ndarray | None,
+    high: np.ndarray | None,
+    *,
+    clip_actions: bool = False,
+    source: str = "dataset",
+    tolerance: float = 1e-5,
+) -> tuple[np.ndarray, int]:
+    """Check (default) or clip (``clip_actions=True``) actions against the declared space.
+
+    Returns ``(actions, n_clipped_steps)``. Clipping is never silent: it warns with the number
+    of steps changed. Without bounds the actions pass through unchanged. Errors name ``source``.
+    """
+    from ipd_plugins.data.dataset import DatasetError
+
+    if low is None or high is None:
+        return actions, 0
+    actions = np.asarray(actions)
+    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+    if actions.ndim != 2 or actions.shape[1:] != low.shape or low.shape != high.shape:
+        raise DatasetError(
+            f"{source}: actions have shape {actions.shape} but the action space has shape "
+            f"{low.shape}"
+        )
+    if not clip_actions:
+        try:
+            check_action_bounds(actions, low, high, tolerance)
+        except DatasetError as err:
+            raise DatasetError(f"{source}: {err}") from None
+        return actions, 0
+    outside = ((actions < low - tolerance) | (actions > high + tolerance)).any(1)
+    n = int(outside.sum())
+    if n:
+        warnings.warn(
+            f"{source}: clipped {n} of {len(actions)} step(s) whose actions left the action "
+            f"space [{np.min(low):g}, {np.max(high):g}] (clip_actions=True)",
+            stacklevel=2,
+        )
+    return np.clip(actions, low, high).astype(actions.dtype, copy=False), n
+
+
+def require_keys(present: Container[str], needed: Iterable[str], source: str, layout: str) -> None:
+    """Fail naming the first key of ``needed`` missing from ``present`` and the file."""
+    from ipd_plugins.data.dataset import DatasetError
+
+    needed = list(needed)
+    for key in needed:
+        if key not in present:
+            raise DatasetError(
+                f"{source}: missing key '{key}' ({layout} needs {', '.join(needed)})"
+            )
+
+
+@contextlib.contextmanager
+def named_source(source: str) -> Iterator[None]:
+    """Prefix a :class:`DatasetError` raised inside with the file or id it came from."""
+    from ipd_plugins.data.dataset import DatasetError
+
+    try:
+        yield
+    except DatasetError as err:
+        if str(err).startswith(source):
+            raise
+        raise DatasetError(f"{source}: {err}") from None

@@ -1,0 +1,63 @@
+"""Shared fixtures (keep small; append new fixtures at the end)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def minari_store(tmp_path, monkeypatch):
+    """An empty local Minari store in a temp folder (``MINARI_DATASETS_PATH``)."""
+    store = tmp_path / "minari"
+    store.mkdir()
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))
+    return store
+
+
+def _make_episodes(
+    lengths=(5, 3, 4),
+    obs_dim=3,
+    act_dim=1,
+    act_bound=2.0,
+    ends=("term", "trunc", "trunc"),
+    seed=0,
+):
+    """Per-episode dicts (Minari layout, T+1 observations). Episode i's observations are
+    offset by 100 i, so a step borrowed from a neighbouring episode is easy to spot."""
+    rng = np.random.default_rng(seed)
+    eps = []
+    for i, (t, end) in enumerate(zip(lengths, ends, strict=True)):
+        last = np.zeros(t, bool)
+        last[-1] = True
+        eps.append(
+            dict(
+                observations=(rng.normal(size=(t + 1, obs_dim)) + 100 * i).astype(np.float32),
+                actions=rng.uniform(-act_bound, act_bound, (t, act_dim)).astype(np.float32),
+                rewards=rng.normal(size=t).astype(np.float32),
+                terminations=last & (end == "term"),
+                truncations=last & (end == "trunc"),
+            )
+        )
+    return eps
+
+
+@pytest.fixture
+def make_episodes():
+    """The episode factory above: ``make_episodes(lengths=..., ends=..., ...)``."""
+    return _make_episodes
+
+
+@pytest.fixture
+def toy_dataset():
+    """A 3-episode Pendulum-v1-shaped dataset (terminated, truncated, truncated)."""
+    from ipd_plugins.data import TrajectoryDataset
+
+    bound = np.array([2.0], np.float32)
+    return TrajectoryDataset.from_episodes(
+        _make_episodes(),
+        env_id="Pendulum-v1",
+        name="toy",
+        action_low=-bound,
+        action_high=bound,
+    )
