@@ -1,6 +1,7 @@
 """The built-in plugins, registered directly by the registry (as tox registers its own)."""
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "ipd_plugins.value.qov",
     "ipd_plugins.planners.mpc",
     "ipd_plugins.planners.greedy",
     "ipd_plugins.policies.ipd_dt",
