@@ -2,6 +2,7 @@
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "ipd_plugins.value.qov",
+    "ipd_plugins.value.d3rlpy_iql",
     "ipd_plugins.planners.mpc",
     "ipd_plugins.planners.greedy",
     "ipd_plugins.policies.ipd_dt",

@@ -1,0 +1,355 @@
+"""What ``ipd-dt`` and ``dt`` share: the config fields, the training loop and the rolling actor.
+
+The two plugins differ only in the conditioning scalar ``c_t`` (V(s_t) vs return-to-go) and in
+the loss (eq. 26 vs plain MSE); everything else (network, sampling, optimiser, checkpoints,
+acting with a rolling context over B environments) lives here.
+
+Optimiser: AdamW (weight decay 1e-4 on all weights) with a linear warm-up of the learning rate
+over ``warmup_steps`` and then a constant rate, and gradient-norm clipping: the recipe of the
+Decision Transformer reference code (the paper says only "Adam, 3e-4").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ipd_plugins.nn import Normalizer
+from ipd_plugins.policies.gpt import TOKEN_LAYOUTS, DecisionModel
+from ipd_plugins.policies.sequence_data import SequenceSampler
+from ipd_plugins.training import Checkpointer, atomic_save, safe_load
+from registry.config import ComponentConfig
+from registry.protocols import BuildContext, Logger, ValueLearner
+
+if TYPE_CHECKING:
+    from ipd_plugins.data.dataset import TrajectoryDataset
+
+__all__ = [
+    "SequencePolicyConfig",
+    "PolicyNet",
+    "SequencePolicyBase",
+    "SequenceActor",
+    "TrainState",
+    "masked_mse",
+]
+
+
+@dataclasses.dataclass
+class SequencePolicyConfig(ComponentConfig):
+    """Fields shared by the sequence policies (paper table 4 for the network).
+
+    Args:
+        context (int): K, the number of timesteps in the window (table 4: 20).
+        n_layer (int): transformer blocks (table 4: 4).
+        n_embd (int): embedding width (table 4: 256).
+        n_head (int): attention heads (table 4: 4).
+        dropout (float): dropout everywhere in the transformer (table 4: 0.01).
+        token_layout (str): "vsa" (paper: 3 tokens per step) or "sa" (V in the state token).
+        autocast_bf16 (bool): run the forward pass under bfloat16 autocast.
+    """
+
+    # timesteps per window (K); longer sees more history, costs ~linearly more
+    context: int = 20
+    # transformer depth; fewer layers train faster, may underfit
+    n_layer: int = 4
+    # embedding width; the main cost knob on CPU (compute ~ width^2)
+    n_embd: int = 256
+    # attention heads; must divide n_embd
+    n_head: int = 4
+    # dropout in attention, residuals and embeddings; raise on small datasets
+    dropout: float = 0.01
+    # "vsa": (c_t, s_t, a_t) tokens, the paper; "sa": c_t folded into the state token
+    # (2/3 of the tokens: about 1.4x faster on CPU)
+    token_layout: str = "vsa"
+    # bfloat16 autocast for the transformer (weights and optimiser stay fp32); faster on CPUs
+    # with AVX-512 bf16 and on GPUs, slightly noisier
+    autocast_bf16: bool = False
+    # AdamW learning rate (paper: 3e-4)
+    learning_rate: float = 3e-4
+    # AdamW weight decay
+    weight_decay: float = 1e-4
+    # linear learning-rate warm-up steps, then constant
+    warmup_steps: int = 1000
+    # gradient-norm clip (DT's 0.25); lower is more stable, slower
+    grad_clip: float = 0.25
+    # windows per minibatch
+    batch_size: int = 64
+    # gradient steps (DT/QT reference: 100k; CPU profiles lower it)
+    n_steps: int = 100_000
+    # periodic resumable checkpoint every this many steps (when fit gets a work_dir)
+    checkpoint_every: int = 1000
+    # report to `log` every this many steps
+    log_every: int = 100
+
+    def validate(self) -> None:
+        if self.token_layout not in TOKEN_LAYOUTS:
+            raise ValueError(
+                f"{self.kind} '{self.name}': token_layout must be one of "
+                f"{sorted(TOKEN_LAYOUTS)}, got {self.token_layout!r}"
+            )
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"{self.kind} '{self.name}': n_embd={self.n_embd} must be divisible by "
+                f"n_head={self.n_head}"
+            )
+        for key in ("context", "n_layer", "n_embd", "n_head", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{self.kind} '{self.name}': {key} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{self.kind} '{self.name}': dropout must be in [0, 1)")
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the valid steps: (B,T,A), (B,T,A), (B,T) -> scalar."""
+    m = mask.to(pred.dtype)
+    per_step = ((pred - target) ** 2).mean(-1)  # (B, T)
+    return (per_step * m).sum() / m.sum().clamp_min(1.0)
+
+
+class PolicyNet(nn.Module):
+    """The decision model plus the statistics it was trained with (all saved together)."""
+
+    def __init__(self, cfg: SequencePolicyConfig, ctx: BuildContext):
+        super().__init__()
+        self.model = DecisionModel(
+            ctx.obs_dim,
+            ctx.act_dim,
+            torch.tensor(ctx.act_low),
+            torch.tensor(ctx.act_high),
+            context=cfg.context,
+            n_layer=cfg.n_layer,
+            n_embd=cfg.n_embd,
+            n_head=cfg.n_head,
+            dropout=cfg.dropout,
+            token_layout=cfg.token_layout,
+        )
+        self.obs_norm = Normalizer(ctx.obs_dim)
+        # conditioning token = (raw - cond_shift) / cond_scale
+        self.register_buffer("cond_shift", torch.zeros(()))
+        self.register_buffer("cond_scale", torch.ones(()))
+
+    def forward(self, obs, act, cond, mask):  # raw obs (B,T,O); cond already scaled (B,T)
+        obs_n = self.obs_norm(obs) * mask.unsqueeze(-1)  # padding stays exactly zero
+        return self.model(obs_n, act, cond, mask)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything one training run steps: sampler, parameters, optimiser, schedule, RNG."""
+
+    sampler: SequenceSampler
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+
+
+class SequencePolicyBase:
+    """Training and acting for a :class:`PolicyNet`; subclasses define the conditioning/loss."""
+
+    cfg: SequencePolicyConfig
+
+    def __init__(self, cfg: SequencePolicyConfig, ctx: BuildContext):
+        cfg.validate()
+        self.cfg, self.ctx, self.device = cfg, ctx, ctx.device
+        torch.manual_seed(ctx.seed)  # weight init is a function of the seed
+        self.net = PolicyNet(cfg, ctx).to(self.device)
+
+    # -- what subclasses define --------------------------------------------------------------
+    def raw_conditioning(
+        self, dataset: TrajectoryDataset, value: ValueLearner | None
+    ) -> np.ndarray:
+        """(N,) the conditioning scalar of every dataset step, before scaling."""
+        raise NotImplementedError
+
+    def conditioning_stats(self, raw: np.ndarray) -> tuple[float, float]:
+        """(shift, scale) so that the token is (raw - shift) / scale."""
+        raise NotImplementedError
+
+    def loss(
+        self, pred: torch.Tensor, batch: dict[str, torch.Tensor], value: ValueLearner | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """pred (B,T,A) -> the scalar training loss and numbers to log."""
+        raise NotImplementedError
+
+    # -- training -----------------------------------------------------------------------------
+    def autocast(self):
+        device_type = torch.device(self.device).type
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16)
+
+    def fit(
+        self,
+        dataset: TrajectoryDataset,
+        value: ValueLearner | None,
+        work_dir: Path | None = None,
+        log: Logger | None = None,
+    ) -> dict[str, float]:
+        """Train for ``cfg.n_steps`` steps on ``dataset``; resumes from ``work_dir`` if it can."""
+        cfg = self.cfg
+        if dataset.obs_dim != self.ctx.obs_dim or dataset.act_dim != self.ctx.act_dim:
+            raise ValueError(
+                f"dataset has obs/act dims ({dataset.obs_dim}, {dataset.act_dim}) but the policy "
+                f"was built for ({self.ctx.obs_dim}, {self.ctx.act_dim})"
+            )
+        state = self.start_training(dataset, value)
+        ckpt = Checkpointer(work_dir, cfg.checkpoint_every, name="policy_train_state")
+        objects = {"net": self.net, "opt": state.opt, "sched": state.sched}
+        extra: dict[str, Any] = {}
+        start = ckpt.restore(objects, extra)
+        if start > 0:
+            state.generator.set_state(extra["generator"])
+        shift, scale = float(self.net.cond_shift), float(self.net.cond_scale)
+
+        info: dict[str, float] = {}
+        t0 = time.perf_counter()
+        bar = tqdm(range(start, cfg.n_steps), desc=f"policy {self.cfg.name}", disable=None)
+        for step in bar:
+            info = self.train_step(state, value)
+            done = step + 1
+            if log is not None and (done % cfg.log_every == 0 or done == cfg.n_steps):
+                log(done, {**info, "lr": state.sched.get_last_lr()[0]})
+            if done % 50 == 0:
+                bar.set_postfix(loss=f"{info['loss']:.4f}")
+            extra["generator"] = state.generator.get_state()
+            ckpt.maybe_save(done, objects, extra)
+        if start < cfg.n_steps:  # the finished state, so that a re-run is a no-op
+            ckpt.maybe_save(cfg.n_steps, objects, extra, force=True)
+        self.net.eval()
+        elapsed = time.perf_counter() - t0
+        trained = cfg.n_steps - start
+        metrics = {f"train/{k}": float(v) for k, v in info.items()}
+        metrics.update(
+            steps=float(cfg.n_steps),
+            resumed_at=float(start),
+            steps_per_s=trained / elapsed if trained > 0 and elapsed > 0 else float("nan"),
+            cond_shift=float(shift),
+            cond_scale=float(scale),
+        )
+        if "imagined" in dataset.extras:
+            metrics["imagined_fraction"] = float(np.mean(dataset.extras["imagined"]))
+        return metrics
+
+    def start_training(self, dataset: TrajectoryDataset, value: ValueLearner | None) -> TrainState:
+        """Conditioning arrays, normalisers, sampler, optimiser and schedule for ``fit``."""
+        cfg = self.cfg
+        raw = self.raw_conditioning(dataset, value)  # (N,), once for the whole dataset
+        shift, scale = self.conditioning_stats(raw)
+        self.net.cond_shift.fill_(shift)
+        self.net.cond_scale.fill_(scale)
+        self.net.obs_norm.fit(dataset.observations)
+        cond = (raw - shift) / scale
+        generator = torch.Generator().manual_seed(self.ctx.seed)
+        sampler = SequenceSampler(dataset, cond, cfg.context, self.device, generator)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        warmup = max(1, cfg.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        self.net.train()
+        return TrainState(sampler, params, opt, sched, generator)
+
+    def train_step(self, state: TrainState, value: ValueLearner | None) -> dict[str, float]:
+        """One gradient step on a fresh minibatch of windows; returns the loss parts."""
+        batch = state.sampler.sample(self.cfg.batch_size)
+        with self.autocast():
+            pred = self.net(batch["obs"], batch["act"], batch["cond"], batch["mask"])
+        loss, info = self.loss(pred.float(), batch, value)
+        # gradients only for the policy's parameters: the value learner's stay untouched
+        grads = torch.autograd.grad(loss, state.params)
+        for p, g in zip(state.params, grads, strict=True):
+            p.grad = g
+        nn.utils.clip_grad_norm_(state.params, self.cfg.grad_clip)
+        state.opt.step()
+        state.sched.step()
+        return info
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        atomic_save(self.net.state_dict(), path)
+
+    def load(self, path: Path) -> None:
+        state = safe_load(path)
+        try:
+            self.net.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{path} does not fit this {self.cfg.name} policy (different sizes or "
+                f"token_layout?): {err}"
+            ) from err
+        self.net.to(self.device).eval()
+
+
+class SequenceActor:
+    """Acts in B environments at once with a rolling context of the last K steps per env.
+
+    ``conditioning(obs (B,O)) -> (B,)`` gives the raw (unscaled) conditioning of the current step;
+    ``on_reward(reward (B,))`` updates whatever state it keeps (the return-to-go for ``dt``).
+    """
+
+    def __init__(
+        self,
+        net: PolicyNet,
+        conditioning: Callable[[torch.Tensor], torch.Tensor],
+        on_reward: Callable[[torch.Tensor], None] | None = None,
+        on_reset: Callable[[int], None] | None = None,
+        device: str = "cpu",
+        autocast_bf16: bool = False,
+    ):
+        self.net, self.device = net, device
+        self._conditioning, self._on_reward, self._on_reset = conditioning, on_reward, on_reset
+        self.autocast_bf16 = autocast_bf16
+        self.context = net.model.context
+        self.obs = self.act_buf = self.cond = self.mask = None
+
+    def reset(self, obs: torch.Tensor) -> None:
+        obs = self._check(obs)
+        B, K = obs.shape[0], self.context
+        O, A = self.net.model.obs_dim, self.net.model.act_dim
+        self.obs = torch.zeros(B, K, O, device=self.device)  # rolling windows, newest last
+        self.act_buf = torch.zeros(B, K, A, device=self.device)
+        self.cond = torch.zeros(B, K, device=self.device)  # scaled conditioning tokens
+        self.mask = torch.zeros(B, K, dtype=torch.bool, device=self.device)
+        if self._on_reset is not None:
+            self._on_reset(B)
+
+    def _check(self, obs: torch.Tensor) -> torch.Tensor:
+        obs = torch.as_tensor(obs, dtype=torch.float32).to(self.device)
+        O = self.net.model.obs_dim
+        assert obs.dim() == 2 and obs.shape[1] == O, f"obs must be (B,{O}), got {tuple(obs.shape)}"
+        return obs
+
+    @torch.inference_mode()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        obs = self._check(obs)
+        if self.obs is None or self.obs.shape[0] != obs.shape[0]:
+            raise RuntimeError(
+                f"call reset() with the first observations of all {obs.shape[0]} envs before act()"
+            )
+        raw = torch.as_tensor(self._conditioning(obs), dtype=torch.float32).to(self.device)
+        assert raw.shape == (obs.shape[0],), f"conditioning must be (B,), got {tuple(raw.shape)}"
+        token = (raw - self.net.cond_shift) / self.net.cond_scale
+        # drop the oldest step, append the current one (its action slot is a placeholder that the
+        # state token cannot see: causality)
+        self.obs = torch.cat([self.obs[:, 1:], obs[:, None]], dim=1)
+        self.act_buf = torch.cat([self.act_buf[:, 1:], torch.zeros_like(self.act_buf[:, :1])], 1)
+        self.cond = torch.cat([self.cond[:, 1:], token[:, None]], dim=1)
+        self.mask = torch.cat([self.mask[:, 1:], torch.ones_like(self.mask[:, :1])], dim=1)
+        self.net.eval()
+        device_type = torch.device(self.device).type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            pred = self.net(self.obs, self.act_buf, self.cond, self.mask)  # (B, K, A)
+        action = pred[:, -1].float()
+        self.act_buf[:, -1] = action
+        return action
+
+    def observe(self, reward: torch.Tensor) -> None:
+        if self._on_reward is not None:
+            reward = torch.as_tensor(reward, dtype=torch.float32).to(self.device).reshape(-1)
+            self._on_reward(reward)

@@ -1,0 +1,97 @@
+"""Context windows for the sequence policies (paper sec. 3.4, eq. 26: ``{s,a}_{t-K:t-1}``).
+
+A training sample is the window of ``K`` (the context) steps of one episode that *ends* at step
+``t``, for every step ``t`` of the dataset: steps before the episode's start are left padding
+(zeros, ``mask=False``). The per-step conditioning scalar (V(s_t) for ``ipd-dt``, the scaled
+return-to-go for ``dt``) is computed once for the whole dataset as a flat (N,) array, and the
+windows are gathered tensor-side with one index tensor, no Python loop per row.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from ipd_plugins.data.dataset import TrajectoryDataset
+
+__all__ = ["returns_to_go", "window_indices", "SequenceSampler"]
+
+
+def returns_to_go(rewards: np.ndarray, episode_lengths: np.ndarray) -> np.ndarray:
+    """(N,) undiscounted return-to-go ``R_t = sum_{t' >= t} r_t'`` within each episode.
+
+    Vectorised: a global suffix sum minus the suffix sum just past the episode's end.
+    """
+    rewards = np.asarray(rewards, np.float64).reshape(-1)
+    lengths = np.asarray(episode_lengths, np.int64)
+    if lengths.sum() != rewards.shape[0]:
+        raise ValueError(
+            f"episode_lengths sum to {int(lengths.sum())} but there are {rewards.shape[0]} rewards"
+        )
+    suffix = np.concatenate([np.cumsum(rewards[::-1])[::-1], [0.0]])  # (N+1,)
+    ends = np.repeat(np.cumsum(lengths), lengths)  # (N,) index one past each step's episode
+    return (suffix[:-1] - suffix[ends]).astype(np.float32)
+
+
+def window_indices(
+    end: torch.Tensor, episode_start: torch.Tensor, context: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of the K-step windows ending at ``end`` (B,), and their validity mask.
+
+    Returns ``index`` (B,K) clamped into the episode (so gathering is always in range) and
+    ``mask`` (B,K) bool, False where the window reaches before the episode's first step.
+    """
+    offsets = torch.arange(-context + 1, 1, device=end.device)  # (K,): -K+1 .. 0
+    index = end[:, None] + offsets  # (B, K)
+    start = episode_start[end][:, None]  # (B, 1)
+    mask = index >= start  # (B, K): left padding is False
+    return torch.maximum(index, start), mask
+
+
+class SequenceSampler:
+    """Uniform minibatches of context windows, one window ending at each sampled step.
+
+    ``cond`` (N,) is the per-step conditioning scalar, already scaled. Observations and
+    actions are returned raw (the policy normalises observations itself).
+    """
+
+    def __init__(
+        self,
+        dataset: TrajectoryDataset,
+        cond: np.ndarray,
+        context: int,
+        device: str = "cpu",
+        generator: torch.Generator | None = None,
+    ):
+        n = dataset.n_steps
+        cond = np.asarray(cond, np.float32).reshape(-1)
+        if cond.shape[0] != n:
+            raise ValueError(f"cond has {cond.shape[0]} entries for a dataset of {n} steps")
+        if context < 1:
+            raise ValueError(f"context must be >= 1, got {context}")
+        self.obs = torch.as_tensor(dataset.observations, dtype=torch.float32, device=device)
+        self.act = torch.as_tensor(dataset.actions, dtype=torch.float32, device=device)
+        self.cond = torch.as_tensor(cond, device=device)
+        starts = np.repeat(dataset.episode_starts, dataset.episode_lengths)  # (N,)
+        self.episode_start = torch.as_tensor(starts, dtype=torch.long, device=device)
+        self.context, self.size, self.device = context, n, device
+        self.generator = generator
+
+    def window(self, end: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The windows ending at the flat step indices ``end`` (B,)."""
+        end = end.to(self.device)
+        index, mask = window_indices(end, self.episode_start, self.context)  # (B, K)
+        m = mask.unsqueeze(-1)
+        return {
+            "obs": self.obs[index] * m,  # (B, K, O), zeros on padding
+            "act": self.act[index] * m,  # (B, K, A)
+            "cond": self.cond[index] * mask,  # (B, K)
+            "mask": mask,  # (B, K) bool
+        }
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        end = torch.randint(self.size, (batch_size,), generator=self.generator)
+        return self.window(end)

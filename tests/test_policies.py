@@ -1,0 +1,399 @@
+"""Sequence policies: the causal transformer, window sampling, eq. 26, V-token acting, RTG, I/O."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from ipd_plugins.data.dataset import TrajectoryDataset
+from ipd_plugins.evaluate import CallableActor, evaluate
+from ipd_plugins.policies.gpt import CausalTransformer, DecisionModel
+from ipd_plugins.policies.ipd_dt import ipd_loss
+from ipd_plugins.policies.sequence_data import SequenceSampler, returns_to_go, window_indices
+from registry import manager
+from registry.protocols import Actor, BuildContext, SequencePolicy
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny nets: one thread is faster than two and suffers less from a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "context": 5, "batch_size": 16, "n_steps": 20}
+
+
+# -- a 1-d toy task: move x to 0; reward -|x'| -------------------------------------------------
+class ToyReach(gym.Env):
+    observation_space = gym.spaces.Box(-5.0, 5.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = float(self.np_random.uniform(-1.5, 1.5))
+        return np.array([self.x], np.float32), {}
+
+    def step(self, action):
+        self.x = float(np.clip(self.x + 0.3 * float(action[0]), -5, 5))
+        return np.array([self.x], np.float32), -abs(self.x), False, False, {}
+
+
+TOY_ID = "IpdTestToyReach-v0"
+if TOY_ID not in gym.registry:
+    gym.register(id=TOY_ID, entry_point=ToyReach, max_episode_steps=20)
+
+
+def toy_dataset(n_episodes: int = 60, seed: int = 0) -> TrajectoryDataset:
+    """Noisy proportional controllers of random quality (some useless, some good)."""
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for _ in range(n_episodes):
+        gain = rng.uniform(-1.0, 4.0)
+        x = rng.uniform(-1.5, 1.5)
+        obs, acts, rews = [x], [], []
+        for _ in range(20):
+            a = float(np.clip(-gain * x + rng.normal(0, 0.4), -1, 1))
+            x = float(np.clip(x + 0.3 * a, -5, 5))
+            obs.append(x)
+            acts.append(a)
+            rews.append(-abs(x))
+        episodes.append(
+            {
+                "observations": np.array(obs, np.float32)[:, None],
+                "actions": np.array(acts, np.float32)[:, None],
+                "rewards": np.array(rews, np.float32),
+                "terminations": np.zeros(20, bool),
+                "truncations": np.r_[np.zeros(19, bool), True],
+            }
+        )
+    return TrajectoryDataset.from_episodes(
+        episodes, env_id=TOY_ID, action_low=np.array([-1.0]), action_high=np.array([1.0])
+    )
+
+
+class ToyValue:
+    """A value learner for ToyReach (one-step lookahead), recording every v() call."""
+
+    gamma = 0.99
+
+    def __init__(self):
+        self.v_calls: list[torch.Tensor] = []
+
+    def q(self, obs, act):
+        return -(obs[:, 0] + 0.3 * act[:, 0]).abs()
+
+    def v(self, obs):
+        self.v_calls.append(obs.detach().clone())
+        return -2.0 * obs[:, 0].abs()
+
+    def act(self, obs, deterministic=True):
+        return (-obs / 0.3).clamp(-1, 1)
+
+    def fit(self, dataset, work_dir=None, log=None):
+        return {}
+
+    def save(self, path):
+        pass
+
+    def load(self, path):
+        pass
+
+
+CTX = BuildContext(obs_dim=1, act_dim=1, act_low=(-1.0,), act_high=(1.0,), seed=0)
+
+
+def make(name: str, **overrides):
+    return manager.create("policy", name, {**TINY, **overrides}, CTX)
+
+
+# -- the transformer ---------------------------------------------------------------------------
+def test_causal_transformer_output_at_t_ignores_later_tokens():
+    torch.manual_seed(0)
+    net = CausalTransformer(n_layer=2, n_embd=16, n_head=2, max_tokens=12, dropout=0.0).eval()
+    x = torch.randn(3, 12, 16)
+    y = net(x)
+    for t in range(11):
+        x2 = x.clone()
+        x2[:, t + 1 :] += torch.randn_like(x2[:, t + 1 :])
+        y2 = net(x2)
+        torch.testing.assert_close(y2[:, : t + 1], y[:, : t + 1])
+        assert not torch.allclose(y2[:, t + 1 :], y[:, t + 1 :])
+
+
+@pytest.mark.parametrize("layout", ["vsa", "sa"])
+def test_decision_model_action_at_t_sees_only_past_and_own_state(layout):
+    torch.manual_seed(0)
+    B, T, O, A = 2, 6, 4, 3
+    model = DecisionModel(
+        O,
+        A,
+        -torch.ones(A),
+        torch.ones(A),
+        context=T,
+        n_layer=2,
+        n_embd=16,
+        n_head=2,
+        dropout=0.0,
+        token_layout=layout,
+    ).eval()
+    assert model.tokens_per_step == {"vsa": 3, "sa": 2}[layout]
+    assert model.transformer.max_tokens == model.tokens_per_step * T
+    obs, act, cond = torch.randn(B, T, O), torch.randn(B, T, A), torch.randn(B, T)
+    pred = model(obs, act, cond)
+    assert pred.shape == (B, T, A)
+    assert pred.abs().max() <= 1.0
+    for t in range(T):
+        # the step's own action and everything later must not change the prediction at t
+        act2 = act.clone()
+        act2[:, t:] = torch.randn_like(act2[:, t:])
+        obs2, cond2 = obs.clone(), cond.clone()
+        obs2[:, t + 1 :] += 1.0
+        cond2[:, t + 1 :] += 1.0
+        torch.testing.assert_close(model(obs2, act2, cond2)[:, : t + 1], pred[:, : t + 1])
+    # ... but the step's own state and conditioning do
+    obs3, cond3 = obs.clone(), cond.clone()
+    obs3[:, 2] += 1.0
+    cond3[:, 3] += 1.0
+    assert not torch.allclose(model(obs3, act, cond)[:, 2], pred[:, 2])
+    assert not torch.allclose(model(obs, act, cond3)[:, 3], pred[:, 3])
+
+
+def test_left_padding_is_masked_out():
+    torch.manual_seed(0)
+    model = DecisionModel(
+        2, 1, -torch.ones(1), torch.ones(1), context=5, n_layer=2, n_embd=16, n_head=2, dropout=0.0
+    ).eval()
+    obs, act, cond = torch.randn(2, 5, 2), torch.randn(2, 5, 1), torch.randn(2, 5)
+    mask = torch.tensor([[False, False, True, True, True], [True] * 5])
+    pred = model(obs, act, cond, mask)
+    obs2, act2, cond2 = obs.clone(), act.clone(), cond.clone()
+    obs2[0, :2] = 7.0
+    act2[0, :2] = -3.0
+    cond2[0, :2] = 5.0
+    pred2 = model(obs2, act2, cond2, mask)
+    torch.testing.assert_close(pred2[0, 2:], pred[0, 2:])
+    torch.testing.assert_close(pred2[1], pred[1])
+    assert torch.isfinite(pred2).all()
+
+
+def test_bad_shapes_and_layout_fail_with_sentences():
+    with pytest.raises(ValueError, match="token_layout must be one of"):
+        make("ipd-dt", token_layout="xyz")
+    with pytest.raises(ValueError, match="divisible by"):
+        make("dt", n_embd=30, n_head=4)
+    model = DecisionModel(2, 1, -torch.ones(1), torch.ones(1), context=4, n_embd=16, n_head=2)
+    with pytest.raises(AssertionError, match="obs must be"):
+        model(torch.zeros(1, 4, 3), torch.zeros(1, 4, 1), torch.zeros(1, 4))
+    with pytest.raises(AssertionError, match="longer than the context"):
+        model(torch.zeros(1, 5, 2), torch.zeros(1, 5, 1), torch.zeros(1, 5))
+
+
+# -- sampling ----------------------------------------------------------------------------------
+def test_windows_and_returns_to_go_match_a_naive_loop():
+    lengths = np.array([3, 7, 1, 5])
+    starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    ep_start = torch.as_tensor(np.repeat(starts, lengths))
+    end = torch.arange(int(lengths.sum()))
+    index, mask = window_indices(end, ep_start, context=4)
+    for i in range(int(lengths.sum())):
+        s = int(ep_start[i])
+        for j, k in enumerate(range(i - 3, i + 1)):
+            assert bool(mask[i, j]) == (k >= s)
+            if k >= s:
+                assert int(index[i, j]) == k
+    rewards = np.arange(16, dtype=np.float32)
+    rtg = returns_to_go(rewards, lengths)
+    bounds = zip(starts, lengths, strict=True)
+    naive = [rewards[i : s + n].sum() for s, n in bounds for i in range(s, s + n)]
+    np.testing.assert_allclose(rtg, naive)
+    with pytest.raises(ValueError, match="episode_lengths sum"):
+        returns_to_go(rewards, np.array([3, 3]))
+
+
+def test_sampler_pads_left_with_zeros():
+    ds = toy_dataset(3)
+    sampler = SequenceSampler(ds, np.arange(ds.n_steps, dtype=np.float32) + 1, context=5)
+    w = sampler.window(torch.tensor([0, 3, 22]))  # ep 0 step 0, ep 0 step 3, ep 1 step 2
+    assert w["obs"].shape == (3, 5, 1) and w["mask"].shape == (3, 5)
+    assert w["mask"].tolist()[0] == [False] * 4 + [True]
+    assert w["mask"].tolist()[2] == [False, False, True, True, True]
+    assert w["cond"][2].tolist() == [0, 0, 21, 22, 23]
+    expected = torch.tensor([0.0, *ds.observations[:4, 0].tolist()])
+    torch.testing.assert_close(w["obs"][1, :, 0], expected)
+    assert (w["act"][0, :4] == 0).all()
+
+
+# -- eq. 26 --------------------------------------------------------------------------------------
+def test_ipd_loss_matches_independent_computation_and_gradient():
+    pred = torch.tensor([[0.5, -0.2], [0.1, 0.4], [-0.3, 0.9]], requires_grad=True)
+    target = torch.tensor([[0.4, 0.0], [0.3, 0.1], [-0.5, 1.0]])
+    q = -(pred**2).sum(-1) + 2.0  # Q(s, pi): a function of the policy's action
+    alpha = 0.7
+    loss, info = ipd_loss(pred, target, q, alpha)
+    p, t = pred.detach().numpy(), target.numpy()
+    qn = -(p**2).sum(-1) + 2.0
+    mse = ((p - t) ** 2).mean()
+    lam = alpha / np.abs(qn).mean()
+    assert loss.item() == pytest.approx(mse - lam * qn.mean(), rel=1e-5)
+    assert info["mse"] == pytest.approx(mse, rel=1e-5)
+    (grad,) = torch.autograd.grad(loss, pred)
+    # lambda is a constant (detached): d/dp [mse - lam * mean(q)] = 2(p-t)/(nA) + lam * 2p / n
+    expected = 2 * (p - t) / p.size + lam * 2 * p / p.shape[0]
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-5)
+    loss0, _ = ipd_loss(pred, target, None, 0.0)
+    assert loss0.item() == pytest.approx(mse, rel=1e-5)
+
+
+def test_ipd_dt_training_loss_is_eq26_on_the_valid_steps():
+    ds, value = toy_dataset(4), ToyValue()
+    policy = make("ipd-dt", dropout=0.0, alpha=1.3)
+    state = policy.start_training(ds, value)
+    batch = state.sampler.sample(8)
+    pred = policy.net(batch["obs"], batch["act"], batch["cond"], batch["mask"])
+    loss, _ = policy.loss(pred, batch, value)
+    m = batch["mask"].numpy()
+    p, a, o = pred.detach().numpy()[m], batch["act"].numpy()[m], batch["obs"].numpy()[m]
+    q = -np.abs(o[:, 0] + 0.3 * p[:, 0])
+    expected = ((p - a) ** 2).mean() - 1.3 / np.abs(q).mean() * q.mean()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert m.sum() < m.size  # the batch had padding, which was left out
+
+
+# -- acting --------------------------------------------------------------------------------------
+def test_ipd_dt_acts_with_v_of_the_current_observation():
+    ds, value = toy_dataset(6), ToyValue()
+    policy = make("ipd-dt")
+    assert isinstance(policy, SequencePolicy)
+    policy.fit(ds, value)
+    shift, scale = float(policy.net.cond_shift), float(policy.net.cond_scale)
+    v_data = -2.0 * np.abs(ds.observations[:, 0])
+    assert shift == pytest.approx(v_data.mean(), rel=1e-5)
+    assert scale == pytest.approx(v_data.std(), rel=1e-4)
+
+    fed: list[torch.Tensor] = []
+    policy.net.model.embed_cond.register_forward_hook(lambda m, inp, out: fed.append(inp[0]))
+    actor = policy.actor(value)
+    assert isinstance(actor, Actor)
+    value.v_calls.clear()
+    obs0 = torch.tensor([[0.5], [-1.0], [0.2]])
+    actor.reset(obs0)
+    seen = []
+    for step in range(7):
+        obs = torch.tensor([[0.5], [-1.0], [0.2]]) * (1 - 0.1 * step)
+        seen.append(obs)
+        action = actor.act(obs)
+        assert action.shape == (3, 1)
+        # v was called on exactly the current observations ...
+        torch.testing.assert_close(value.v_calls[-1], obs)
+        # ... and the conditioning token fed to the network at the current step equals it
+        token = fed[-1][:, -1, 0]  # (B,): last step of the window
+        torch.testing.assert_close(token, (-2.0 * obs[:, 0].abs() - shift) / scale)
+        actor.observe(torch.ones(3))
+    # the whole window holds V of the last K observations, oldest first
+    window = torch.stack(seen[-5:], 1)[..., 0]  # (B, K)
+    torch.testing.assert_close(fed[-1][..., 0], (-2.0 * window.abs() - shift) / scale)
+    with pytest.raises(ValueError, match="needs the value learner"):
+        policy.actor(None)
+    with pytest.raises(ValueError, match="needs a value learner"):
+        make("ipd-dt").fit(ds, None)
+
+
+def test_dt_return_to_go_bookkeeping():
+    ds = toy_dataset(6)
+    policy = make("dt", target_return=10.0, rtg_scale=4.0)
+    policy.fit(ds, None)
+    actor = policy.actor(None)
+    obs = torch.zeros(2, 1)
+    actor.reset(obs)
+    actor.act(obs)
+    torch.testing.assert_close(actor.cond[:, -1], torch.full((2,), 10.0 / 4.0))
+    actor.observe(torch.tensor([1.0, -2.0]))
+    actor.act(obs)
+    actor.observe(torch.tensor([3.0, 0.5]))
+    actor.act(obs)
+    expected = torch.tensor([[10.0, 9.0, 6.0], [10.0, 12.0, 11.5]]) / 4.0
+    torch.testing.assert_close(actor.cond[:, -3:], expected)
+    assert actor.mask[:, -3:].all() and not actor.mask[:, :-3].any()
+    actor.reset(obs)  # a new episode asks for the target again
+    actor.act(obs)
+    torch.testing.assert_close(actor.cond[:, -1], torch.full((2,), 2.5))
+    # training tokens: the data's return-to-go / rtg_scale
+    state = policy.start_training(ds, None)
+    np.testing.assert_allclose(
+        state.sampler.cond.numpy(), returns_to_go(ds.rewards, ds.episode_lengths) / 4.0, rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", ["ipd-dt", "dt"])
+def test_policy_beats_random_on_toy_task(name):
+    torch.manual_seed(0)
+    ds, value = toy_dataset(80), ToyValue()
+    extra = {"target_return": -1.0, "rtg_scale": 5.0} if name == "dt" else {"alpha": 1.0}
+    policy = make(name, n_steps=300, batch_size=32, warmup_steps=50, learning_rate=1e-3, **extra)
+    policy.fit(ds, value)
+    result = evaluate(policy.actor(value), TOY_ID, n_episodes=8, seed=100)
+    gen = torch.Generator().manual_seed(0)
+    rand = CallableActor(lambda o: torch.rand(o.shape[0], 1, generator=gen) * 2 - 1)
+    baseline = evaluate(rand, TOY_ID, n_episodes=8, seed=100)
+    data_mean = float(ds.episode_returns().mean())
+    assert result.mean_return > baseline.mean_return + 3.0, (result, baseline)
+    assert result.mean_return > data_mean, (result.mean_return, data_mean)
+
+
+# -- persistence ----------------------------------------------------------------------------------
+def test_save_load_round_trip(tmp_path):
+    ds, value = toy_dataset(6), ToyValue()
+    policy = make("ipd-dt", token_layout="sa")
+    policy.fit(ds, value)
+    policy.save(tmp_path / "policy.pt")
+    fresh = make("ipd-dt", token_layout="sa")
+    fresh.load(tmp_path / "policy.pt")
+    assert float(fresh.net.cond_scale) == float(policy.net.cond_scale)
+    obs = torch.tensor([[0.3], [-0.7]])
+    a1, a2 = policy.actor(value), fresh.actor(value)
+    a1.reset(obs)
+    a2.reset(obs)
+    for _ in range(3):
+        torch.testing.assert_close(a1.act(obs), a2.act(obs))
+    with pytest.raises(ValueError, match="does not fit"):
+        make("ipd-dt", token_layout="sa", n_embd=16).load(tmp_path / "policy.pt")
+
+
+def test_fit_resumes_from_checkpoint(tmp_path):
+    ds, value = toy_dataset(6), ToyValue()
+    straight = make("ipd-dt", n_steps=20)
+    straight.fit(ds, value)
+    first = make("ipd-dt", n_steps=10, checkpoint_every=5)
+    first.fit(ds, value, work_dir=tmp_path)
+    assert (tmp_path / "policy_train_state.pt").exists()
+    torch.manual_seed(123)  # whatever happened in between must not matter
+    resumed = make("ipd-dt", n_steps=20, checkpoint_every=5)
+    logged = []
+    metrics = resumed.fit(ds, value, work_dir=tmp_path, log=lambda s, d: logged.append(s))
+    assert metrics["resumed_at"] == 10
+    assert min(logged) > 10
+    pairs = zip(straight.net.state_dict().values(), resumed.net.state_dict().values(), strict=True)
+    for p, q in pairs:
+        torch.testing.assert_close(p, q)
+
+
+def test_bf16_autocast_trains_and_acts():
+    ds, value = toy_dataset(4), ToyValue()
+    policy = make("ipd-dt", autocast_bf16=True, n_steps=5)
+    metrics = policy.fit(ds, value)
+    assert np.isfinite(metrics["train/loss"])
+    actor = policy.actor(value)
+    actor.reset(torch.zeros(2, 1))
+    assert actor.act(torch.zeros(2, 1)).dtype == torch.float32
+
+
+def test_registry_knows_both_policies_with_paper_defaults():
+    assert {"ipd-dt", "dt"} <= set(manager.names("policy"))
+    cfg = manager.config_class("policy", "ipd-dt")()
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.context, cfg.dropout) == (4, 256, 4, 20, 0.01)
+    assert cfg.learning_rate == 3e-4
