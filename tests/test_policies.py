@@ -125,7 +125,7 @@ def test_causal_transformer_output_at_t_ignores_later_tokens():
         assert not torch.allclose(y2[:, t + 1 :], y[:, t + 1 :])
 
 
-@pytest.mark.parametrize("layout", ["vsa", "sa"])
+@pytest.mark.parametrize("layout", ["vsa", "sa", "s"])
 def test_decision_model_action_at_t_sees_only_past_and_own_state(layout):
     torch.manual_seed(0)
     B, T, O, A = 2, 6, 4, 3
@@ -141,7 +141,7 @@ def test_decision_model_action_at_t_sees_only_past_and_own_state(layout):
         dropout=0.0,
         token_layout=layout,
     ).eval()
-    assert model.tokens_per_step == {"vsa": 3, "sa": 2}[layout]
+    assert model.tokens_per_step == {"vsa": 3, "sa": 2, "s": 1}[layout]
     assert model.transformer.max_tokens == model.tokens_per_step * T
     obs, act, cond = torch.randn(B, T, O), torch.randn(B, T, A), torch.randn(B, T)
     pred = model(obs, act, cond)

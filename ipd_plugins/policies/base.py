@@ -52,7 +52,8 @@ class SequencePolicyConfig(ComponentConfig):
         n_embd (int): embedding width (table 4: 256).
         n_head (int): attention heads (table 4: 4).
         dropout (float): dropout everywhere in the transformer (table 4: 0.01).
-        token_layout (str): "vsa" (paper: 3 tokens per step) or "sa" (V in the state token).
+        token_layout (str): "vsa" (paper: 3 tokens per step), "sa" (V in the state token) or
+            "s" (one token per step).
         autocast_bf16 (bool): run the forward pass under bfloat16 autocast.
     """
 
@@ -66,8 +67,8 @@ class SequencePolicyConfig(ComponentConfig):
     n_head: int = 4
     # dropout in attention, residuals and embeddings; raise on small datasets
     dropout: float = 0.01
-    # "vsa": (c_t, s_t, a_t) tokens, the paper; "sa": c_t folded into the state token
-    # (2/3 of the tokens: about 1.4x faster on CPU)
+    # "vsa": (c_t, s_t, a_t) tokens, the paper; "sa": c_t folded into the state token (2/3 of
+    # the tokens); "s": one token s_t + c_t + a_{t-1} per step (1/3): fewer is faster on CPU
     token_layout: str = "vsa"
     # bfloat16 autocast for the transformer (weights and optimiser stay fp32); faster on CPUs
     # with AVX-512 bf16 and on GPUs, slightly noisier

@@ -7,11 +7,13 @@ nanoGPT-style pre-LayerNorm blocks (``x + attn(ln(x))``, ``x + mlp(ln(x))``) wit
 * ``token_layout="vsa"`` (the paper): three tokens per timestep, ``(c_t, s_t, a_t)``, where
   ``c_t`` is the conditioning scalar (V(s_t) for ``ipd-dt``, return-to-go for ``dt``);
 * ``token_layout="sa"``: the conditioning scalar folded into the state token, two tokens per
-  timestep ``(s_t + c_t, a_t)``: 2/3 of the tokens, so about 2/3 of the compute.
+  timestep ``(s_t + c_t, a_t)``: 2/3 of the tokens, so about 2/3 of the compute;
+* ``token_layout="s"``: one token per timestep, ``s_t + c_t + a_{t-1}`` (the previous action
+  of the window, zero for its first step): 1/3 of the tokens.
 
-Either way the action ``a_t`` is read from the output at the state token of step ``t``, which by
-causality sees ``c_t``, ``s_t`` and the whole past but never ``a_t`` itself. Output actions are
-``tanh``-squashed and scaled to the action bounds.
+In every layout the action ``a_t`` is read from the output at the state token of step ``t``,
+which by causality sees ``c_t``, ``s_t`` and the whole past but never ``a_t`` itself. Output
+actions are ``tanh``-squashed and scaled to the action bounds.
 
 Shape letters: ``B`` batch, ``T`` timesteps in the window (the context K), ``L`` tokens
 (``T * tokens_per_step``), ``C`` embedding width, ``O``/``A`` observation/action dims.
@@ -28,7 +30,9 @@ from torch.nn import functional as F
 __all__ = ["TOKEN_LAYOUTS", "CausalSelfAttention", "Block", "CausalTransformer", "DecisionModel"]
 
 #: token layout name -> tokens per timestep
-TOKEN_LAYOUTS: dict[str, int] = {"vsa": 3, "sa": 2}
+TOKEN_LAYOUTS: dict[str, int] = {"vsa": 3, "sa": 2, "s": 1}
+#: token layout name -> which token of a timestep is its state token (where a_t is read)
+_STATE_SLOT: dict[str, int] = {"vsa": 1, "sa": 0, "s": 0}
 
 
 class CausalSelfAttention(nn.Module):
@@ -186,13 +190,18 @@ class DecisionModel(nn.Module):
         if self.token_layout == "vsa":
             # interleave per step: (c_0, s_0, a_0, c_1, s_1, a_1, ...) -> (B, 3T, C)
             tokens = torch.stack([c + pos, s, a], dim=2).reshape(B, k * T, C)
-        else:
+        elif self.token_layout == "sa":
             # "sa", V folded into the state token: (s_0 + c_0, a_0, s_1 + c_1, ...) -> (B, 2T, C)
             tokens = torch.stack([s + c, a], dim=2).reshape(B, k * T, C)
+        else:
+            # "s", one token per step: (s_0 + c_0, s_1 + c_1 + a_0, ...) -> (B, T, C)
+            a_prev = self.embed_act(F.pad(act[:, :-1], (0, 0, 1, 0)))  # a_{t-1}, zero at t=0
+            tokens = s + c + a_prev
         key_valid = None
         if mask is not None:
             assert mask.shape == (B, T), f"mask must be (B,T)=({B},{T}), got {tuple(mask.shape)}"
             key_valid = mask.bool().repeat_interleave(k, dim=1)  # (B, L): same for a step's tokens
         h = self.transformer(self.embed_ln(tokens), key_valid)  # (B, L, C)
-        h_state = h.reshape(B, T, k, C)[:, :, k - 2]  # the state token of every step: (B, T, C)
+        slot = _STATE_SLOT[self.token_layout]
+        h_state = h.reshape(B, T, k, C)[:, :, slot]  # the state token of every step: (B, T, C)
         return self.act_mid + self.act_half * torch.tanh(self.head(h_state))  # (B, T, A)
