@@ -436,7 +436,9 @@ class QOVLearner:
 
         Every random draw (minibatches, dropout) comes from ``ctx.seed`` (the global torch RNG is
         forked, so the caller's is left alone), so a fit is reproducible and an interrupted fit
-        resumed from its checkpoint ends with the same weights as an uninterrupted one.
+        resumed from its checkpoint ends with the same weights as an uninterrupted one. Without
+        ``work_dir`` a second call trains ``n_steps`` more from the current weights with a fresh
+        optimiser.
         """
         forked = [] if self.device.type == "cpu" else [self.device]
         with torch.random.fork_rng(devices=forked):
