@@ -522,7 +522,7 @@ class ProbabilisticEnsemble:
                     pred = m.termination.predict(obs, act, nxt)
                     add("term_correct", (pred == data.done[sl].bool()).sum())
                     add("term_pos", data.done[sl].sum())
-        out: dict[str, Any] = {"member_mse": (sums["member_mse"] / rows).float()}
+        out: dict[str, Any] = {"member_mse": (sums["member_mse"] / rows).float().cpu()}
         for key in ("obs_mse_norm", "obs_mse", "nll", "reward_mse"):
             out[key] = float(sums[key] / rows)
         out["var_ratio"] = float(sums["var_sum"] / sums["res2_sum"].clamp_min(1e-30))
