@@ -24,9 +24,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "run": {"eval_episodes": 5},
         "value": {"n_steps": 3_000, "hidden": 128},
-        "world_model": {"n_steps": 2_000, "hidden": 128, "n_layers": 2, "holdout_fraction": 0.1},
+        "world_model": {"n_steps": 2_000, "hidden": 128, "n_hidden": 2},
         "augment": {"n_aug": 1.0, "calibration_pairs": 5_000},
-        "policy": {"n_steps": 600, "n_layers": 2, "embed_dim": 64, "n_heads": 2, "batch_size": 32},
+        "policy": {"n_steps": 600, "n_layer": 2, "n_embd": 64, "n_head": 2, "batch_size": 32},
     },
     # hopper-medium with a real result in about 30 minutes on 2 CPU cores.
     "default": {
@@ -34,7 +34,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "value": {"n_steps": 30_000},
         "world_model": {"n_steps": 15_000},
         "augment": {"n_aug": 1.0, "max_episodes": 200},
-        "policy": {"n_steps": 6_000, "n_layers": 3, "embed_dim": 128, "batch_size": 64},
+        "policy": {"n_steps": 6_000, "n_layer": 3, "n_embd": 128, "batch_size": 64},
     },
     # The paper's step counts and sizes (table 2-4): GPU work.
     "paper": {

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 from ipd_plugins.augment import AugmentConfig, augment, calibrate_kappa
@@ -66,6 +67,7 @@ class RunSettings:
     seed: int = 0  # fixes training, augmentation and evaluation
     profile: str = "quick"  # quick | default | paper (step counts and sizes, see README)
     device: str = "cpu"  # torch device for every component
+    threads: int | None = None  # torch CPU threads; None: torch's default (1 on a busy machine!)
     eval_episodes: int = 10  # evaluation episodes of the final policy (last checkpoint)
     eval_every: int = 0  # policy steps between periodic evaluations in the learning curve; 0: off
     eval_qop: bool = True  # also score the value learner's own policy pi_QOP (IQL-style)
@@ -286,14 +288,9 @@ def resolve_dataset(
     from ipd_plugins.data.minari_io import minari_local_ids
     from ipd_plugins.data.sources import load_dataset
 
-    looks_like_file = (
-        source.endswith((".hdf5", ".h5", ".npz"))
-        or os.sep in source.split(":")[0]
-        and Path(source).exists()
-    )
-    if not looks_like_file:
-        by_id = {catalogue.dataset_id(n): n for n in catalogue.DATASETS}
-        name = source if source in catalogue.DATASETS else by_id.get(source)
+    if not (source.endswith((".hdf5", ".h5", ".npz")) or Path(source).exists()):
+        by_id = {spec.dataset_id: n for n, spec in catalogue.CATALOGUE.items()}
+        name = source if source in catalogue.CATALOGUE else by_id.get(source)
         if name is not None:
             dataset_id = catalogue.dataset_id(name)
             if dataset_id not in minari_local_ids():
@@ -373,6 +370,8 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         cfg, seed = self.cfg, self.cfg.run.seed
         t_start = time.perf_counter()
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
         ds = self.load_dataset()
         ctx = self.build_context(ds)
         if ctx.env_id is None:
