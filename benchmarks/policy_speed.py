@@ -7,11 +7,12 @@ that CPU contention from other jobs hits them alike; the table gives the median 
 steps/s and its ratio to d3rlpy. A step includes sampling the minibatch of windows.
 
 Variants: ``dt`` (plain MSE, the like-for-like comparison with d3rlpy's DT), ``ipd-dt`` (eq. 26:
-adds a double-Q MLP 2x256 forward/backward through the action), each in fp32 / bf16 autocast /
-``token_layout="sa"`` / both.
+adds a double-Q MLP 2x256 forward/backward through the action), each with
+``token_layout`` "vsa" (paper, 3 tokens per step) / "sa" (2) / "s" (1), in fp32 and bf16 autocast
+(``dt`` only in fp32 "vsa" unless ``--all-dt``).
 
-    python benchmarks/policy_speed.py --rounds 5 --steps 5 --threads 2 \
-        --out benchmarks/results/policy_speed.md
+    python benchmarks/policy_speed.py --rounds 6 --steps 2 --threads 1 --out speed.md
+    python benchmarks/policy_speed.py --threads 1 --score-seeds 2 --out score.md  # toy score
 """
 
 from __future__ import annotations
@@ -122,6 +123,105 @@ def d3rlpy_dt(dataset):
     return step
 
 
+# -- score cost of the speed knobs, on a 1-d toy task (x' = x + 0.3 a, reward -|x'|) ----------
+def toy_setup():
+    """Register the toy env; a noisy-controller dataset; a one-step-lookahead value learner."""
+    import gymnasium as gym
+
+    from ipd_plugins.data.dataset import TrajectoryDataset
+
+    class Env(gym.Env):
+        observation_space = gym.spaces.Box(-5.0, 5.0, (1,), np.float32)
+        action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+        def reset(self, seed=None, options=None):
+            super().reset(seed=seed)
+            self.x = float(self.np_random.uniform(-1.5, 1.5))
+            return np.array([self.x], np.float32), {}
+
+        def step(self, action):
+            self.x = float(np.clip(self.x + 0.3 * float(action[0]), -5, 5))
+            return np.array([self.x], np.float32), -abs(self.x), False, False, {}
+
+    env_id = "IpdBenchToyReach-v0"
+    if env_id not in gym.registry:
+        gym.register(id=env_id, entry_point=Env, max_episode_steps=20)
+    rng = np.random.default_rng(0)
+    episodes = []
+    for _ in range(80):
+        gain, x = rng.uniform(-1.0, 4.0), rng.uniform(-1.5, 1.5)
+        obs, acts, rews = [x], [], []
+        for _ in range(20):
+            a = float(np.clip(-gain * x + rng.normal(0, 0.4), -1, 1))
+            x = float(np.clip(x + 0.3 * a, -5, 5))
+            obs.append(x)
+            acts.append(a)
+            rews.append(-abs(x))
+        episodes.append(
+            {
+                "observations": np.array(obs, np.float32)[:, None],
+                "actions": np.array(acts, np.float32)[:, None],
+                "rewards": np.array(rews, np.float32),
+                "terminations": np.zeros(20, bool),
+                "truncations": np.r_[np.zeros(19, bool), True],
+            }
+        )
+    ds = TrajectoryDataset.from_episodes(
+        episodes, env_id=env_id, action_low=np.array([-1.0]), action_high=np.array([1.0])
+    )
+
+    class Value:
+        gamma = 0.99
+
+        def q(self, obs, act):
+            return -(obs[:, 0] + 0.3 * act[:, 0]).abs()
+
+        def v(self, obs):
+            return -2.0 * obs[:, 0].abs()
+
+        def act(self, obs, deterministic=True):
+            return (-obs / 0.3).clamp(-1, 1)
+
+    return env_id, ds, Value()
+
+
+def score_table(seeds: int) -> str:
+    """Mean toy return (optimal about -1.2, random about -22) per policy/layout/precision."""
+    from ipd_plugins.evaluate import evaluate
+    from registry import manager
+    from registry.protocols import BuildContext
+
+    env_id, ds, value = toy_setup()
+    cfg = {"n_layer": 2, "n_embd": 64, "n_head": 2, "context": 10, "batch_size": 32}
+    cfg.update(n_steps=400, warmup_steps=50, learning_rate=1e-3)
+    rows = []
+    for name, extra in (("ipd-dt", {}), ("dt", {"target_return": -1.0, "rtg_scale": 5.0})):
+        for layout in ("vsa", "sa", "s"):
+            for bf16 in (False, True):
+                scores = []
+                for seed in range(seeds):
+                    ctx = BuildContext(1, 1, (-1.0,), (1.0,), seed=seed)
+                    overrides = {**cfg, **extra, "token_layout": layout, "autocast_bf16": bf16}
+                    policy = manager.create("policy", name, overrides, ctx)
+                    policy.fit(ds, value)
+                    result = evaluate(policy.actor(value), env_id, n_episodes=20, seed=1000)
+                    scores.append(result.mean_return)
+                tag = f"{name} {'bf16' if bf16 else 'fp32'} {layout}"
+                rows.append(f"| {tag} | {np.mean(scores):.2f} | {np.std(scores):.2f} |")
+                print(rows[-1], file=sys.stderr, flush=True)
+    return "\n".join(
+        [
+            f"Toy-task return (1-d reach, 20 steps; optimal about -1.2, random about -22, data "
+            f"mean {ds.episode_returns().mean():.1f}); 2 layers x 64, K=10, 400 steps, "
+            f"{seeds} seeds x 20 episodes:",
+            "",
+            "| variant | mean return | std over seeds |",
+            "|---|---|---|",
+            *rows,
+        ]
+    )
+
+
 def timed(step, n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
@@ -135,22 +235,34 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="steps per variant per round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument("--all-dt", action="store_true", help="time every dt variant too")
+    ap.add_argument("--score-seeds", type=int, default=0, help="also the toy-task score table")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.score_seeds:
+        text = score_table(args.score_seeds)
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        return
 
     dataset = make_dataset()
     value = MlpValue()
-    variants = {
-        "d3rlpy DecisionTransformer (fp32)": d3rlpy_dt(dataset),
-        "dt fp32 vsa": ours("dt", dataset, None),
-        "dt bf16 vsa": ours("dt", dataset, None, autocast_bf16=True),
-        "dt fp32 sa": ours("dt", dataset, None, token_layout="sa"),
-        "dt bf16 sa": ours("dt", dataset, None, token_layout="sa", autocast_bf16=True),
-        "ipd-dt fp32 vsa": ours("ipd-dt", dataset, value),
-        "ipd-dt bf16 vsa": ours("ipd-dt", dataset, value, autocast_bf16=True),
-        "ipd-dt fp32 sa": ours("ipd-dt", dataset, value, token_layout="sa"),
-        "ipd-dt bf16 sa": ours("ipd-dt", dataset, value, token_layout="sa", autocast_bf16=True),
-    }
+    variants = {"d3rlpy DecisionTransformer (fp32)": d3rlpy_dt(dataset)}
+    for layout in ("vsa", "sa", "s"):
+        for bf16 in (False, True):
+            tag = f"{'bf16' if bf16 else 'fp32'} {layout}"
+            if args.all_dt or (layout, bf16) == ("vsa", False):
+                variants[f"dt {tag}"] = ours(
+                    "dt", dataset, None, token_layout=layout, autocast_bf16=bf16
+                )
+    for layout in ("vsa", "sa", "s"):
+        for bf16 in (False, True):
+            tag = f"{'bf16' if bf16 else 'fp32'} {layout}"
+            variants[f"ipd-dt {tag}"] = ours(
+                "ipd-dt", dataset, value, token_layout=layout, autocast_bf16=bf16
+            )
     for step in variants.values():  # warm-up
         timed(step, 2)
     rates: dict[str, list[float]] = {k: [] for k in variants}
