@@ -297,6 +297,10 @@ def test_ipd_dt_acts_with_v_of_the_current_observation():
     # the whole window holds V of the last K observations, oldest first
     window = torch.stack(seen[-5:], 1)[..., 0]  # (B, K)
     torch.testing.assert_close(fed[-1][..., 0], (-2.0 * window.abs() - shift) / scale)
+    assert not policy.net.training
+    policy.net.train()  # acting in the middle of training leaves the training mode alone
+    actor.act(obs)
+    assert policy.net.training
     with pytest.raises(ValueError, match="needs the value learner"):
         policy.actor(None)
     with pytest.raises(ValueError, match="needs a value learner"):

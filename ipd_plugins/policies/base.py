@@ -342,10 +342,12 @@ class SequenceActor:
         self.act_buf = torch.cat([self.act_buf[:, 1:], torch.zeros_like(self.act_buf[:, :1])], 1)
         self.cond = torch.cat([self.cond[:, 1:], token[:, None]], dim=1)
         self.mask = torch.cat([self.mask[:, 1:], torch.ones_like(self.mask[:, :1])], dim=1)
-        self.net.eval()
+        was_training = self.net.training  # acting mid-fit (periodic evaluation) must not
+        self.net.eval()  # leave dropout switched off for the rest of training
         device_type = torch.device(self.device).type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
             pred = self.net(self.obs, self.act_buf, self.cond, self.mask)  # (B, K, A)
+        self.net.train(was_training)
         action = pred[:, -1].float()
         self.act_buf[:, -1] = action
         return action
