@@ -68,10 +68,12 @@ class SequencePolicyConfig(ComponentConfig):
     # dropout in attention, residuals and embeddings; raise on small datasets
     dropout: float = 0.01
     # "vsa": (c_t, s_t, a_t) tokens, the paper; "sa": c_t folded into the state token (2/3 of
-    # the tokens); "s": one token s_t + c_t + a_{t-1} per step (1/3): fewer is faster on CPU
+    # the tokens); "s": one token s_t + c_t + a_{t-1} per step (1/3). Fewer tokens train faster
+    # (measured vs "vsa" at the paper's size on CPU: "sa" 1.6x, "s" 3.1x; see
+    # benchmarks/results/policy_speed.md) and may cost some score
     token_layout: str = "vsa"
-    # bfloat16 autocast for the transformer (weights and optimiser stay fp32); faster on CPUs
-    # with AVX-512 bf16 and on GPUs, slightly noisier
+    # bfloat16 autocast for the transformer (weights and optimiser stay fp32). Off by default:
+    # measured 0.75x (slower) on this project's CPUs; try it on GPUs
     autocast_bf16: bool = False
     # AdamW learning rate (paper: 3e-4)
     learning_rate: float = 3e-4
