@@ -38,6 +38,15 @@ def plugins() -> None:
 
 main.add_command(run)
 main.add_command(eval_run)
+from ipd_plugins.baselines import baseline_command  # noqa: E402
+
+main.add_command(baseline_command)
+from ipd_plugins.compare import compare  # noqa: E402
+
+main.add_command(compare)
+from ipd_plugins.ablations import ablate  # noqa: E402
+
+main.add_command(ablate)
 
 
 @main.group()

@@ -4,6 +4,13 @@ A profile is a set of overrides applied over the paper's defaults (each componen
 own defaults) before the user's ``--config`` file and ``--set`` options. An override is applied
 only to components whose config has that field, so a third-party component without, say,
 ``n_steps`` simply keeps its own defaults.
+
+The ``baseline`` section configures ``ipd baseline`` (:mod:`ipd_plugins.baselines`): its plain
+keys apply to every baseline, its ``<algo>`` sub-sections to one. Budgets are matched to IPD's
+in the same profile: the MLP baselines (``iql``, ``cql``, ``td3+bc``, ``bc``) get the value
+learner's gradient steps and width (``value.n_steps``, ``value.hidden``; the value stage is the
+part of IPD that is an offline-RL learner of the same shape), ``dt`` gets the IPD policy's steps,
+transformer size, batch and warm-up (``policy.*``). Minibatch sizes stay d3rlpy's (256; BC 100).
 """
 
 from __future__ import annotations
@@ -27,6 +34,18 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "world_model": {"n_steps": 2_000, "hidden": 128, "n_hidden": 2},
         "augment": {"n_aug": 1.0, "calibration_pairs": 5_000},
         "policy": {"n_steps": 600, "n_layer": 2, "n_embd": 64, "n_head": 2, "batch_size": 32},
+        "baseline": {
+            "n_steps": 3_000,
+            "hidden": 128,
+            "dt": {
+                "n_steps": 600,
+                "n_layer": 2,
+                "n_embd": 64,
+                "n_head": 2,
+                "batch_size": 32,
+                "warmup_steps": 1000,
+            },
+        },
     },
     # hopper-medium with a real result in about 30 minutes on 2 CPU cores.
     "default": {
@@ -35,6 +54,18 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "world_model": {"n_steps": 15_000},
         "augment": {"n_aug": 1.0, "max_episodes": 200},
         "policy": {"n_steps": 6_000, "n_layer": 3, "n_embd": 128, "batch_size": 64},
+        "baseline": {
+            "n_steps": 30_000,
+            "hidden": 256,
+            "dt": {
+                "n_steps": 6_000,
+                "n_layer": 3,
+                "n_embd": 128,
+                "n_head": 4,
+                "batch_size": 64,
+                "warmup_steps": 1000,
+            },
+        },
     },
     # The paper's step counts and sizes (table 2-4): GPU work.
     "paper": {
@@ -43,5 +74,17 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "world_model": {"n_steps": 100_000},
         "augment": {"n_aug": 1.0},
         "policy": {"n_steps": 100_000},
+        "baseline": {
+            "n_steps": 1_000_000,
+            "hidden": 256,
+            "dt": {
+                "n_steps": 100_000,
+                "n_layer": 4,
+                "n_embd": 256,
+                "n_head": 4,
+                "batch_size": 64,
+                "warmup_steps": 1000,
+            },
+        },
     },
 }

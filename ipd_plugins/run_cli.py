@@ -9,11 +9,53 @@ import click
 
 from registry import KINDS
 
-__all__ = ["run", "eval_run"]
+__all__ = ["run", "eval_run", "parse_seeds", "print_scores", "summarise_seeds"]
 
 
 def _echo(msg: str) -> None:
     click.echo(msg, err=True)
+
+
+def parse_seeds(seed: int | None, seeds: str | None) -> list[int]:
+    """``--seed 3`` -> [3]; ``--seeds 0,1,2`` -> [0, 1, 2]; neither -> [None] (the default)."""
+    if seeds is None:
+        return [seed]  # type: ignore[list-item]
+    if seed is not None:
+        raise ValueError("give either --seed or --seeds, not both")
+    try:
+        out = [int(s) for s in seeds.replace(" ", "").split(",") if s]
+    except ValueError as err:
+        raise ValueError(
+            f"--seeds expects comma-separated integers like 0,1,2, got {seeds!r}"
+        ) from err
+    if not out:
+        raise ValueError(f"--seeds expects comma-separated integers like 0,1,2, got {seeds!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"--seeds has a seed twice: {seeds!r}")
+    return out
+
+
+def summarise_seeds(all_results: list[dict]) -> None:
+    """One line per actor: the normalised score's mean +- std over the seeds just run."""
+    import numpy as np
+
+    seeds = [r["seed"] for r in all_results]
+    click.echo(
+        f"\nover seeds {', '.join(str(s) for s in seeds)} (mean +- std of the per-seed means):"
+    )
+    for actor in all_results[0]["scores"]:
+        vals = [r["scores"][actor].get("normalized_mean") for r in all_results]
+        if any(v is None for v in vals):
+            vals = [r["scores"][actor]["mean_return"] for r in all_results]
+            what = "return"
+        else:
+            what = "normalised x100"
+        arr = np.asarray(vals, float)
+        click.echo(f"  {actor:<10} {what}: {arr.mean():.1f} +- {arr.std(ddof=1):.1f}")
+
+
+def print_scores(results: dict) -> None:
+    _print_scores(results)
 
 
 def _print_scores(results: dict) -> None:
@@ -43,6 +85,11 @@ def _print_scores(results: dict) -> None:
 @click.option("--planner", help="planner (default mpc)")
 @click.option("--policy", help="sequence policy (default ipd-dt)")
 @click.option("--seed", type=int, help="seed of training, augmentation and evaluation (default 0)")
+@click.option(
+    "--seeds",
+    help="several independent seeds in one command, e.g. 0,1,2 (every trained stage is per seed; "
+    "`ipd compare` aggregates them)",
+)
 @click.option(
     "--profile",
     type=click.Choice(["quick", "default", "paper"]),
@@ -75,6 +122,7 @@ def run(
     planner,
     policy,
     seed,
+    seeds,
     profile,
     config_file,
     overrides,
@@ -89,8 +137,55 @@ def run(
     With no options: the quick profile on the tiny default dataset (made if missing). Any
     registered component name works for each kind, third-party ones included. Stages are cached
     by the hash of their inputs, so changing only the planner reuses the value function and the
-    world model; an interrupted run resumes where it stopped.
+    world model; an interrupted run resumes where it stopped. `--seeds 0,1,2` runs several
+    independent seeds (one run folder each: <out>/<name>/seed_<k>); `ipd compare` aggregates them.
     """
+    try:
+        seed_list = parse_seeds(seed, seeds)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    all_results = []
+    for one_seed in seed_list:
+        all_results.append(
+            _run_one(
+                dataset,
+                value,
+                world_model,
+                uncertainty,
+                planner,
+                policy,
+                one_seed,
+                profile,
+                config_file,
+                overrides,
+                out_dir,
+                name,
+                device,
+                eval_episodes,
+                quiet,
+            )
+        )
+    if len(all_results) > 1:
+        summarise_seeds(all_results)
+
+
+def _run_one(
+    dataset,
+    value,
+    world_model,
+    uncertainty,
+    planner,
+    policy,
+    seed,
+    profile,
+    config_file,
+    overrides,
+    out_dir,
+    name,
+    device,
+    eval_episodes,
+    quiet,
+) -> dict:
     from ipd_plugins.runner import Pipeline, load_config_file, parse_overrides, resolve_config
 
     try:
@@ -124,6 +219,7 @@ def run(
     results = Pipeline(cfg, echo=_echo, progress=not quiet).run()
     _print_scores(results)
     click.echo(f"results: {cfg.run_dir / 'results.json'}")
+    return results
 
 
 @click.command("eval")

@@ -1,0 +1,404 @@
+"""``ipd compare``: normalised scores of run folders, per dataset and method, with IQM and CIs.
+
+Reads ``results.json`` of ``ipd run`` and ``ipd baseline`` run folders (a seed folder, a run
+folder with ``seed_*`` inside, or a whole ``--out`` folder; the ``cache`` is skipped) and
+tabulates the D4RL-normalised score x100 of the last checkpoint (``scores.policy.
+normalized_mean``: the mean over the evaluation episodes of one seed):
+
+* per dataset and method: mean +- standard deviation over seeds (``ddof=1``; 0 for one seed);
+* per method, across every run on every dataset: the interquartile mean (IQM: the mean of the
+  middle 50% of the scores, ``scipy.stats.trim_mean(x, 0.25)``) with a 95% stratified
+  bootstrap confidence interval, as rliable recommends (Agarwal et al. 2021, "Deep RL at the
+  Edge of the Statistical Precipice"): each bootstrap replicate resamples the runs of every
+  dataset with replacement (strata = datasets), the interval is the 2.5/97.5 percentiles of the
+  replicate IQMs. Seeded, numpy only.
+
+Method labels: a ``label`` written in ``results.json`` (baselines and ``ipd ablate`` write one),
+else ``ipd`` for the paper's components or ``ipd[planner=greedy,...]`` naming the components
+that differ. Two run folders that still share a label on a dataset (say, two ``--set``
+variants) get the run folder's hash appended so they are not pooled by accident.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+__all__ = [
+    "RunRecord",
+    "MethodRow",
+    "Comparison",
+    "find_results",
+    "load_records",
+    "iqm",
+    "stratified_bootstrap_ci",
+    "summarise",
+    "to_markdown",
+    "bar_chart",
+    "line_chart",
+    "dataset_label",
+    "method_label",
+    "compare",
+]
+
+NOTE = (
+    "D4RL-normalised score x100 of the last checkpoint (no best-checkpoint selection): "
+    "mean +- std over seeds (n = seeds); IQM over all runs of a method with a 95% stratified "
+    "bootstrap CI (strata = datasets)."
+)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One seed of one run folder."""
+
+    path: str  # the seed folder
+    run_name: str  # the run folder's name
+    dataset: str
+    label: str
+    seed: int
+    score: float  # normalised x100 (or the raw return when the dataset has no ref scores)
+    normalized: bool
+    train_seconds: float  # sum of the stages' training seconds (reused stages included)
+
+
+@dataclass
+class MethodRow:
+    """A method's scores: per dataset mean/std/n, plus its IQM and CI over all its runs."""
+
+    label: str
+    cells: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # mean, std, n
+    iqm: float = float("nan")
+    ci: tuple[float, float] = (float("nan"), float("nan"))
+    n_runs: int = 0
+    train_minutes: float = float("nan")  # mean training minutes per run
+
+
+@dataclass
+class Comparison:
+    datasets: list[str]
+    methods: list[MethodRow]
+    normalized: bool
+    reps: int
+    seed: int
+
+
+# -- reading run folders -----------------------------------------------------------------
+def find_results(paths: Iterable[str | Path]) -> list[Path]:
+    """Every ``results.json`` under ``paths`` (globs expanded; ``cache`` folders skipped)."""
+    found: list[Path] = []
+    for raw in paths:
+        matches = sorted(glob.glob(str(raw))) if glob.has_magic(str(raw)) else [str(raw)]
+        if not matches:
+            raise FileNotFoundError(f"no run folder matches {raw}")
+        for m in matches:
+            p = Path(m)
+            if p.is_file() and p.name == "results.json":
+                found.append(p)
+            elif p.is_dir():
+                found += [
+                    r
+                    for r in sorted(p.rglob("results.json"))
+                    if "cache" not in r.relative_to(p).parts
+                ]
+            else:
+                raise FileNotFoundError(f"{p} is neither a run folder nor a results.json")
+    out = list(dict.fromkeys(r.resolve() for r in found))
+    if not out:
+        raise FileNotFoundError(
+            f"no results.json under {', '.join(str(p) for p in paths)}: are the runs finished?"
+        )
+    return out
+
+
+def dataset_label(dataset: dict[str, Any]) -> str:
+    """``ipd/hopper/medium-v0`` or ``hopper-medium`` -> a short stable name for the table."""
+    name = str(dataset.get("name") or dataset.get("source") or "?")
+    if name.startswith("ipd/"):
+        name = name[4:].replace("/", "-")
+    if name.endswith(("-v0", "-v1", "-v2")):
+        name = name[:-3]
+    return name
+
+
+def method_label(results: dict[str, Any]) -> str:
+    """The results' ``label``/``method``, else ``ipd`` or ``ipd[kind=name,...]``."""
+    from ipd_plugins.runner import DEFAULT_COMPONENTS
+
+    for key in ("label", "method"):
+        if results.get(key):
+            return str(results[key])
+    comps = results.get("components", {})
+    diff = [f"{k}={v}" for k, v in comps.items() if DEFAULT_COMPONENTS.get(k) != v]
+    return "ipd" if not diff else "ipd[" + ",".join(diff) + "]"
+
+
+def load_records(paths: Iterable[str | Path], actor: str = "policy") -> list[RunRecord]:
+    """One :class:`RunRecord` per ``results.json`` (``actor``: ``policy`` or ``qop``)."""
+    records: list[RunRecord] = []
+    for path in find_results(paths):
+        results = json.loads(path.read_text())
+        scores = results.get("scores", {})
+        if actor not in scores:
+            continue
+        s = scores[actor]
+        normalized = s.get("normalized_mean") is not None
+        label = method_label(results)
+        if actor != "policy":
+            label = f"{label}:{actor}"
+        seconds = sum(float(v or 0.0) for v in (results.get("stage_seconds") or {}).values())
+        records.append(
+            RunRecord(
+                path=str(path.parent),
+                run_name=path.parent.parent.name,
+                dataset=dataset_label(results.get("dataset", {})),
+                label=label,
+                seed=int(results.get("seed", 0)),
+                score=float(s["normalized_mean"] if normalized else s["mean_return"]),
+                normalized=normalized,
+                train_seconds=seconds,
+            )
+        )
+    # a label shared by two run folders on one dataset: append the folders' hash
+    owners: dict[tuple[str, str], set[str]] = {}
+    for r in records:
+        owners.setdefault((r.dataset, r.label), set()).add(r.run_name)
+    out = []
+    for r in records:
+        if len(owners[(r.dataset, r.label)]) > 1:
+            r = RunRecord(**{**r.__dict__, "label": f"{r.label}#{r.run_name.rsplit('__', 1)[-1]}"})
+        out.append(r)
+    return out
+
+
+# -- statistics -------------------------------------------------------------------------------
+def iqm(scores: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean along ``axis``: sort, drop ``floor(0.25 n)`` from each end, average.
+
+    The same as ``scipy.stats.trim_mean(scores, 0.25, axis)`` (what rliable uses).
+    """
+    x = np.sort(np.asarray(scores, np.float64), axis=axis)
+    n = x.shape[axis]
+    if n == 0:
+        raise ValueError("iqm of an empty set of scores")
+    k = int(0.25 * n)
+    return np.take(x, np.arange(k, n - k), axis=axis).mean(axis=axis)
+
+
+def stratified_bootstrap_ci(
+    groups: Sequence[Sequence[float]],
+    reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile CI of the IQM under a bootstrap that resamples runs within each group.
+
+    ``groups[j]``: the scores (one per run) on dataset ``j``. Replicate ``b`` draws
+    ``len(groups[j])`` indices with replacement from every group (in group order, from one
+    ``np.random.default_rng(seed)``), pools the draws and takes their :func:`iqm`; the interval
+    is the ``(1 - confidence)/2`` and ``(1 + confidence)/2`` quantiles of the ``reps`` IQMs.
+    """
+    if not groups or any(len(g) == 0 for g in groups):
+        raise ValueError("stratified bootstrap needs at least one score in every group")
+    if reps < 1 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"need reps >= 1 and 0 < confidence < 1, got {reps}, {confidence}")
+    rng = np.random.default_rng(seed)
+    draws = []
+    for g in groups:
+        arr = np.asarray(g, np.float64)
+        idx = rng.integers(0, len(arr), size=(reps, len(arr)))  # (reps, n_j)
+        draws.append(arr[idx])
+    stats = iqm(np.concatenate(draws, axis=1), axis=1)  # (reps,)
+    lo, hi = np.quantile(stats, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(lo), float(hi)
+
+
+def summarise(
+    records: Sequence[RunRecord],
+    reps: int = 2000,
+    seed: int = 0,
+    order: Sequence[str] | None = None,
+) -> Comparison:
+    """Per dataset and method mean/std/n; per method IQM + stratified bootstrap CI.
+
+    ``order``: method labels first in this order (the rest sorted), e.g. IPD before baselines.
+    """
+    if not records:
+        raise ValueError("no runs to compare")
+    normalized = {r.normalized for r in records}
+    if len(normalized) > 1:
+        raise ValueError(
+            "some runs have normalised scores and some only returns (datasets without D4RL "
+            "reference scores): compare them separately"
+        )
+    datasets = sorted({r.dataset for r in records})
+    labels = sorted({r.label for r in records})
+    if order:
+        first = [lab for lab in order if lab in labels]
+        labels = first + [lab for lab in labels if lab not in first]
+    rows = []
+    for lab in labels:
+        mine = [r for r in records if r.label == lab]
+        row = MethodRow(lab)
+        groups = []
+        for d in datasets:
+            vals = np.asarray([r.score for r in mine if r.dataset == d], np.float64)
+            if len(vals):
+                std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+                row.cells[d] = (float(vals.mean()), std, len(vals))
+                groups.append(vals)
+        pooled = np.concatenate(groups)
+        row.iqm = float(iqm(pooled))
+        row.ci = stratified_bootstrap_ci(groups, reps=reps, seed=seed)
+        row.n_runs = len(pooled)
+        row.train_minutes = float(np.mean([r.train_seconds for r in mine]) / 60.0)
+        rows.append(row)
+    return Comparison(datasets, rows, normalized.pop(), reps, seed)
+
+
+# -- output -------------------------------------------------------------------------------
+def to_markdown(cmp: Comparison, title: str = "Scores") -> str:
+    """The two tables (per dataset; IQM) and the note on what the numbers are."""
+    what = NOTE if cmp.normalized else NOTE.replace("D4RL-normalised score x100", "Return")
+    lines = [f"# {title}", "", what, ""]
+    head = ["dataset", *[m.label for m in cmp.methods]]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * len(cmp.methods)) + "|")
+    for d in cmp.datasets:
+        cells = [d]
+        for m in cmp.methods:
+            if d in m.cells:
+                mean, std, n = m.cells[d]
+                cells.append(f"{mean:.1f} ± {std:.1f} (n={n})")
+            else:
+                cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"IQM over runs, 95% stratified bootstrap CI ({cmp.reps} replicates, seed {cmp.seed}):",
+        "",
+        "| method | IQM | 95% CI | runs | train min/run |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for m in cmp.methods:
+        lines.append(
+            f"| {m.label} | {m.iqm:.1f} | [{m.ci[0]:.1f}, {m.ci[1]:.1f}] | {m.n_runs} | "
+            f"{m.train_minutes:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bar_chart(cmp: Comparison, path: str | Path, title: str = "") -> None:
+    """Grouped bars (dataset x method, std over seeds as error bars) and the IQMs with CIs."""
+    plt = _pyplot()
+    n_d, n_m = len(cmp.datasets), len(cmp.methods)
+    fig, (ax, ax2) = plt.subplots(
+        1,
+        2,
+        figsize=(max(6.0, 1.4 * n_d * max(1, n_m) / 2 + 3), 4),
+        gridspec_kw={"width_ratios": [max(1, n_d), 1]},
+    )
+    width = 0.8 / max(1, n_m)
+    x = np.arange(n_d)
+    for i, m in enumerate(cmp.methods):
+        means = [m.cells.get(d, (np.nan, 0, 0))[0] for d in cmp.datasets]
+        stds = [m.cells.get(d, (np.nan, 0, 0))[1] for d in cmp.datasets]
+        ax.bar(x + (i - (n_m - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=m.label)
+    ax.set_xticks(x, cmp.datasets, rotation=20, ha="right")
+    ax.set_ylabel("normalised score x100" if cmp.normalized else "return")
+    ax.set_title(title or "mean ± std over seeds (last checkpoint)")
+    ax.legend(fontsize=8)
+    iqms = np.array([m.iqm for m in cmp.methods])
+    err = np.array([[m.iqm - m.ci[0] for m in cmp.methods], [m.ci[1] - m.iqm for m in cmp.methods]])
+    ax2.bar(np.arange(n_m), iqms, yerr=err, capsize=3, color=[f"C{i}" for i in range(n_m)])
+    ax2.set_xticks(np.arange(n_m), [m.label for m in cmp.methods], rotation=30, ha="right")
+    ax2.set_title("IQM, 95% CI")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def line_chart(
+    cmp: Comparison, xs: dict[str, float], path: str | Path, xlabel: str, title: str = ""
+) -> None:
+    """Score vs a numeric setting (one line per dataset, std over seeds as error bars)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    methods = sorted((m for m in cmp.methods if m.label in xs), key=lambda m: xs[m.label])
+    for d in cmp.datasets:
+        pts = [(xs[m.label], *m.cells[d][:2]) for m in methods if d in m.cells]
+        if pts:
+            arr = np.asarray(pts)
+            ax.errorbar(arr[:, 0], arr[:, 1], yerr=arr[:, 2], marker="o", capsize=3, label=d)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("normalised score x100" if cmp.normalized else "return")
+    ax.set_title(title or "mean ± std over seeds (last checkpoint)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- `ipd compare` -------------------------------------------------------------------------
+@click.command("compare")
+@click.argument("runs", nargs=-1, required=True)
+@click.option(
+    "--out",
+    "out_file",
+    default="compare.md",
+    show_default=True,
+    help="Markdown file to write; the bar chart goes next to it as .png",
+)
+@click.option(
+    "--actor",
+    type=click.Choice(["policy", "qop"]),
+    default="policy",
+    show_default=True,
+    help="which actor's score: the final policy, or IPD's value learner's own pi_QOP",
+)
+@click.option("--reps", type=int, default=2000, show_default=True, help="bootstrap replicates")
+@click.option("--seed", type=int, default=0, show_default=True, help="bootstrap seed")
+@click.option("--title", default="Scores", show_default=True)
+def compare(runs, out_file, actor, reps, seed, title) -> None:
+    """Table of normalised scores of finished runs: per dataset and method, and IQM with CIs.
+
+    RUNS are run folders, seed folders, whole --out folders or globs (quote them to let ipd
+    expand them), from `ipd run` and `ipd baseline` alike. Scores are D4RL-normalised x100 of
+    the last checkpoint; per dataset the mean ± std over seeds, per method the interquartile
+    mean over all its runs with a 95% stratified bootstrap CI (rliable's recommendation).
+
+    \b
+    Examples:
+      ipd compare runs/                       # everything under runs/
+      ipd compare 'runs/hopper-medium__*' --out hopper.md
+    """
+    try:
+        records = load_records(runs, actor=actor)
+        cmp = summarise(records, reps=reps, seed=seed, order=["ipd"])
+    except (FileNotFoundError, ValueError) as err:
+        raise click.UsageError(str(err)) from err
+    text = to_markdown(cmp, title)
+    click.echo(text)
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    bar_chart(cmp, out.with_suffix(".png"))
+    click.echo(f"wrote {out} and {out.with_suffix('.png')}", err=True)
