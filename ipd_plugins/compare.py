@@ -311,7 +311,7 @@ def bar_chart(cmp: Comparison, path: str | Path, title: str = "") -> None:
     fig, (ax, ax2) = plt.subplots(
         1,
         2,
-        figsize=(max(6.0, 1.4 * n_d * max(1, n_m) / 2 + 3), 4),
+        figsize=(max(8.0, 0.5 * n_d * n_m + 4.0), 4.5),
         gridspec_kw={"width_ratios": [max(1, n_d), 1]},
     )
     width = 0.8 / max(1, n_m)
@@ -322,13 +322,15 @@ def bar_chart(cmp: Comparison, path: str | Path, title: str = "") -> None:
         ax.bar(x + (i - (n_m - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=m.label)
     ax.set_xticks(x, cmp.datasets, rotation=20, ha="right")
     ax.set_ylabel("normalised score x100" if cmp.normalized else "return")
-    ax.set_title(title or "mean ± std over seeds (last checkpoint)")
+    ax.set_title("mean ± std over seeds (last checkpoint)", fontsize=10)
     ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
     iqms = np.array([m.iqm for m in cmp.methods])
     err = np.array([[m.iqm - m.ci[0] for m in cmp.methods], [m.ci[1] - m.iqm for m in cmp.methods]])
     ax2.bar(np.arange(n_m), iqms, yerr=err, capsize=3, color=[f"C{i}" for i in range(n_m)])
     ax2.set_xticks(np.arange(n_m), [m.label for m in cmp.methods], rotation=30, ha="right")
-    ax2.set_title("IQM, 95% CI")
+    ax2.set_title("IQM, 95% CI", fontsize=10)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -349,7 +351,9 @@ def line_chart(
             ax.errorbar(arr[:, 0], arr[:, 1], yerr=arr[:, 2], marker="o", capsize=3, label=d)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("normalised score x100" if cmp.normalized else "return")
-    ax.set_title(title or "mean ± std over seeds (last checkpoint)")
+    ax.set_title("mean ± std over seeds (last checkpoint)", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
