@@ -52,12 +52,16 @@ def make_episodes():
 def toy_dataset():
     """A 3-episode Pendulum-v1-shaped dataset (terminated, truncated, truncated)."""
     from ipd_plugins.data import TrajectoryDataset
+    from ipd_plugins.data.envs import ref_scores
 
     bound = np.array([2.0], np.float32)
+    ref_min, ref_max = ref_scores("Pendulum-v1")
     return TrajectoryDataset.from_episodes(
         _make_episodes(),
         env_id="Pendulum-v1",
         name="toy",
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
         action_low=-bound,
         action_high=bound,
     )

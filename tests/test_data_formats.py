@@ -222,7 +222,7 @@ def test_hdf5_written_by_h5py_with_next_observations(tmp_path, make_episodes):
     np.testing.assert_allclose(back.episode_returns(),
                                [ep["rewards"].sum() for ep in eps], rtol=1e-6)
     np.testing.assert_array_equal(back.next_observations, ds.next_observations)
-    assert back.env_id == "Pendulum-v1" and back.ref_min_score is None
+    assert back.env_id == "Pendulum-v1" and back.ref_min_score == ref_scores("Pendulum-v1")[0]
     np.testing.assert_array_equal(back.action_high, [2.0])  # from Pendulum's action space
     hop = from_d4rl_hdf5(path)  # env_id from the file attribute -> D4RL hopper scores
     assert hop.env_id == "hopper-medium-v2" and hop.action_low is None
@@ -357,7 +357,8 @@ def test_info_on_hdf5_json(tmp_path, make_episodes):
 def test_info_without_reference_scores_and_unknown_source(tmp_path, minari_store, toy_dataset):
     from ipd_plugins.cli import main
 
-    save_npz(toy_dataset.replace(env_id=None), tmp_path / "t.npz")
+    no_refs = toy_dataset.replace(env_id=None, ref_min_score=None, ref_max_score=None)
+    save_npz(no_refs, tmp_path / "t.npz")
     res = CliRunner().invoke(main, ["data", "info", str(tmp_path / "t.npz")])
     assert res.exit_code == 0 and "normalised               n/a" in res.output
     to_minari(toy_dataset, "known-v0")

@@ -70,9 +70,8 @@ SNAPSHOT_DIR_ENV = "IPD_BEHAVIOR_DIR"  # a folder with <task>/index.json overrid
 # Pendulum-v1 reference returns, measured once with this module (seed 0, 200 episodes each):
 # a uniform random policy (epsilon = 1) and the noiseless scripted controller (epsilon = 0):
 #   generate("pendulum-medium", n_steps=40_000, epsilon=1.0 / 0.0) -> mean episode return.
-PENDULUM_REF_MIN = -1218.2
-PENDULUM_REF_MAX = -149.1
-envs.register_ref_scores("Pendulum-v1", PENDULUM_REF_MIN, PENDULUM_REF_MAX)
+# They live in ``envs.REF_SCORES["pendulum"]`` so every loader knows them.
+PENDULUM_REF_MIN, PENDULUM_REF_MAX = envs.REF_SCORES["pendulum"]
 
 PENDULUM_MEDIUM_EPSILON = 0.6  # probability of a random action in pendulum-medium
 PENDULUM_REPLAY_EPSILONS = (1.0, 0.9, 0.8, 0.7, 0.6)  # the learning curve of pendulum-medium-replay
