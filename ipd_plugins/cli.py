@@ -62,3 +62,6 @@ from ipd_plugins.data.make import list_datasets, make  # noqa: E402
 
 data.add_command(make)
 data.add_command(list_datasets)
+from ipd_plugins.data.export import export  # noqa: E402
+
+data.add_command(export)

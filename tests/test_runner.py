@@ -151,3 +151,29 @@ def test_bad_options_fail_with_a_sentence(store, tmp_path):
     assert result.exit_code == 2 and "SECTION.KEY=VALUE" in result.output
     result = runner.invoke(main, ["run", "--set", "planner.n_mpc=0", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "n_mpc must be >= 1" in result.output
+
+
+def test_export_augmented_run_as_minari(store, tmp_path):
+    import minari
+
+    from ipd_plugins.data.minari_io import from_minari
+
+    out = tmp_path / "runs"
+    _run(out)
+    run_dir = _run_dir(out)
+    result = CliRunner().invoke(main, ["data", "export", str(run_dir), "test/pendulum/aug-v0"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((run_dir / "results.json").read_text())
+    kept = results["augment"]["imagined_steps_kept"]
+    assert f"({kept} imagined)" in result.output
+    back = from_minari("test/pendulum/aug-v0")
+    assert back.extras["imagined"].sum() == kept
+    assert (
+        back.n_steps
+        == results["dataset"]["steps"]
+        + len(back.extras["imagined"])
+        - (results["dataset"]["steps"])
+    )
+    assert minari.load_dataset("test/pendulum/aug-v0").total_steps == back.n_steps
+    again = CliRunner().invoke(main, ["data", "export", str(run_dir), "test/pendulum/aug-v0"])
+    assert again.exit_code != 0 and "exists" in again.output
