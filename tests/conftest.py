@@ -65,3 +65,16 @@ def toy_dataset():
         action_low=-bound,
         action_high=bound,
     )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A Minari store with a 1,200-step pendulum-medium-replay dataset (one per test module)."""
+    path = tmp_path_factory.mktemp("minari")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MINARI_DATASETS_PATH", str(path))
+    from ipd_plugins.data.make import make_dataset
+
+    make_dataset("pendulum-medium-replay", steps=1_200, seed=0)
+    yield path
+    mp.undo()

@@ -8,47 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from tiny import TINY_IPD as TINY
 
 from ipd_plugins.ablations import n_aug_variants, parse_targets, rtg_variants
 from ipd_plugins.cli import main
-
-#: Everything tiny (as tests/test_runner.py): the point is the plumbing, not the score.
-TINY = [
-    "value.n_steps=150",
-    "value.hidden=32",
-    "value.checkpoint_every=50",
-    "value.log_every=50",
-    "world_model.n_steps=150",
-    "world_model.hidden=32",
-    "world_model.n_hidden=2",
-    "world_model.eval_every=50",
-    "world_model.checkpoint_every=50",
-    "augment.calibration_pairs=1000",
-    "policy.n_steps=40",
-    "policy.n_layer=1",
-    "policy.n_embd=32",
-    "policy.n_head=2",
-    "policy.context=5",
-    "policy.batch_size=16",
-    "policy.checkpoint_every=20",
-    "policy.log_every=10",
-    "policy.warmup_steps=10",
-    "run.eval_episodes=2",
-    "run.threads=1",
-]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A Minari store with a 1,200-step pendulum-medium-replay dataset."""
-    path = tmp_path_factory.mktemp("minari")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MINARI_DATASETS_PATH", str(path))
-    from ipd_plugins.data.make import make_dataset
-
-    make_dataset("pendulum-medium-replay", steps=1_200, seed=0)
-    yield path
-    mp.undo()
 
 
 def _invoke(*args: str, check: bool = True):

@@ -26,8 +26,12 @@ def learned():
     ds = generate("pendulum-medium-replay", n_steps=6000, seed=0)
     low, high = ds.action_bounds
     ctx = BuildContext(
-        ds.obs_dim, ds.act_dim, tuple(map(float, low)), tuple(map(float, high)),
-        env_id="Pendulum-v1", seed=0,
+        ds.obs_dim,
+        ds.act_dim,
+        tuple(map(float, low)),
+        tuple(map(float, high)),
+        env_id="Pendulum-v1",
+        seed=0,
     )
     value = create("value", "qov", {"n_steps": 3000, "hidden": 64}, ctx)
     value.fit(ds)
@@ -82,7 +86,14 @@ def test_only_reliable_pairs_are_kept_and_off_data_states_are_unreliable(learned
     strict_kappa = float(torch.quantile(u, 0.5))  # half of the data's own pairs count as unreliable
     greedy = create("planner", "greedy", {}, ctx)
     res = augment(
-        ds, value, world_model, uncertainty, greedy, strict_kappa, AugmentConfig(), seed=0,
+        ds,
+        value,
+        world_model,
+        uncertainty,
+        greedy,
+        strict_kappa,
+        AugmentConfig(),
+        seed=0,
         progress=False,
     )
     assert res.report["cut_by_uncertainty"] > 0

@@ -37,19 +37,6 @@ TINY_DT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A Minari store with a 1,200-step pendulum-medium-replay dataset."""
-    path = tmp_path_factory.mktemp("minari")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MINARI_DATASETS_PATH", str(path))
-    from ipd_plugins.data.make import make_dataset
-
-    make_dataset("pendulum-medium-replay", steps=1_200, seed=0)
-    yield path
-    mp.undo()
-
-
 def _baseline(algo: str, out: Path, *extra: str, check: bool = True):
     args = ["baseline", algo, "--dataset", "pendulum-medium-replay", "--out", str(out)]
     for item in TINY + (TINY_DT if algo == "dt" else []):

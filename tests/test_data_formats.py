@@ -32,8 +32,15 @@ HOPPER_REF = (-20.272305, 3234.3)
 
 
 def _same(a: TrajectoryDataset, b: TrajectoryDataset) -> None:
-    for key in ("observations", "actions", "rewards", "next_observations", "terminations",
-                "truncations", "episode_lengths"):
+    for key in (
+        "observations",
+        "actions",
+        "rewards",
+        "next_observations",
+        "terminations",
+        "truncations",
+        "episode_lengths",
+    ):
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
     assert a.env_id == b.env_id
     assert (a.ref_min_score, a.ref_max_score) == (b.ref_min_score, b.ref_max_score)
@@ -49,8 +56,13 @@ def _hopper_dataset(make_episodes, returns=(100.0, 300.0, 200.0), lengths=(5, 3,
         ep["rewards"] = np.full(len(ep["actions"]), ret / len(ep["actions"]), np.float32)
     lo, hi = ref_scores("Hopper-v5")
     return TrajectoryDataset.from_episodes(
-        eps, env_id="Hopper-v5", name="hop", ref_min_score=lo, ref_max_score=hi,
-        action_low=-np.ones(3, np.float32), action_high=np.ones(3, np.float32),
+        eps,
+        env_id="Hopper-v5",
+        name="hop",
+        ref_min_score=lo,
+        ref_max_score=hi,
+        action_low=-np.ones(3, np.float32),
+        action_high=np.ones(3, np.float32),
     )
 
 
@@ -84,8 +96,9 @@ def test_register_ref_scores(monkeypatch):
 def test_minari_round_trip_with_minaris_own_reader(minari_store, toy_dataset):
     import minari
 
-    ds = toy_dataset.replace(extras={"imagined": np.arange(12) % 3 == 0,
-                                     "source_index": np.arange(12) - 1})
+    ds = toy_dataset.replace(
+        extras={"imagined": np.arange(12) % 3 == 0, "source_index": np.arange(12) - 1}
+    )
     mds = to_minari(ds, "ipdtest/toy-v0", description="toy")
     assert (minari_store / "ipdtest" / "toy-v0" / "data").is_dir()
     assert minari_local_ids() == ["ipdtest/toy-v0"]
@@ -181,19 +194,27 @@ def test_minari_rejects_what_it_cannot_hold(minari_store, toy_dataset):
     with pytest.raises(DatasetError, match=r"episode 0: next_observations\[1\] differs"):
         to_minari(toy_dataset.replace(next_observations=nxt), "bad-v0")
     with pytest.raises(DatasetError, match="env_id 'Hopper-v5' has observations"):
-        to_minari(toy_dataset.replace(env_id="Hopper-v5", action_low=None, action_high=None),
-                  "bad-v0")
+        to_minari(
+            toy_dataset.replace(env_id="Hopper-v5", action_low=None, action_high=None), "bad-v0"
+        )
     assert minari_local_ids() == []
 
 
 # -- D4RL HDF5 ----------------------------------------------------------------------------
 def test_hdf5_round_trip(tmp_path, toy_dataset):
-    ds = toy_dataset.replace(extras={"imagined": np.arange(12) % 2 == 0}, ref_min_score=-1.0,
-                             ref_max_score=1.0)
+    ds = toy_dataset.replace(
+        extras={"imagined": np.arange(12) % 2 == 0}, ref_min_score=-1.0, ref_max_score=1.0
+    )
     path = to_d4rl_hdf5(ds, tmp_path / "toy.hdf5")
     with h5py.File(path) as f:  # the D4RL layout
-        assert {"observations", "actions", "rewards", "terminals", "timeouts",
-                "next_observations"} <= set(f)
+        assert {
+            "observations",
+            "actions",
+            "rewards",
+            "terminals",
+            "timeouts",
+            "next_observations",
+        } <= set(f)
         assert f.attrs["env_id"] == "Pendulum-v1"
         np.testing.assert_array_equal(np.flatnonzero(f["timeouts"][()]), [7, 11])
     _same(from_d4rl_hdf5(path), ds)
@@ -219,16 +240,20 @@ def test_hdf5_written_by_h5py_with_next_observations(tmp_path, make_episodes):
     _write_d4rl(path, ds, env_id="hopper-medium-v2")  # D4RL's name: ref scores, no gym env
     back = from_d4rl_hdf5(path, env_id="Pendulum-v1")
     np.testing.assert_array_equal(back.episode_lengths, [4, 3, 5])
-    np.testing.assert_allclose(back.episode_returns(),
-                               [ep["rewards"].sum() for ep in eps], rtol=1e-6)
+    np.testing.assert_allclose(
+        back.episode_returns(), [ep["rewards"].sum() for ep in eps], rtol=1e-6
+    )
     np.testing.assert_array_equal(back.next_observations, ds.next_observations)
     assert back.env_id == "Pendulum-v1" and back.ref_min_score == ref_scores("Pendulum-v1")[0]
     np.testing.assert_array_equal(back.action_high, [2.0])  # from Pendulum's action space
     hop = from_d4rl_hdf5(path)  # env_id from the file attribute -> D4RL hopper scores
     assert hop.env_id == "hopper-medium-v2" and hop.action_low is None
     assert (hop.ref_min_score, hop.ref_max_score) == HOPPER_REF
-    with pytest.raises(DatasetError, match=r"d4rl.h5: actions have shape \(12, 1\) but the "
-                       r"action space has shape \(3,\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"d4rl.h5: actions have shape \(12, 1\) but the "
+        r"action space has shape \(3,\)",
+    ):
         from_d4rl_hdf5(path, env_id="Hopper-v5")
 
 
@@ -259,7 +284,9 @@ def test_hdf5_without_next_observations_follows_qlearning_dataset(tmp_path, make
 def test_npz_round_trip(tmp_path, toy_dataset):
     ds = toy_dataset.replace(
         extras={"imagined": np.arange(12) % 2 == 0, "source_index": np.arange(12, dtype=np.int64)},
-        ref_min_score=-3.0, ref_max_score=7.5, name="npz-toy",
+        ref_min_score=-3.0,
+        ref_max_score=7.5,
+        name="npz-toy",
     )
     path = save_npz(ds, tmp_path / "sub" / "toy.npz")
     assert sorted(p.name for p in path.parent.iterdir()) == ["toy.npz"]  # no temp file left
@@ -283,8 +310,9 @@ def test_d3rlpy_round_trip(toy_dataset):
     np.testing.assert_array_equal(t.next_observation, ds.next_observations[6])
     assert t.terminal == 0.0
     assert picker(buf.episodes[0], 4).terminal == 1.0
-    np.testing.assert_allclose([ep.compute_return() for ep in buf.episodes],
-                               ds.episode_returns(), rtol=1e-6)
+    np.testing.assert_allclose(
+        [ep.compute_return() for ep in buf.episodes], ds.episode_returns(), rtol=1e-6
+    )
 
     with pytest.warns(UserWarning, match="dropped 2 step"):
         back = from_d3rlpy(buf, env_id="Pendulum-v1")
@@ -327,10 +355,18 @@ def test_info_on_minari_hopper_dataset(minari_store, make_episodes):
     to_minari(ds, "mujoco/hop/tiny-v0")
     res = CliRunner().invoke(main, ["data", "info", "mujoco/hop/tiny-v0"])
     assert res.exit_code == 0, res.output
-    lines = dict(line.split(None, 1) for line in res.output.splitlines()
-                 if line.split()[0] in ("episodes", "steps", "obs_dim", "act_dim", "env_id"))
-    assert lines == {"episodes": "3", "steps": "12", "obs_dim": "11", "act_dim": "3",
-                     "env_id": "Hopper-v5"}
+    lines = dict(
+        line.split(None, 1)
+        for line in res.output.splitlines()
+        if line.split()[0] in ("episodes", "steps", "obs_dim", "act_dim", "env_id")
+    )
+    assert lines == {
+        "episodes": "3",
+        "steps": "12",
+        "obs_dim": "11",
+        "act_dim": "3",
+        "env_id": "Hopper-v5",
+    }
     assert "return min/mean/max      100.00 / 200.00 / 300.00" in res.output
     lo, hi = HOPPER_REF
     norm = [100 * (r - lo) / (hi - lo) for r in (100.0, 200.0, 300.0)]  # 3.70 / 6.77 / 9.84

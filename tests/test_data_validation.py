@@ -22,8 +22,17 @@ N = 12  # steps of the toy dataset (episodes of 5, 3, 4)
 
 
 def _arrays(ds: TrajectoryDataset) -> dict[str, np.ndarray]:
-    return {k: getattr(ds, k).copy() for k in ("observations", "actions", "rewards",
-                                              "next_observations", "terminations", "truncations")}
+    return {
+        k: getattr(ds, k).copy()
+        for k in (
+            "observations",
+            "actions",
+            "rewards",
+            "next_observations",
+            "terminations",
+            "truncations",
+        )
+    }
 
 
 def _build(ds, **changes):
@@ -96,8 +105,11 @@ def test_missing_key_in_episodes(make_episodes):
 def test_actions_outside_the_space(toy_dataset):
     act = toy_dataset.actions.copy()
     act[3, 0] = 2.5
-    with pytest.raises(DatasetError, match=r"actions: 1 step\(s\) outside the action space "
-                       r"\[-2, 2\]; first at step 3, dim 0 \(value 2.5\).*clip_actions=True"):
+    with pytest.raises(
+        DatasetError,
+        match=r"actions: 1 step\(s\) outside the action space "
+        r"\[-2, 2\]; first at step 3, dim 0 \(value 2.5\).*clip_actions=True",
+    ):
         toy_dataset.replace(actions=act)
     with pytest.warns(UserWarning, match=r"toy: clipped 1 of 12 step\(s\)"):
         clipped, n = enforce_action_bounds(act, [-2.0], [2.0], clip_actions=True, source="toy")
@@ -114,13 +126,17 @@ def _write_h5(path, arrays, **attrs):
 
 
 def _d4rl_arrays(ds):
-    return {"observations": ds.observations, "actions": ds.actions, "rewards": ds.rewards,
-            "terminals": ds.terminations, "timeouts": ds.truncations,
-            "next_observations": ds.next_observations}
+    return {
+        "observations": ds.observations,
+        "actions": ds.actions,
+        "rewards": ds.rewards,
+        "terminals": ds.terminations,
+        "timeouts": ds.truncations,
+        "next_observations": ds.next_observations,
+    }
 
 
-@pytest.mark.parametrize("missing", ["observations", "actions", "rewards", "terminals",
-                                     "timeouts"])
+@pytest.mark.parametrize("missing", ["observations", "actions", "rewards", "terminals", "timeouts"])
 def test_hdf5_missing_key(tmp_path, toy_dataset, missing):
     arrays = _d4rl_arrays(toy_dataset)
     del arrays[missing]
@@ -142,8 +158,11 @@ def test_hdf5_bad_arrays(tmp_path, toy_dataset):
     obs = arrays["observations"].copy()
     obs[4] = np.nan
     _write_h5(path, {**arrays, "observations": obs})
-    with pytest.raises(DatasetError, match=r"bad.h5: observations: 3 NaN/inf value\(s\), first "
-                       "at step 4"):
+    with pytest.raises(
+        DatasetError,
+        match=r"bad.h5: observations: 3 NaN/inf value\(s\), first "
+        "at step 4",
+    ):
         from_d4rl_hdf5(path)
     _write_h5(path, {k: v[:0] for k, v in arrays.items()})
     with pytest.raises(DatasetError, match="bad.h5: the file holds no steps"):
@@ -163,8 +182,11 @@ def test_hdf5_actions_outside_the_space_and_clipping(tmp_path, make_episodes):
     act[2, 1], act[9, 0] = 1.5, -1.25
     path = tmp_path / "hop.hdf5"
     _write_h5(path, {**arrays, "actions": act}, env_id="Hopper-v5")  # bounds from the env
-    with pytest.raises(DatasetError, match=r"hop.hdf5: actions: 2 step\(s\) outside the action "
-                       r"space \[-1, 1\]; first at step 2, dim 1 \(value 1.5\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"hop.hdf5: actions: 2 step\(s\) outside the action "
+        r"space \[-1, 1\]; first at step 2, dim 1 \(value 1.5\)",
+    ):
         load_dataset(str(path))
     with pytest.warns(UserWarning, match=r"hop.hdf5: clipped 2 of 12 step\(s\)"):
         got = load_dataset(str(path), clip_actions=True)
@@ -189,8 +211,11 @@ def test_npz_bad_content(tmp_path, toy_dataset):
     data["rewards"] = data["rewards"].copy()
     data["rewards"][5] = np.nan
     np.savez(tmp_path / "nan.npz", **data)
-    with pytest.raises(DatasetError, match=r"nan.npz: rewards: 1 NaN/inf value\(s\), first at "
-                       "step 5"):
+    with pytest.raises(
+        DatasetError,
+        match=r"nan.npz: rewards: 1 NaN/inf value\(s\), first at "
+        "step 5",
+    ):
         load_npz(tmp_path / "nan.npz")
     data["rewards"] = np.array([object()] * N, dtype=object)  # needs pickle to load
     np.savez(tmp_path / "pickle.npz", **data)
@@ -210,8 +235,14 @@ def _minari_raw(dataset_id, episodes):
 
     buffers = [EpisodeBuffer(id=i, **ep) for i, ep in enumerate(episodes)]
     return minari.create_dataset_from_buffers(
-        dataset_id=dataset_id, buffer=buffers, env="Pendulum-v1", algorithm_name="test",
-        author="test", author_email="t@example.org", code_permalink="none", description="test",
+        dataset_id=dataset_id,
+        buffer=buffers,
+        env="Pendulum-v1",
+        algorithm_name="test",
+        author="test",
+        author_email="t@example.org",
+        code_permalink="none",
+        description="test",
         eval_env="Pendulum-v1",
     )
 
@@ -220,15 +251,21 @@ def test_minari_bad_content(minari_store, make_episodes):
     eps = make_episodes()
     eps[1]["observations"][0, 2] = np.nan
     _minari_raw("nan-v0", eps)
-    with pytest.raises(DatasetError, match=r"Minari dataset 'nan-v0': observations: 1 NaN/inf "
-                       r"value\(s\), first at step 5"):
+    with pytest.raises(
+        DatasetError,
+        match=r"Minari dataset 'nan-v0': observations: 1 NaN/inf "
+        r"value\(s\), first at step 5",
+    ):
         load_dataset("nan-v0")
 
     eps = make_episodes()
     eps[2]["actions"][1, 0] = 2.75  # Pendulum's torque is in [-2, 2]
     _minari_raw("far-v0", eps)
-    with pytest.raises(DatasetError, match=r"Minari dataset 'far-v0': actions: 1 step\(s\) "
-                       r"outside the action space \[-2, 2\]; first at step 9"):
+    with pytest.raises(
+        DatasetError,
+        match=r"Minari dataset 'far-v0': actions: 1 step\(s\) "
+        r"outside the action space \[-2, 2\]; first at step 9",
+    ):
         from_minari("far-v0")
     with pytest.warns(UserWarning, match=r"'far-v0': clipped 1 of 12"):
         assert from_minari("far-v0", clip_actions=True).actions[9, 0] == 2.0
@@ -236,18 +273,32 @@ def test_minari_bad_content(minari_store, make_episodes):
     eps = make_episodes()
     eps[0]["observations"] = eps[0]["observations"][:-1]  # T instead of T+1 observations
     _minari_raw("short-v0", eps)
-    with pytest.raises(DatasetError, match=r"'short-v0', episode 0: observations has shape "
-                       r"\(5, 3\) for 5 actions; expected \(6, O\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"'short-v0', episode 0: observations has shape "
+        r"\(5, 3\) for 5 actions; expected \(6, O\)",
+    ):
         from_minari("short-v0")
 
 
 def test_unknown_sources(tmp_path, minari_store, toy_dataset):
-    _minari_raw("here-v0", [dict(observations=np.zeros((3, 3), np.float32),
-                                 actions=np.zeros((2, 1), np.float32), rewards=np.zeros(2),
-                                 terminations=np.array([False, True]),
-                                 truncations=np.zeros(2, bool))])
-    with pytest.raises(DatasetError, match=r"unknown dataset source 'there-v0'.*\.hdf5.*\.npz"
-                       r".*holds: here-v0"):
+    _minari_raw(
+        "here-v0",
+        [
+            dict(
+                observations=np.zeros((3, 3), np.float32),
+                actions=np.zeros((2, 1), np.float32),
+                rewards=np.zeros(2),
+                terminations=np.array([False, True]),
+                truncations=np.zeros(2, bool),
+            )
+        ],
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"unknown dataset source 'there-v0'.*\.hdf5.*\.npz"
+        r".*holds: here-v0",
+    ):
         load_dataset("there-v0")
     with pytest.raises(DatasetError, match="'there-v0' is not in the local store.*here-v0"):
         from_minari("there-v0")
