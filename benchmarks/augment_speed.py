@@ -38,8 +38,14 @@ def main() -> None:
 
     ds = resolve_dataset(args.dataset)
     low, high = ds.action_bounds
-    ctx = BuildContext(ds.obs_dim, ds.act_dim, tuple(map(float, low)), tuple(map(float, high)),
-                       env_id=ds.env_id, seed=0)
+    ctx = BuildContext(
+        ds.obs_dim,
+        ds.act_dim,
+        tuple(map(float, low)),
+        tuple(map(float, high)),
+        env_id=ds.env_id,
+        seed=0,
+    )
     value = create("value", "qov", {"n_steps": 10}, ctx)
     value.fit(ds)
     world_model = create("world_model", "pe", {"n_steps": 10, "step_dtype": args.step_dtype}, ctx)
@@ -65,7 +71,8 @@ def main() -> None:
         f"{r['ended_by_termination']} ended by termination)",
         f"identification: {r['identification_transitions']:,} transitions in "
         f"{r['identification_seconds']:.1f} s = {ident_rate:,.0f}/s",
-        f"MPC rollouts:   {mpc_sim:,} transitions in {r['rollout_seconds']:.1f} s = {mpc_rate:,.0f}/s",
+        f"MPC rollouts:   {mpc_sim:,} transitions in {r['rollout_seconds']:.1f} s = "
+        f"{mpc_rate:,.0f}/s",
         f"whole:          {r['simulated_transitions']:,} simulated in {wall:.1f} s = "
         f"{total_rate:,.0f}/s; kept imagined transitions {kept_rate:,.0f}/s",
     ]

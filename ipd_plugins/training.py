@@ -1,4 +1,4 @@
-"""Training plumbing shared by the plugins: seeding, tensor-side sampling, safe resumable checkpoints.
+"""Training plumbing shared by plugins: seeding, tensor-side sampling, safe resumable checkpoints.
 
 Checkpoints hold only tensors and plain values and are read back with
 ``torch.load(weights_only=True)``: a checkpoint file can never run code. Every write goes to a
@@ -108,7 +108,11 @@ class Checkpointer:
         return int(state["step"])
 
     def maybe_save(
-        self, step: int, objects: dict[str, Any], extra: dict[str, Any] | None = None, force: bool = False
+        self,
+        step: int,
+        objects: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+        force: bool = False,
     ) -> None:
         """Save when ``step`` is a multiple of ``every`` (or ``force``)."""
         if self.path is None or (not force and step % self.every != 0):
@@ -129,7 +133,7 @@ class Checkpointer:
 
 
 class TransitionSampler:
-    """Uniform minibatches of (s, a, r, s', terminated) drawn tensor-side (no Python loop per row)."""
+    """Uniform minibatches of (s, a, r, s', terminated), drawn tensor-side (no loop per row)."""
 
     def __init__(self, dataset: Any, device: str = "cpu", generator: torch.Generator | None = None):
         def t(x: np.ndarray) -> torch.Tensor:

@@ -164,12 +164,23 @@ class TrajectoryDataset:
             row = {
                 "observations": obs,
                 "next_observations": next_obs,
-                **{k: np.asarray(v) for k, v in ep.items() if k not in ("observations", "next_observations")},
+                **{
+                    k: np.asarray(v)
+                    for k, v in ep.items()
+                    if k not in ("observations", "next_observations")
+                },
             }
             for key, value in row.items():
                 cols.setdefault(key, []).append(value)
             lengths.append(t)
-        core = {"observations", "actions", "rewards", "next_observations", "terminations", "truncations"}
+        core = {
+            "observations",
+            "actions",
+            "rewards",
+            "next_observations",
+            "terminations",
+            "truncations",
+        }
         extras = {k: np.concatenate(v) for k, v in cols.items() if k not in core}
         return cls.from_arrays(
             {k: np.concatenate(cols[k]) for k in core},
@@ -208,7 +219,15 @@ class TrajectoryDataset:
         per_step = {
             f.name: getattr(self, f.name)[steps]
             for f in fields(self)
-            if f.name in ("observations", "actions", "rewards", "next_observations", "terminations", "truncations")
+            if f.name
+            in (
+                "observations",
+                "actions",
+                "rewards",
+                "next_observations",
+                "terminations",
+                "truncations",
+            )
         }
         return replace(
             self,
@@ -236,7 +255,15 @@ class TrajectoryDataset:
             )
         cat = {
             key: np.concatenate([getattr(p, key) for p in parts])
-            for key in ("observations", "actions", "rewards", "next_observations", "terminations", "truncations", "episode_lengths")
+            for key in (
+                "observations",
+                "actions",
+                "rewards",
+                "next_observations",
+                "terminations",
+                "truncations",
+                "episode_lengths",
+            )
         }
         return replace(first, **cat, extras=extras, name=name or first.name)
 
@@ -244,7 +271,15 @@ class TrajectoryDataset:
     def content_hash(self) -> str:
         """sha256 of every array and the metadata that changes training (16 hex chars)."""
         h = hashlib.sha256()
-        for key in ("observations", "actions", "rewards", "next_observations", "terminations", "truncations", "episode_lengths"):
+        for key in (
+            "observations",
+            "actions",
+            "rewards",
+            "next_observations",
+            "terminations",
+            "truncations",
+            "episode_lengths",
+        ):
             arr = np.ascontiguousarray(getattr(self, key))
             h.update(key.encode())
             h.update(str(arr.dtype).encode() + str(arr.shape).encode())

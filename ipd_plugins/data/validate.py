@@ -43,9 +43,7 @@ def validate_dataset(ds: TrajectoryDataset) -> None:
             raise DatasetError(f"{key}: expected rank {rank}, got shape {arr.shape}")
     for key in ("observations", "next_observations", "rewards", "terminations", "truncations"):
         if getattr(ds, key).shape[0] != n:
-            raise DatasetError(
-                f"{key}: has {getattr(ds, key).shape[0]} rows but actions has {n}"
-            )
+            raise DatasetError(f"{key}: has {getattr(ds, key).shape[0]} rows but actions has {n}")
     if ds.next_observations.shape[1] != ds.observations.shape[1]:
         raise DatasetError(
             f"next_observations: dim {ds.next_observations.shape[1]} != observations dim "
