@@ -21,7 +21,7 @@ __all__ = ["PROFILES", "DEFAULT_DATASET"]
 
 #: The dataset each profile runs on when ``--dataset`` is not given (made if missing).
 DEFAULT_DATASET: dict[str, str] = {
-    "quick": "pendulum-medium-replay",
+    "quick": "pendulum-medium",
     "default": "hopper-medium",
     "paper": "hopper-medium",
 }
