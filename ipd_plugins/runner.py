@@ -187,7 +187,10 @@ def resolve_config(
         cls = reg.config_class(kind, names[kind])
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in profile.get(kind, {}).items() if k in fields}
-        values.update(file.get(kind, {}))
+        # a file's section configures the component the file names; a flag that swaps the
+        # component (e.g. --planner greedy over a replayed mpc run) starts from its defaults
+        if file.get("components", {}).get(kind, DEFAULT_COMPONENTS[kind]) == names[kind]:
+            values.update(file.get(kind, {}))
         values.update(overrides.get(kind, {}))
         configs[kind] = cls.from_dict(values)
     aug_values = {
