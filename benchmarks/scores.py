@@ -7,9 +7,12 @@ checkpoint, mean +- std over seeds, IQM with a stratified bootstrap CI), the wal
 method, and the paper's table 1 numbers for reference.
 
 Resumable and runnable in pieces: a run folder with ``results.json`` is skipped, an interrupted
-stage resumes from its checkpoint, and ``--datasets/--seeds/--methods`` pick a slice; the table
-is rebuilt from every finished run folder under ``--out`` each time (``--table-only`` just
-rebuilds it). Datasets missing from the Minari store are made first (``ipd data make``).
+stage resumes from its checkpoint, and ``--datasets/--seeds/--methods`` pick a slice. Each
+finished run's ``results.json`` (a few KB) is also copied under ``--record``
+(``benchmarks/results/scores_runs/`` by default, committed), so finished runs survive a fresh
+checkout: a run recorded there is skipped too, and the table is rebuilt from the record each
+time (``--table-only`` just rebuilds it). Datasets missing from the Minari store are made first
+(``ipd data make``).
 
     python benchmarks/scores.py                                   # everything (hours)
     python benchmarks/scores.py --datasets hopper-medium --seeds 0 --methods ipd,iql
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,8 +78,18 @@ def run_one(method: str, dataset: str, seed: int, profile: str, out: str, thread
         run_baseline(method, run=run, echo=log)
 
 
-def write_table(out: str, profile: str, path: Path, reps: int) -> str:
-    records = load_records([out])
+def record(run_dir: Path, out: str, record_dir: str) -> Path:
+    """Copy ``run_dir/results.json`` to the same relative place under ``record_dir`` (atomic)."""
+    dest = Path(record_dir) / run_dir.relative_to(out) / "results.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".json.tmp")
+    tmp.write_text((run_dir / "results.json").read_text())
+    os.replace(tmp, dest)
+    return dest
+
+
+def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) -> str:
+    records = load_records([record_dir])
     cmp = summarise(records, reps=reps, order=list(METHODS))
     text = to_markdown(cmp, f"Scores: IPD vs d3rlpy baselines, profile `{profile}`")
     lines = [
@@ -102,7 +116,11 @@ def write_table(out: str, profile: str, path: Path, reps: int) -> str:
     for d in paper:
         p = PAPER[d]
         lines.append(f"| {d} | {p['ipd']} | {p['iql']} | {p['dt']} |")
-    lines += ["", f"Run folders: `{out}`; rebuild with `python benchmarks/scores.py --table-only`."]
+    lines += [
+        "",
+        f"Run folders: `{out}` (not committed); their `results.json` files: `{record_dir}`. "
+        "Rebuild with `python benchmarks/scores.py --table-only`.",
+    ]
     text += "\n".join(lines) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -118,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/scores", help="run folders + stage cache")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
     ap.add_argument("--table", default="benchmarks/results/scores.md", help="Markdown output")
+    ap.add_argument(
+        "--record",
+        default="benchmarks/results/scores_runs",
+        help="finished runs' results.json are copied here (commit it); the table is built from it",
+    )
     ap.add_argument("--reps", type=int, default=2000, help="bootstrap replicates")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the table")
     ap.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
@@ -137,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 for method in methods:
                     rd = run_dir_of(method, dataset, seed, args.profile, args.out, args.threads)
+                    recorded = Path(args.record) / rd.relative_to(args.out) / "results.json"
                     if (rd / "results.json").exists():
-                        log(f"skip {method} {dataset} seed {seed}: finished ({rd})")
+                        record(rd, args.out, args.record)
+                    if recorded.exists():
+                        log(f"skip {method} {dataset} seed {seed}: finished ({recorded})")
                         continue
                     if args.dry_run:
                         log(f"would run {method} {dataset} seed {seed} -> {rd}")
@@ -146,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"run {method} {dataset} seed {seed} -> {rd}")
                     t0 = time.perf_counter()
                     run_one(method, dataset, seed, args.profile, args.out, args.threads)
-                    score = json.loads((rd / "results.json").read_text())["scores"]["policy"]
+                    score = json.loads(record(rd, args.out, args.record).read_text())
+                    score = score["scores"]["policy"]
                     log(
                         f"done {method} {dataset} seed {seed}: "
                         f"{score.get('normalized_mean')} in {time.perf_counter() - t0:.0f} s"
@@ -154,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     try:
-        print(write_table(args.out, args.profile, Path(args.table), args.reps))
+        print(write_table(args.record, args.out, args.profile, Path(args.table), args.reps))
     except (FileNotFoundError, ValueError) as err:
         log(f"no table yet: {err}")
         return 1
