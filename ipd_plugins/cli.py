@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from ipd_plugins import __version__
@@ -33,7 +35,8 @@ def plugins() -> None:
             click.echo("  (none)")
         for r in rows:
             doc = (r.config_cls.__doc__ or "").strip().splitlines()
-            click.echo(f"  {r.name:<16} {r.source:<24} {doc[0] if doc else ''}")
+            summary = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc[0]) if doc else ""  # drop RST roles
+            click.echo(f"  {r.name:<16} {r.source:<24} {summary.replace('``', '')}")
 
 
 main.add_command(run)
