@@ -451,10 +451,10 @@ class ProbabilisticEnsemble:
                     log(
                         done_steps,
                         {
-                            "loss": float(loss),
-                            "loss_c": float(loss_c),
-                            "loss_r": float(loss_r),
-                            "loss_nll": float(loss_nll),
+                            "loss": loss.item(),
+                            "loss_c": loss_c.item(),
+                            "loss_r": loss_r.item(),
+                            "loss_nll": loss_nll.item(),
                             "gamma_exp": weight,
                             **{f"holdout_{k}": v for k, v in ev.items() if k != "member_mse"},
                         },
