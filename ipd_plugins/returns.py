@@ -1,10 +1,38 @@
-"""Discounted n-step returns with termination masks (shared by augmentation and planners)."""
+"""Returns: discounted n-step returns with termination masks (augmentation, planners) and
+IQL's reward normalisation (value learners)."""
 
 from __future__ import annotations
 
+import warnings
+from typing import TYPE_CHECKING
+
 import torch
 
-__all__ = ["discounted_return"]
+if TYPE_CHECKING:
+    from ipd_plugins.data.dataset import TrajectoryDataset
+
+__all__ = ["discounted_return", "reward_factor"]
+
+
+def reward_factor(dataset: TrajectoryDataset, scale: float = 1.0, normalize: bool = True) -> float:
+    """The factor rewards are multiplied by before value learning.
+
+    ``scale``, times IQL's ``1000 / (max - min episode return)`` when ``normalize`` (what IQL's
+    beta=3 is tuned for). Episodes that all return the same leave no spread to normalise by:
+    then only ``scale`` applies, with a warning.
+    """
+    factor = float(scale)
+    if normalize:
+        returns = dataset.episode_returns()
+        spread = float(returns.max() - returns.min())
+        if spread > 0:
+            return factor * 1000.0 / spread
+        warnings.warn(
+            f"normalize_rewards: all {dataset.n_episodes} episodes return {returns[0]:.4g}, so "
+            "there is no spread to normalise by; rewards are left unnormalised",
+            stacklevel=2,
+        )
+    return factor
 
 
 def discounted_return(

@@ -361,3 +361,30 @@ def test_d3rlpy_iql_trains_answers_and_round_trips(tmp_path, chain):
     assert torch.equal(other.act(obs), learner.act(obs))
     with pytest.raises(ValueError, match="expectile"):
         D3rlpyIQLConfig(expectile=0.0)
+
+
+def _episodes_with_rewards(*per_episode: list[float]) -> TrajectoryDataset:
+    eps = []
+    for rewards in per_episode:
+        t = len(rewards)
+        eps.append(
+            {
+                "observations": np.zeros((t + 1, 2), np.float32),
+                "actions": np.zeros((t, 1), np.float32),
+                "rewards": np.asarray(rewards, np.float32),
+                "terminations": np.zeros(t, bool),
+                "truncations": np.eye(1, t, t - 1, dtype=bool)[0],
+            }
+        )
+    return TrajectoryDataset.from_episodes(eps)
+
+
+def test_reward_factor_is_iqls_normalisation_and_survives_equal_returns():
+    from ipd_plugins.returns import reward_factor
+
+    ds = _episodes_with_rewards([1.0, 2.0], [5.0, 5.0, 10.0])  # returns 3 and 20: spread 17
+    assert reward_factor(ds, 2.0, normalize=True) == pytest.approx(2.0 * 1000.0 / 17.0)
+    assert reward_factor(ds, 2.0, normalize=False) == 2.0
+    flat = _episodes_with_rewards([1.0, 1.0], [2.0])  # both return 2: nothing to normalise by
+    with pytest.warns(UserWarning, match="no spread"):
+        assert reward_factor(flat, 0.5, normalize=True) == 0.5

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ipd_plugins.returns import reward_factor
 from ipd_plugins.training import Checkpointer, atomic_save, safe_load
 from registry import hookimpl
 from registry.config import ComponentConfig
@@ -96,7 +97,7 @@ class D3rlpyIQLConfig(ComponentConfig):
     n_steps: int = 1_000_000
     # constant factor on rewards; IQL's locomotion normalisation on top when normalize_rewards.
     reward_scale: float = 1.0
-    normalize_rewards: bool = False
+    normalize_rewards: bool = True
     # steps between resumable checkpoints / log calls.
     checkpoint_every: int = 5_000
     log_every: int = 1_000
@@ -301,15 +302,7 @@ class D3rlpyIQLLearner:
                 f"{dataset.act_dim}; the learner was built for {self.ctx.obs_dim}, "
                 f"{self.ctx.act_dim}"
             )
-        factor = float(cfg.reward_scale)
-        if cfg.normalize_rewards:
-            returns = dataset.episode_returns()
-            spread = float(returns.max() - returns.min())
-            if spread <= 0:
-                raise ValueError(
-                    "d3rlpy-iql: normalize_rewards needs episodes with different returns"
-                )
-            factor *= 1000.0 / spread
+        factor = reward_factor(dataset, cfg.reward_scale, cfg.normalize_rewards)
         obs = dataset.observations.astype(np.float64)
         self._build(obs.mean(0), obs.std(0), factor)  # the same statistics d3rlpy would fit
         buffer = to_d3rlpy(dataset)

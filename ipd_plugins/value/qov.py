@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ipd_plugins.nn import EnsembleMLP, Normalizer, mlp
+from ipd_plugins.returns import reward_factor
 from ipd_plugins.training import Checkpointer, TransitionSampler, atomic_save, safe_load
 from ipd_plugins.value.losses import (
     PercentileWindow,
@@ -155,8 +156,10 @@ class QOVConfig(ComponentConfig):
     normalize_obs: bool = True
     # constant factor on rewards before training (reported values are unscaled back).
     reward_scale: float = 1.0
-    # IQL's locomotion trick: rewards *= 1000 / (max - min episode return).
-    normalize_rewards: bool = False
+    # IQL's reward normalisation: rewards *= 1000 / (max - min episode return). beta=3 is tuned
+    # for it (IQL, d3rlpy's IQL baseline); off, the advantages are in raw reward units and the
+    # AWR weights saturate (hopper-medium, 30k steps: pi_QOP 2.3 off vs 33.2 on, normalised).
+    normalize_rewards: bool = True
     # steps between resumable checkpoints in work_dir; smaller -> less lost work, more I/O.
     checkpoint_every: int = 5_000
     # steps between log(step, metrics) calls (and the averaging window of the metrics).
@@ -387,19 +390,6 @@ class QOVLearner:
         self.nets.eval()
 
     # -- training ------------------------------------------------------------------------
-    def _reward_factor(self, dataset: TrajectoryDataset) -> float:
-        factor = float(self.config.reward_scale)
-        if self.config.normalize_rewards:
-            returns = dataset.episode_returns()
-            spread = float(returns.max() - returns.min())
-            if spread <= 0:
-                raise ValueError(
-                    "value 'qov': normalize_rewards needs episodes with different returns "
-                    f"(all {dataset.n_episodes} episodes return {returns[0]:.4g})"
-                )
-            factor *= 1000.0 / spread
-        return factor
-
     def _losses(
         self,
         obs: torch.Tensor,
@@ -456,7 +446,7 @@ class QOVLearner:
             )
         if cfg.normalize_obs:
             n.obs_norm.fit(dataset.observations)
-        n.reward_scale.fill_(self._reward_factor(dataset))
+        n.reward_scale.fill_(reward_factor(dataset, cfg.reward_scale, cfg.normalize_rewards))
 
         gen = torch.Generator().manual_seed(self.ctx.seed)
         sampler = TransitionSampler(dataset, device=str(dev), generator=gen)
