@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from ipd_plugins.augment import AugmentConfig, augment, calibrate_kappa
-from ipd_plugins.runner import resolve_dataset
-from registry import BuildContext, create
+from ipd_plugins.runner import context_for, resolve_dataset
+from registry import create
 
 
 def main() -> None:
@@ -37,15 +37,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     ds = resolve_dataset(args.dataset)
-    low, high = ds.action_bounds
-    ctx = BuildContext(
-        ds.obs_dim,
-        ds.act_dim,
-        tuple(map(float, low)),
-        tuple(map(float, high)),
-        env_id=ds.env_id,
-        seed=0,
-    )
+    ctx = context_for(ds, seed=0)
     value = create("value", "qov", {"n_steps": 10}, ctx)
     value.fit(ds)
     world_model = create("world_model", "pe", {"n_steps": 10, "step_dtype": args.step_dtype}, ctx)

@@ -18,8 +18,8 @@ import time
 import torch
 
 from ipd_plugins.evaluate import CallableActor, evaluate
-from ipd_plugins.runner import resolve_dataset
-from registry import BuildContext, create
+from ipd_plugins.runner import context_for, resolve_dataset
+from registry import create
 
 
 def main() -> None:
@@ -32,15 +32,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     ds = resolve_dataset(args.dataset)
-    low, high = ds.action_bounds
-    ctx = BuildContext(
-        ds.obs_dim,
-        ds.act_dim,
-        tuple(map(float, low)),
-        tuple(map(float, high)),
-        env_id=ds.env_id,
-        seed=args.seed,
-    )
+    ctx = context_for(ds, seed=args.seed)
     refs = (ds.ref_min_score, ds.ref_max_score) if ds.ref_min_score is not None else None
     print("| qov overrides | mean action | sampled action | train s |")
     print("|---|---|---|---|")

@@ -47,7 +47,25 @@ __all__ = [
     "load_config_file",
     "Pipeline",
     "DEFAULT_COMPONENTS",
+    "context_for",
 ]
+
+
+def context_for(
+    ds: TrajectoryDataset, seed: int = 0, device: str = "cpu", env_id: str | None = None
+) -> BuildContext:
+    """What a component is built for on ``ds``: its dims, action bounds, env, seed and device."""
+    low, high = ds.action_bounds
+    return BuildContext(
+        obs_dim=ds.obs_dim,
+        act_dim=ds.act_dim,
+        act_low=tuple(float(x) for x in low),
+        act_high=tuple(float(x) for x in high),
+        device=device,
+        seed=seed,
+        env_id=env_id or ds.env_id,
+    )
+
 
 #: The paper's pipeline: what ``ipd run`` uses when no component flag is given.
 DEFAULT_COMPONENTS: dict[str, str] = {
@@ -348,16 +366,8 @@ class Pipeline:
         )
 
     def build_context(self, ds: TrajectoryDataset) -> BuildContext:
-        low, high = ds.action_bounds
-        return BuildContext(
-            obs_dim=ds.obs_dim,
-            act_dim=ds.act_dim,
-            act_low=tuple(float(x) for x in low),
-            act_high=tuple(float(x) for x in high),
-            device=self.cfg.run.device,
-            seed=self.cfg.run.seed,
-            env_id=self.cfg.run.env_id or ds.env_id,
-        )
+        run = self.cfg.run
+        return context_for(ds, seed=run.seed, device=run.device, env_id=run.env_id)
 
     def write_config(self, ds: TrajectoryDataset) -> None:
         data = self.cfg.to_dict()

@@ -14,8 +14,9 @@ import torch
 
 from ipd_plugins.augment import AugmentConfig, augment, calibrate_kappa
 from ipd_plugins.data.make import generate
+from ipd_plugins.runner import context_for
 from ipd_plugins.training import seed_everything
-from registry import BuildContext, create
+from registry import create
 
 H_CON = 10
 
@@ -24,15 +25,7 @@ H_CON = 10
 def learned():
     torch.set_num_threads(1)
     ds = generate("pendulum-medium-replay", n_steps=6000, seed=0)
-    low, high = ds.action_bounds
-    ctx = BuildContext(
-        ds.obs_dim,
-        ds.act_dim,
-        tuple(map(float, low)),
-        tuple(map(float, high)),
-        env_id="Pendulum-v1",
-        seed=0,
-    )
+    ctx = context_for(ds, seed=0, env_id="Pendulum-v1")
     value = create("value", "qov", {"n_steps": 3000, "hidden": 64}, ctx)
     value.fit(ds)
     wm_config = {"n_steps": 3000, "hidden": 64, "n_hidden": 2}

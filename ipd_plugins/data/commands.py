@@ -76,8 +76,9 @@ def info(source: str, as_json: bool, clip_actions: bool) -> None:
         rows.append(
             (
                 "normalised min/mean/max",
-                " / ".join(_fmt(d[k]) for k in ("normalized_min", "normalized_mean",
-                                                  "normalized_max")),
+                " / ".join(
+                    _fmt(d[k]) for k in ("normalized_min", "normalized_mean", "normalized_max")
+                ),
             )
         )
         rows.append(("ref min/max", f"{d['ref_min_score']:g} / {d['ref_max_score']:g}"))

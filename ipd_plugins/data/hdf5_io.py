@@ -110,8 +110,14 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dic
 
 
 def _check_shapes(arrays: dict[str, np.ndarray], extras: dict[str, np.ndarray], src: str) -> int:
-    ranks = {"observations": (2,), "next_observations": (2,), "actions": (1, 2), "rewards": (1, 2),
-             "terminals": (1, 2), "timeouts": (1, 2)}
+    ranks = {
+        "observations": (2,),
+        "next_observations": (2,),
+        "actions": (1, 2),
+        "rewards": (1, 2),
+        "terminals": (1, 2),
+        "timeouts": (1, 2),
+    }
     n = arrays["actions"].shape[0] if arrays["actions"].ndim else 0
     if n == 0:
         raise DatasetError(f"{src}: the file holds no steps (actions is empty)")
@@ -119,8 +125,10 @@ def _check_shapes(arrays: dict[str, np.ndarray], extras: dict[str, np.ndarray], 
         if arr.ndim == 0 or arr.shape[0] != n:
             raise DatasetError(f"{src}: {key} has shape {arr.shape} but actions has {n} rows")
         if key in ranks and arr.ndim not in ranks[key]:
-            raise DatasetError(f"{src}: {key} has rank {arr.ndim} (shape {arr.shape}), "
-                               f"expected rank {' or '.join(map(str, ranks[key]))}")
+            raise DatasetError(
+                f"{src}: {key} has rank {arr.ndim} (shape {arr.shape}), "
+                f"expected rank {' or '.join(map(str, ranks[key]))}"
+            )
         if key in ("rewards", "terminals", "timeouts") and arr.ndim == 2 and arr.shape[1] != 1:
             raise DatasetError(f"{src}: {key} has shape {arr.shape}, expected ({n},)")
     return n
@@ -188,16 +196,16 @@ def from_d4rl_hdf5(
     if ref[0] is None or ref[1] is None:
         ref = envs.ref_scores(env_id) or (None, None)
     if attrs.get("action_low") is not None and attrs.get("action_high") is not None:
-        bounds = (np.asarray(attrs["action_low"], np.float32),
-                  np.asarray(attrs["action_high"], np.float32))
+        bounds = (
+            np.asarray(attrs["action_low"], np.float32),
+            np.asarray(attrs["action_high"], np.float32),
+        )
     else:
         bounds = envs.action_bounds(env_id)
     actions = arrays["actions"][idx]
     actions = actions.reshape(len(idx), -1)
     low, high = bounds if bounds is not None else (None, None)
-    actions, _ = enforce_action_bounds(
-        actions, low, high, clip_actions=clip_actions, source=src
-    )
+    actions, _ = enforce_action_bounds(actions, low, high, clip_actions=clip_actions, source=src)
     with named_source(src):
         return TrajectoryDataset.from_arrays(
             {

@@ -106,5 +106,5 @@ def load_npz(path: str | os.PathLike, *, clip_actions: bool = False) -> Trajecto
             ref_max_score=None if ref[1] is None else float(ref[1]),
             action_low=low,
             action_high=high,
-            extras={k[len(_EXTRA):]: v for k, v in data.items() if k.startswith(_EXTRA)},
+            extras={k[len(_EXTRA) :]: v for k, v in data.items() if k.startswith(_EXTRA)},
         )
