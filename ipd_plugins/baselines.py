@@ -42,6 +42,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ipd_plugins.returns import reward_factor
 from ipd_plugins.training import Checkpointer, atomic_save, safe_load
 from registry.config import config_hash, dataclass_from_dict, dataclass_to_dict
 from registry.protocols import BuildContext, Logger
@@ -157,11 +158,7 @@ class IQLBaselineConfig(BaselineConfig):
     def reward_multiplier(self, dataset: TrajectoryDataset) -> float:
         if self.return_scale <= 0:
             return 1.0
-        returns = dataset.episode_returns()
-        spread = float(returns.max() - returns.min())
-        if spread <= 0:
-            raise ValueError("baseline 'iql': return scaling needs episodes with different returns")
-        return self.return_scale / spread
+        return reward_factor(dataset, self.return_scale / 1000.0)  # return_scale / spread
 
     def d3rlpy_config(self, scalers: dict[str, Any]) -> Any:
         import d3rlpy
