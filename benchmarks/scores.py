@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                 for method in methods:
                     rd = run_dir_of(method, dataset, seed, args.profile, args.out, args.threads)
                     recorded = Path(args.record) / rd.relative_to(args.out) / "results.json"
-                    if (rd / "results.json").exists():
+                    if (rd / "results.json").exists() and not args.dry_run:
                         record(rd, args.out, args.record)
-                    if recorded.exists():
+                    if recorded.exists() or (rd / "results.json").exists():
                         log(f"skip {method} {dataset} seed {seed}: finished ({recorded})")
                         continue
                     if args.dry_run:
