@@ -394,6 +394,10 @@ def _build_segments(
             [np.zeros((s_count, context), bool), np.ones((s_count, h), bool)], axis=1
         )[valid],
         "source_index": np.repeat(sel, context + n_kept).astype(np.int64),
+        # time in the source episode: the prefix starts H_con steps before s_t
+        "timestep": (
+            dataset.timesteps()[sel][:, None] - context + np.arange(context + h)[None, :]
+        )[valid],
     }
     return TrajectoryDataset.from_arrays(
         flat,

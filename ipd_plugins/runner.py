@@ -50,6 +50,10 @@ __all__ = [
     "context_for",
 ]
 
+#: Part of the augment stage's cache key: bumped when ``segments.npz`` gains or changes a
+#: column, so that older caches are recomputed instead of read without it (2: ``timestep``).
+SEGMENTS_FORMAT = 2
+
 
 def context_for(
     ds: TrajectoryDataset, seed: int = 0, device: str = "cpu", env_id: str | None = None
@@ -446,6 +450,7 @@ class Pipeline:
             cfg.configs["planner"],
             cfg.augment,
             seed,
+            SEGMENTS_FORMAT,
         )
 
         def run_augment(folder: Path) -> dict[str, Any]:

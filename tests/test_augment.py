@@ -162,6 +162,11 @@ def test_augment_structure_and_provenance():
     np.testing.assert_allclose(ep0.observations[3], ds.observations[src])
     np.testing.assert_allclose(ep0.next_observations[:-1], ep0.observations[1:])
     assert ep0.truncations[-1] and not ep0.terminations.any()
+    # segment steps carry the time of the steps they continue in the source episode
+    t_src = src - ds.episode_starts[ds.episode_index[src]]
+    np.testing.assert_array_equal(seg.timesteps()[:8], t_src - 3 + np.arange(8))
+    real_times = res.dataset.timesteps()[: ds.n_steps]
+    np.testing.assert_array_equal(real_times, ds.timesteps())
     # imagined rewards are the model's (here the true) rewards
     np.testing.assert_allclose(ep0.rewards[3:], -(ep0.next_observations[3:, 0] ** 2), rtol=1e-5)
 

@@ -125,11 +125,12 @@ def test_causal_transformer_output_at_t_ignores_later_tokens():
         assert not torch.allclose(y2[:, t + 1 :], y[:, t + 1 :])
 
 
+@pytest.mark.parametrize("position", ["timestep", "window"])
 @pytest.mark.parametrize("layout", ["vsa", "sa", "s"])
-def test_decision_model_action_at_t_sees_only_past_and_own_state(layout):
+def test_decision_model_action_at_t_sees_only_past_and_own_state(layout, position):
     torch.manual_seed(0)
     B, T, O, A = 2, 6, 4, 3
-    model = DecisionModel(
+    base = DecisionModel(
         O,
         A,
         -torch.ones(A),
@@ -140,9 +141,16 @@ def test_decision_model_action_at_t_sees_only_past_and_own_state(layout):
         n_head=2,
         dropout=0.0,
         token_layout=layout,
+        position=position,
+        max_timestep=50,
     ).eval()
-    assert model.tokens_per_step == {"vsa": 3, "sa": 2, "s": 1}[layout]
-    assert model.transformer.max_tokens == model.tokens_per_step * T
+    time = torch.tensor([[0, 1, 2, 3, 4, 5], [30, 31, 32, 33, 34, 35]])
+
+    def model(obs, act, cond, mask=None):
+        return base(obs, act, cond, mask, time)
+
+    assert base.tokens_per_step == {"vsa": 3, "sa": 2, "s": 1}[layout]
+    assert base.transformer.max_tokens == base.tokens_per_step * T
     obs, act, cond = torch.randn(B, T, O), torch.randn(B, T, A), torch.randn(B, T)
     pred = model(obs, act, cond)
     assert pred.shape == (B, T, A)
@@ -161,6 +169,9 @@ def test_decision_model_action_at_t_sees_only_past_and_own_state(layout):
     cond3[:, 3] += 1.0
     assert not torch.allclose(model(obs3, act, cond)[:, 2], pred[:, 2])
     assert not torch.allclose(model(obs, act, cond3)[:, 3], pred[:, 3])
+    # the time in the episode is seen only with position="timestep"
+    later = base(obs, act, cond, None, time + 7)
+    assert torch.allclose(later, pred) == (position == "window")
 
 
 def test_left_padding_is_masked_out():
@@ -170,12 +181,15 @@ def test_left_padding_is_masked_out():
     ).eval()
     obs, act, cond = torch.randn(2, 5, 2), torch.randn(2, 5, 1), torch.randn(2, 5)
     mask = torch.tensor([[False, False, True, True, True], [True] * 5])
-    pred = model(obs, act, cond, mask)
+    time = torch.tensor([[0, 0, 0, 1, 2], [9, 10, 11, 12, 13]])
+    pred = model(obs, act, cond, mask, time)
     obs2, act2, cond2 = obs.clone(), act.clone(), cond.clone()
     obs2[0, :2] = 7.0
     act2[0, :2] = -3.0
     cond2[0, :2] = 5.0
-    pred2 = model(obs2, act2, cond2, mask)
+    time2 = time.clone()
+    time2[0, :2] = 4
+    pred2 = model(obs2, act2, cond2, mask, time2)
     torch.testing.assert_close(pred2[0, 2:], pred[0, 2:])
     torch.testing.assert_close(pred2[1], pred[1])
     assert torch.isfinite(pred2).all()
@@ -186,11 +200,18 @@ def test_bad_shapes_and_layout_fail_with_sentences():
         make("ipd-dt", token_layout="xyz")
     with pytest.raises(ValueError, match="divisible by"):
         make("dt", n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="position must be one of"):
+        make("ipd-dt", position="absolute")
+    with pytest.raises(ValueError, match="max_timestep must be >= 1"):
+        make("dt", max_timestep=0)
     model = DecisionModel(2, 1, -torch.ones(1), torch.ones(1), context=4, n_embd=16, n_head=2)
+    time = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(AssertionError, match="obs must be"):
-        model(torch.zeros(1, 4, 3), torch.zeros(1, 4, 1), torch.zeros(1, 4))
+        model(torch.zeros(1, 4, 3), torch.zeros(1, 4, 1), torch.zeros(1, 4), None, time)
     with pytest.raises(AssertionError, match="longer than the context"):
         model(torch.zeros(1, 5, 2), torch.zeros(1, 5, 1), torch.zeros(1, 5))
+    with pytest.raises(AssertionError, match="needs timesteps"):
+        model(torch.zeros(1, 4, 2), torch.zeros(1, 4, 1), torch.zeros(1, 4))
 
 
 # -- sampling ----------------------------------------------------------------------------------
@@ -226,6 +247,26 @@ def test_sampler_pads_left_with_zeros():
     expected = torch.tensor([0.0, *ds.observations[:4, 0].tolist()])
     torch.testing.assert_close(w["obs"][1, :, 0], expected)
     assert (w["act"][0, :4] == 0).all()
+    # time in the episode, 0 on padding
+    assert w["timestep"].tolist() == [[0] * 5, [0, 0, 1, 2, 3], [0, 0, 0, 1, 2]]
+
+
+def test_timesteps_follow_the_source_episode_in_augmented_segments():
+    ds = toy_dataset(2)  # two episodes of 20 steps
+    np.testing.assert_array_equal(ds.timesteps(), np.tile(np.arange(20), 2))
+    # a 5-step segment continuing episode 1 at its steps 12..16; real steps keep their index
+    part = ds.select_episodes([1])
+    rows = np.arange(12, 17)
+    arrays = {k: getattr(part, k)[rows] for k in ("observations", "actions", "rewards")}
+    arrays |= {k: getattr(part, k)[rows] for k in ("next_observations", "terminations")}
+    arrays["truncations"] = np.r_[np.zeros(4, bool), True]
+    segment = TrajectoryDataset.from_arrays(
+        arrays, np.array([5]), extras={"timestep": np.arange(12, 17)}
+    )
+    both = TrajectoryDataset.concatenate([ds, segment])
+    np.testing.assert_array_equal(both.timesteps(), np.r_[np.tile(np.arange(20), 2), 12:17])
+    sampler = SequenceSampler(both, np.zeros(both.n_steps, np.float32), context=3)
+    assert sampler.window(torch.tensor([both.n_steps - 1]))["timestep"].tolist() == [[14, 15, 16]]
 
 
 # -- eq. 26 --------------------------------------------------------------------------------------
@@ -254,7 +295,7 @@ def test_ipd_dt_training_loss_is_eq26_on_the_valid_steps():
     policy = make("ipd-dt", dropout=0.0, alpha=1.3)
     state = policy.start_training(ds, value)
     batch = state.sampler.sample(8)
-    pred = policy.net(batch["obs"], batch["act"], batch["cond"], batch["mask"])
+    pred = policy.net(batch["obs"], batch["act"], batch["cond"], batch["mask"], batch["timestep"])
     loss, _ = policy.loss(pred, batch, value)
     m = batch["mask"].numpy()
     p, a, o = pred.detach().numpy()[m], batch["act"].numpy()[m], batch["obs"].numpy()[m]
@@ -323,9 +364,11 @@ def test_dt_return_to_go_bookkeeping():
     expected = torch.tensor([[10.0, 9.0, 6.0], [10.0, 12.0, 11.5]]) / 4.0
     torch.testing.assert_close(actor.cond[:, -3:], expected)
     assert actor.mask[:, -3:].all() and not actor.mask[:, :-3].any()
-    actor.reset(obs)  # a new episode asks for the target again
+    assert actor.time[:, -3:].tolist() == [[0, 1, 2]] * 2  # time in the episode
+    actor.reset(obs)  # a new episode asks for the target again and starts at time 0
     actor.act(obs)
     torch.testing.assert_close(actor.cond[:, -1], torch.full((2,), 2.5))
+    assert actor.time[:, -1].tolist() == [0, 0]
     # training tokens: the data's return-to-go / rtg_scale
     state = policy.start_training(ds, None)
     np.testing.assert_allclose(

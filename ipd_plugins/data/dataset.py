@@ -42,8 +42,9 @@ class TrajectoryDataset:
     """Episodes of (s, a, r, s', terminated, truncated), flat.
 
     ``extras`` holds optional per-step columns (length ``N``), e.g. the augmentation's
-    provenance: ``imagined`` (bool) and ``source_index`` (int, the real step an imagined
-    segment grew from, -1 for real steps).
+    provenance: ``imagined`` (bool), ``source_index`` (int, the real step an imagined
+    segment grew from, -1 for real steps) and ``timestep`` (int, a segment step's index in the
+    episode it continues, -1 where that is its index here; see :meth:`timesteps`).
     """
 
     observations: np.ndarray  # (N, O) float32
@@ -95,6 +96,18 @@ class TrajectoryDataset:
     def episode_index(self) -> np.ndarray:
         """(N,) which episode each step belongs to."""
         return np.repeat(np.arange(self.n_episodes), self.episode_lengths)
+
+    def timesteps(self) -> np.ndarray:
+        """(N,) int64 each step's time index in its episode (what DT's timestep embedding reads).
+
+        The position within the episode, except where ``extras["timestep"]`` is >= 0: an
+        augmented segment starts mid-episode and carries the times of the steps it continues.
+        """
+        own = np.arange(self.n_steps, dtype=np.int64) - np.repeat(
+            self.episode_starts, self.episode_lengths
+        )
+        given = self.extras.get("timestep")
+        return own if given is None else np.where(given >= 0, given, own).astype(np.int64)
 
     @property
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ipd_plugins.nn import Normalizer
-from ipd_plugins.policies.gpt import TOKEN_LAYOUTS, DecisionModel
+from ipd_plugins.policies.gpt import POSITIONS, TOKEN_LAYOUTS, DecisionModel
 from ipd_plugins.policies.sequence_data import SequenceSampler
 from ipd_plugins.training import Checkpointer, atomic_save, safe_load
 from registry.config import ComponentConfig
@@ -54,6 +54,9 @@ class SequencePolicyConfig(ComponentConfig):
         dropout (float): dropout everywhere in the transformer (table 4: 0.01).
         token_layout (str): "vsa" (paper: 3 tokens per step), "sa" (V in the state token) or
             "s" (one token per step).
+        position (str): "timestep" (embed each step's time in its episode, as DT/QT/d3rlpy)
+            or "window" (embed its place in the K-step window).
+        max_timestep (int): size of the timestep embedding; later times share its last row.
         autocast_bf16 (bool): run the forward pass under bfloat16 autocast.
     """
 
@@ -72,6 +75,13 @@ class SequencePolicyConfig(ComponentConfig):
     # (measured vs "vsa" at the paper's size on CPU: "sa" 1.6x, "s" 3.1x; see
     # benchmarks/results/policy_speed.md) and may cost some score
     token_layout: str = "vsa"
+    # "timestep": a learned embedding of each step's time in its episode (the Decision
+    # Transformer / QT reference code and d3rlpy); "window": of its place in the K-step window.
+    # On hopper-medium (default profile) "window" scored lower (benchmarks/results/default_hopper.md)
+    position: str = "timestep"
+    # rows of the timestep embedding (DT's max episode length for MuJoCo: 1000); later steps
+    # reuse the last row
+    max_timestep: int = 1000
     # bfloat16 autocast for the transformer (weights and optimiser stay fp32). Off by default:
     # measured 0.75x (slower) on this project's CPUs; try it on GPUs
     autocast_bf16: bool = False
@@ -98,12 +108,17 @@ class SequencePolicyConfig(ComponentConfig):
                 f"{self.kind} '{self.name}': token_layout must be one of "
                 f"{sorted(TOKEN_LAYOUTS)}, got {self.token_layout!r}"
             )
+        if self.position not in POSITIONS:
+            raise ValueError(
+                f"{self.kind} '{self.name}': position must be one of {list(POSITIONS)}, "
+                f"got {self.position!r}"
+            )
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"{self.kind} '{self.name}': n_embd={self.n_embd} must be divisible by "
                 f"n_head={self.n_head}"
             )
-        for key in ("context", "n_layer", "n_embd", "n_head", "batch_size"):
+        for key in ("context", "n_layer", "n_embd", "n_head", "batch_size", "max_timestep"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{self.kind} '{self.name}': {key} must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -133,15 +148,17 @@ class PolicyNet(nn.Module):
             n_head=cfg.n_head,
             dropout=cfg.dropout,
             token_layout=cfg.token_layout,
+            position=cfg.position,
+            max_timestep=cfg.max_timestep,
         )
         self.obs_norm = Normalizer(ctx.obs_dim)
         # conditioning token = (raw - cond_shift) / cond_scale
         self.register_buffer("cond_shift", torch.zeros(()))
         self.register_buffer("cond_scale", torch.ones(()))
 
-    def forward(self, obs, act, cond, mask):  # raw obs (B,T,O); cond already scaled (B,T)
+    def forward(self, obs, act, cond, mask, timesteps=None):  # raw obs; cond already scaled
         obs_n = self.obs_norm(obs) * mask.unsqueeze(-1)  # padding stays exactly zero
-        return self.model(obs_n, act, cond, mask)
+        return self.model(obs_n, act, cond, mask, timesteps)
 
 
 @dataclasses.dataclass
@@ -262,7 +279,9 @@ class SequencePolicyBase:
         """One gradient step on a fresh minibatch of windows; returns the loss parts."""
         batch = state.sampler.sample(self.cfg.batch_size)
         with self.autocast():
-            pred = self.net(batch["obs"], batch["act"], batch["cond"], batch["mask"])
+            pred = self.net(
+                batch["obs"], batch["act"], batch["cond"], batch["mask"], batch["timestep"]
+            )
         loss, info = self.loss(pred.float(), batch, value)
         # gradients only for the policy's parameters: the value learner's stay untouched
         grads = torch.autograd.grad(loss, state.params)
@@ -309,7 +328,8 @@ class SequenceActor:
         self._conditioning, self._on_reward, self._on_reset = conditioning, on_reward, on_reset
         self.autocast_bf16 = autocast_bf16
         self.context = net.model.context
-        self.obs = self.act_buf = self.cond = self.mask = None
+        self.obs = self.act_buf = self.cond = self.mask = self.time = None
+        self.t = torch.zeros(0, dtype=torch.long)
 
     def reset(self, obs: torch.Tensor) -> None:
         obs = self._check(obs)
@@ -319,6 +339,8 @@ class SequenceActor:
         self.act_buf = torch.zeros(B, K, A, device=self.device)
         self.cond = torch.zeros(B, K, device=self.device)  # scaled conditioning tokens
         self.mask = torch.zeros(B, K, dtype=torch.bool, device=self.device)
+        self.time = torch.zeros(B, K, dtype=torch.long, device=self.device)  # time in episode
+        self.t = torch.zeros(B, dtype=torch.long, device=self.device)  # time of the next act
         if self._on_reset is not None:
             self._on_reset(B)
 
@@ -344,11 +366,13 @@ class SequenceActor:
         self.act_buf = torch.cat([self.act_buf[:, 1:], torch.zeros_like(self.act_buf[:, :1])], 1)
         self.cond = torch.cat([self.cond[:, 1:], token[:, None]], dim=1)
         self.mask = torch.cat([self.mask[:, 1:], torch.ones_like(self.mask[:, :1])], dim=1)
+        self.time = torch.cat([self.time[:, 1:], self.t[:, None]], dim=1)
+        self.t = self.t + 1
         was_training = self.net.training  # acting mid-fit (periodic evaluation) must not
         self.net.eval()  # leave dropout switched off for the rest of training
         device_type = torch.device(self.device).type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
-            pred = self.net(self.obs, self.act_buf, self.cond, self.mask)  # (B, K, A)
+            pred = self.net(self.obs, self.act_buf, self.cond, self.mask, self.time)  # (B,K,A)
         self.net.train(was_training)
         action = pred[:, -1].float()
         self.act_buf[:, -1] = action

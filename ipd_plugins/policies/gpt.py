@@ -11,6 +11,10 @@ nanoGPT-style pre-LayerNorm blocks (``x + attn(ln(x))``, ``x + mlp(ln(x))``) wit
 * ``token_layout="s"``: one token per timestep, ``s_t + c_t + a_{t-1}`` (the previous action
   of the window, zero for its first step): 1/3 of the tokens.
 
+Every token of timestep ``t`` gets a learned position embedding: of its absolute time in the
+episode (``position="timestep"``, clamped below ``max_timestep``; what the Decision Transformer
+and QT reference code and d3rlpy do) or of its place in the window (``position="window"``).
+
 In every layout the action ``a_t`` is read from the output at the state token of step ``t``,
 which by causality sees ``c_t``, ``s_t`` and the whole past but never ``a_t`` itself. Output
 actions are ``tanh``-squashed and scaled to the action bounds.
@@ -27,12 +31,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["TOKEN_LAYOUTS", "CausalSelfAttention", "Block", "CausalTransformer", "DecisionModel"]
+__all__ = ["TOKEN_LAYOUTS", "POSITIONS", "CausalSelfAttention", "Block", "CausalTransformer", "DecisionModel"]
 
 #: token layout name -> tokens per timestep
 TOKEN_LAYOUTS: dict[str, int] = {"vsa": 3, "sa": 2, "s": 1}
 #: token layout name -> which token of a timestep is its state token (where a_t is read)
 _STATE_SLOT: dict[str, int] = {"vsa": 1, "sa": 0, "s": 0}
+#: what the position embedding of a timestep's tokens indexes
+POSITIONS: tuple[str, ...] = ("timestep", "window")
 
 
 class CausalSelfAttention(nn.Module):
@@ -130,9 +136,11 @@ def _init_weights(module: nn.Module) -> None:
 class DecisionModel(nn.Module):
     """Embeds (c_t, s_t, a_t) windows, runs the causal transformer, predicts a_t.
 
-    ``forward(obs (B,T,O), act (B,T,A), cond (B,T), mask (B,T)) -> (B,T,A)``: the action of each
-    step predicted from the conditioning and state of that step and everything before it.
-    ``obs`` and ``cond`` are expected already normalised; ``mask`` is False on left padding.
+    ``forward(obs (B,T,O), act (B,T,A), cond (B,T), mask (B,T), timesteps (B,T)) -> (B,T,A)``:
+    the action of each step predicted from the conditioning and state of that step and
+    everything before it. ``obs`` and ``cond`` are expected already normalised; ``mask`` is
+    False on left padding; ``timesteps`` (int, time in the episode) is needed when
+    ``position="timestep"``.
     """
 
     def __init__(
@@ -147,19 +155,24 @@ class DecisionModel(nn.Module):
         n_head: int = 4,
         dropout: float = 0.01,
         token_layout: str = "vsa",
+        position: str = "timestep",
+        max_timestep: int = 1000,
     ):
         super().__init__()
         if token_layout not in TOKEN_LAYOUTS:
             raise ValueError(
                 f"token_layout must be one of {sorted(TOKEN_LAYOUTS)}, got {token_layout!r}"
             )
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {list(POSITIONS)}, got {position!r}")
         self.obs_dim, self.act_dim, self.context = obs_dim, act_dim, context
-        self.token_layout = token_layout
+        self.token_layout, self.position, self.max_timestep = token_layout, position, max_timestep
         self.tokens_per_step = TOKEN_LAYOUTS[token_layout]
         self.embed_obs = nn.Linear(obs_dim, n_embd)
         self.embed_act = nn.Linear(act_dim, n_embd)
         self.embed_cond = nn.Linear(1, n_embd)
-        self.embed_pos = nn.Embedding(context, n_embd)  # position of the timestep in the window
+        # time in the episode (clamped) or place in the window
+        self.embed_pos = nn.Embedding(max_timestep if position == "timestep" else context, n_embd)
         self.embed_ln = nn.LayerNorm(n_embd)
         self.transformer = CausalTransformer(
             n_layer, n_embd, n_head, context * self.tokens_per_step, dropout
@@ -176,6 +189,7 @@ class DecisionModel(nn.Module):
         act: torch.Tensor,
         cond: torch.Tensor,
         mask: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, O = obs.shape
         A, C, k = self.act_dim, self.embed_pos.embedding_dim, self.tokens_per_step
@@ -183,7 +197,14 @@ class DecisionModel(nn.Module):
         assert act.shape == (B, T, A), f"act must be (B,T,A)=({B},{T},{A}), got {tuple(act.shape)}"
         assert cond.shape == (B, T), f"cond must be (B,T)=({B},{T}), got {tuple(cond.shape)}"
         assert T <= self.context, f"window of {T} steps is longer than the context {self.context}"
-        pos = self.embed_pos(torch.arange(self.context - T, self.context, device=obs.device))
+        if self.position == "timestep":
+            assert timesteps is not None and timesteps.shape == (B, T), (
+                f"position='timestep' needs timesteps (B,T)=({B},{T}), got "
+                f"{None if timesteps is None else tuple(timesteps.shape)}"
+            )
+            pos = self.embed_pos(timesteps.long().clamp(0, self.max_timestep - 1))  # (B, T, C)
+        else:  # place in the window, the newest step last
+            pos = self.embed_pos(torch.arange(self.context - T, self.context, device=obs.device))
         s = self.embed_obs(obs) + pos  # (B, T, C)
         a = self.embed_act(act) + pos  # (B, T, C)
         c = self.embed_cond(cond.unsqueeze(-1))  # (B, T, C)

@@ -75,6 +75,7 @@ class SequenceSampler:
         self.obs = torch.as_tensor(dataset.observations, dtype=torch.float32, device=device)
         self.act = torch.as_tensor(dataset.actions, dtype=torch.float32, device=device)
         self.cond = torch.as_tensor(cond, device=device)
+        self.timestep = torch.as_tensor(dataset.timesteps(), dtype=torch.long, device=device)
         starts = np.repeat(dataset.episode_starts, dataset.episode_lengths)  # (N,)
         self.episode_start = torch.as_tensor(starts, dtype=torch.long, device=device)
         self.context, self.size, self.device = context, n, device
@@ -89,6 +90,7 @@ class SequenceSampler:
             "obs": self.obs[index] * m,  # (B, K, O), zeros on padding
             "act": self.act[index] * m,  # (B, K, A)
             "cond": self.cond[index] * mask,  # (B, K)
+            "timestep": self.timestep[index] * mask,  # (B, K) time in the episode, 0 on padding
             "mask": mask,  # (B, K) bool
         }
 
