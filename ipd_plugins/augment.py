@@ -395,9 +395,9 @@ def _build_segments(
         )[valid],
         "source_index": np.repeat(sel, context + n_kept).astype(np.int64),
         # time in the source episode: the prefix starts H_con steps before s_t
-        "timestep": (
-            dataset.timesteps()[sel][:, None] - context + np.arange(context + h)[None, :]
-        )[valid],
+        "timestep": (dataset.timesteps()[sel][:, None] - context + np.arange(context + h)[None, :])[
+            valid
+        ],
     }
     return TrajectoryDataset.from_arrays(
         flat,

@@ -76,8 +76,7 @@ class SequencePolicyConfig(ComponentConfig):
     # benchmarks/results/policy_speed.md) and may cost some score
     token_layout: str = "vsa"
     # "timestep": a learned embedding of each step's time in its episode (the Decision
-    # Transformer / QT reference code and d3rlpy); "window": of its place in the K-step window.
-    # On hopper-medium (default profile) "window" scored lower (benchmarks/results/default_hopper.md)
+    # Transformer / QT reference code and d3rlpy); "window": of its place in the K-step window
     position: str = "timestep"
     # rows of the timestep embedding (DT's max episode length for MuJoCo: 1000); later steps
     # reuse the last row

@@ -31,7 +31,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["TOKEN_LAYOUTS", "POSITIONS", "CausalSelfAttention", "Block", "CausalTransformer", "DecisionModel"]
+__all__ = [
+    "TOKEN_LAYOUTS",
+    "POSITIONS",
+    "CausalSelfAttention",
+    "Block",
+    "CausalTransformer",
+    "DecisionModel",
+]
 
 #: token layout name -> tokens per timestep
 TOKEN_LAYOUTS: dict[str, int] = {"vsa": 3, "sa": 2, "s": 1}
