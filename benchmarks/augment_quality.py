@@ -13,7 +13,8 @@ and reports, per segment, true imagined return - logged return over the same ste
 with the run's own V bootstrapped at the true end states (``sum gamma^k r_k + gamma^n V(s_n)``,
 what the identification of eq. 17-22 compares, but on true states), how often the true
 simulator terminates (falls) during the imagined steps, and how far the imagined last state is
-from the true one.
+from the true one. With ``--continue-steps K`` both branches then continue K steps with the
+run's deterministic pi_QOP in the simulator: which end state is better without trusting V.
 
     python benchmarks/augment_quality.py RUN_DIR [--segments 1000] [--out FILE.md]
 
@@ -45,11 +46,29 @@ def replay(env, obs0: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.n
     return np.array(rewards), np.array(observations), False
 
 
+def rollout(env, obs: np.ndarray, act, steps: int) -> float:
+    """Continue from the simulator's current state with ``act(obs)`` for ``steps``; the return."""
+    total = 0.0
+    for _ in range(steps):
+        obs, r, terminated, _, _ = env.step(act(obs))
+        total += float(r)
+        if terminated:
+            break
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="an `ipd run` seed folder")
     parser.add_argument("--segments", type=int, default=1000, help="segments to replay")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--continue-steps",
+        type=int,
+        default=100,
+        help="after the segment, both branches continue this many steps with the run's "
+        "deterministic pi_QOP in the simulator (a V-free check of the end states; 0: off)",
+    )
     parser.add_argument("--out", help="append a Markdown section to this file")
     args = parser.parse_args()
 
@@ -76,6 +95,11 @@ def main() -> None:
         with torch.inference_mode():
             return float(value.v(torch.as_tensor(obs[None], dtype=torch.float32))[0])
 
+    def pi_qop(obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.as_tensor(obs[None], dtype=torch.float32)
+            return value.act(x, deterministic=True)[0].numpy()
+
     def bootstrapped(rewards: np.ndarray, last_obs: np.ndarray, terminated: bool) -> float:
         disc = gamma ** np.arange(len(rewards))
         tail = 0.0 if terminated else gamma ** len(rewards) * v(last_obs)
@@ -101,7 +125,11 @@ def main() -> None:
         steps = steps[:n]
         obs0 = ds.observations[src]
         r_true, o_true, fell = replay(env, obs0, seg.actions[steps])
-        r_logged_replay, _, _ = replay(env, obs0, ds.actions[src : src + n])
+        cont_true = 0.0 if fell else rollout(env, o_true[-1], pi_qop, args.continue_steps)
+        r_logged_replay, o_logged, fell_logged = replay(env, obs0, ds.actions[src : src + n])
+        cont_logged = (
+            0.0 if fell_logged else rollout(env, o_logged[-1], pi_qop, args.continue_steps)
+        )
         k = len(r_true)  # steps until the true simulator terminated (or n)
         logged_terminated = bool(ds.terminations[src : src + n].any())
         rows.append(
@@ -111,6 +139,8 @@ def main() -> None:
                 "model_imagined": float(seg.rewards[steps].sum()),
                 "logged": float(ds.rewards[src : src + n].sum()),
                 "logged_replayed": float(r_logged_replay.sum()),
+                "true_imagined_continued": float(r_true.sum()) + cont_true,
+                "logged_continued": float(r_logged_replay.sum()) + cont_logged,
                 "true_imagined_v": bootstrapped(r_true, o_true[-1], fell),
                 "logged_v": bootstrapped(
                     ds.rewards[src : src + n], ds.next_observations[src + n - 1], logged_terminated
@@ -135,6 +165,7 @@ def main() -> None:
 
     gain = col("true_imagined") - col("logged")
     gain_v = col("true_imagined_v") - col("logged_v")
+    gain_c = col("true_imagined_continued") - col("logged_continued")
     summary = {
         "run": str(args.run_dir),
         "dataset": cfg.run.dataset,
@@ -151,6 +182,11 @@ def main() -> None:
         "true_gain_with_v_mean": float(gain_v.mean()),
         "true_gain_with_v_median": float(np.median(gain_v)),
         "fraction_better_with_v": float((gain_v > 0).mean()),
+        "continue_steps": args.continue_steps,
+        "true_gain_continued_mean": float(gain_c.mean()),
+        "true_gain_continued_median": float(np.median(gain_c)),
+        "true_gain_continued_sem": float(gain_c.std() / np.sqrt(len(gain_c))),
+        "fraction_better_continued": float((gain_c > 0).mean()),
         "identification_gap_selected": stages["augment"]["metrics"].get("gap_mean_selected"),
         "fraction_fell": float(col("fell").mean()),
         "fraction_fell_in_data": float(col("fell_in_data").mean()),
@@ -174,6 +210,13 @@ def main() -> None:
                 f"{x['true_gain_with_v_mean']:.2f} / {x['true_gain_with_v_median']:.2f}",
             ),
             ("... segments better by that measure", f"{100 * x['fraction_better_with_v']:.0f}%"),
+            (
+                f"true gain, both continued {x['continue_steps']} steps by pi_QOP in the "
+                "simulator: mean +- s.e. / median",
+                f"{x['true_gain_continued_mean']:.2f} +- {x['true_gain_continued_sem']:.2f} / "
+                f"{x['true_gain_continued_median']:.2f}",
+            ),
+            ("... segments better by that measure", f"{100 * x['fraction_better_continued']:.0f}%"),
             (
                 "gap the identification predicted for the selected states (eq. 22, model)",
                 f"{x['identification_gap_selected']:.2f}",
