@@ -30,12 +30,12 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from ipd_plugins.data.envs import set_state_from_observation
+
 
 def replay(env, obs0: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     """Set the simulator to ``obs0`` and step ``actions``; (rewards, observations, terminated)."""
-    u = env.unwrapped
-    nq = u.model.nq
-    u.set_state(np.r_[0.0, obs0[: nq - 1]], obs0[nq - 1 :])
+    set_state_from_observation(env, obs0)
     rewards, observations = [], []
     for a in actions:
         obs, r, terminated, _, _ = env.step(a)

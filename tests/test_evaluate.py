@@ -138,3 +138,35 @@ def test_bad_arguments_fail_with_sentences():
         evaluate(RecordingActor(), TOY_ID, n_episodes=0)
     with pytest.raises(ValueError, match="cannot make"):
         evaluate(RecordingActor(), "NoSuchEnv-v9", n_episodes=1)
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5"])
+def test_state_restored_from_an_observation_replays_the_same_step(env_id):
+    from ipd_plugins.data.envs import set_state_from_observation
+
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    logged = []
+    for _ in range(30):  # a short gentle random walk, logged as (s, a, r, s')
+        a = rng.uniform(-0.3, 0.3, env.action_space.shape).astype(np.float32)
+        nxt, r, terminated, _, _ = env.step(a)
+        logged.append((obs, a, r, nxt))
+        obs = nxt
+        if terminated:
+            break
+    replay = gym.make(env_id)
+    replay.reset(seed=99)  # a different start: the state comes only from the observation
+    nq = replay.unwrapped.model.nq
+    # Walker2d clips observed velocities to +-10: such observations cannot be restored exactly
+    exact = [step for step in logged if np.abs(step[0][nq - 1 :]).max() < 10]
+    assert len(exact) >= 10
+    for s, a, r, s_next in exact[::-1]:  # any order: each step from its own observation
+        set_state_from_observation(replay, s)
+        got, r2, _, _, _ = replay.step(a)
+        np.testing.assert_allclose(got, s_next, rtol=1e-6, atol=1e-8)
+        assert r2 == pytest.approx(r, rel=1e-6, abs=1e-9)
+    with pytest.raises(ValueError, match="not qpos"):
+        set_state_from_observation(replay, np.zeros(3))
+    with pytest.raises(ValueError, match="not a MuJoCo environment"):
+        set_state_from_observation(gym.make("Pendulum-v1"), np.zeros(3))

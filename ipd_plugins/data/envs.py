@@ -25,6 +25,7 @@ __all__ = [
     "register_ref_scores",
     "env_registered",
     "action_bounds",
+    "set_state_from_observation",
 ]
 
 _VERSION = re.compile(r"-v\d+$")
@@ -134,3 +135,27 @@ def action_bounds(env_id: str | None) -> tuple[np.ndarray, np.ndarray] | None:
     if got is None:
         return None
     return np.asarray(got[0], np.float32), np.asarray(got[1], np.float32)
+
+
+def set_state_from_observation(env, obs: np.ndarray) -> None:
+    """Put a MuJoCo locomotion env in the state an observation describes.
+
+    For gymnasium's Hopper, Walker2d and HalfCheetah the observation is ``qpos[1:]`` followed
+    by ``qvel`` (the x position is left out; it enters neither the dynamics nor the reward), so
+    ``qpos = [0, obs[:nq-1]]``, ``qvel = obs[nq-1:]`` restores the simulation exactly (up to
+    the velocity clipping some versions apply to the observation). Used to replay imagined
+    segments in the true simulator (``benchmarks/augment_quality.py``).
+    """
+    sim = env.unwrapped
+    model = getattr(sim, "model", None)
+    if model is None or not hasattr(sim, "set_state"):
+        raise ValueError(f"{sim.spec.id if sim.spec else sim}: not a MuJoCo environment")
+    obs = np.asarray(obs, np.float64).reshape(-1)
+    nq, nv = model.nq, model.nv
+    if obs.shape[0] != nq - 1 + nv:
+        raise ValueError(
+            f"{sim.spec.id if sim.spec else type(sim).__name__}: an observation of "
+            f"{obs.shape[0]} numbers is not qpos[1:] + qvel ({nq - 1} + {nv}); only "
+            "locomotion tasks observed that way (Hopper, Walker2d, HalfCheetah) can be restored"
+        )
+    sim.set_state(np.r_[0.0, obs[: nq - 1]], obs[nq - 1 :])
