@@ -11,7 +11,12 @@ from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import CallableActor, evaluate
 from ipd_plugins.policies.gpt import CausalTransformer, DecisionModel
 from ipd_plugins.policies.ipd_dt import ipd_loss
-from ipd_plugins.policies.sequence_data import SequenceSampler, returns_to_go, window_indices
+from ipd_plugins.policies.sequence_data import (
+    SequenceSampler,
+    discounted_returns_to_go,
+    returns_to_go,
+    window_indices,
+)
 from registry import manager
 from registry.protocols import Actor, BuildContext, SequencePolicy
 
@@ -234,6 +239,56 @@ def test_windows_and_returns_to_go_match_a_naive_loop():
     np.testing.assert_allclose(rtg, naive)
     with pytest.raises(ValueError, match="episode_lengths sum"):
         returns_to_go(rewards, np.array([3, 3]))
+
+
+def test_discounted_returns_to_go_match_a_naive_loop():
+    rng = np.random.default_rng(1)
+    lengths = np.array([4, 1, 9, 3])
+    rewards = rng.normal(size=int(lengths.sum())).astype(np.float32)
+    tail = np.array([0.0, 2.0, -1.5, 10.0])
+    got = discounted_returns_to_go(rewards, lengths, 0.9, tail)
+    naive, start = [], 0
+    for n, v in zip(lengths, tail, strict=True):
+        g, ep = float(v), []
+        for r in rewards[start : start + n][::-1]:
+            g = float(r) + 0.9 * g
+            ep.append(g)
+        naive += ep[::-1]
+        start += n
+    np.testing.assert_allclose(got, naive, rtol=1e-5)
+    with pytest.raises(ValueError, match="do not fit together"):
+        discounted_returns_to_go(rewards, lengths, 0.9, tail[:3])
+
+
+def test_ipd_dt_return_tokens_are_bootstrapped_returns_and_acting_still_feeds_v():
+    ds, value = toy_dataset(5), ToyValue()
+    ds = ds.replace(terminations=np.zeros(ds.n_steps, bool))  # every episode cut by time
+    policy = make("ipd-dt", train_token="return", gamma=0.95)
+    raw = policy.raw_conditioning(ds, value)
+    last = ds.episode_starts + ds.episode_lengths - 1
+    tail = -2.0 * np.abs(ds.next_observations[last, 0])  # ToyValue's V(s') at each cut
+    np.testing.assert_allclose(
+        raw, discounted_returns_to_go(ds.rewards, ds.episode_lengths, 0.95, tail), rtol=1e-5
+    )
+    # a terminated episode gets no bootstrap
+    term = ds.terminations.copy()
+    term[last[0]] = True
+    raw_t = policy.raw_conditioning(ds.replace(terminations=term), value)
+    first = slice(0, int(ds.episode_lengths[0]))
+    np.testing.assert_allclose(
+        raw_t[first],
+        discounted_returns_to_go(ds.rewards[first], ds.episode_lengths[:1], 0.95, np.zeros(1)),
+        rtol=1e-5,
+    )
+    policy.fit(ds, value)
+    actor = policy.actor(value)
+    obs = torch.tensor([[0.3], [-0.7]])
+    actor.reset(obs)
+    value.v_calls.clear()
+    actor.act(obs)
+    torch.testing.assert_close(value.v_calls[-1], obs)
+    with pytest.raises(ValueError, match="train_token must be"):
+        make("ipd-dt", train_token="rtg")
 
 
 def test_sampler_pads_left_with_zeros():

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ipd_plugins.policies.base import SequenceActor, SequencePolicyBase, SequencePolicyConfig
+from ipd_plugins.policies.sequence_data import discounted_returns_to_go
 from registry.hookspecs import hookimpl
 from registry.protocols import Actor, BuildContext, ValueLearner
 
@@ -41,9 +42,18 @@ class IpdDtConfig(SequencePolicyConfig):
     conditioning token is (V(s_t) - mean V) / std V over the dataset; the shift and scale are
     saved with the weights and reused at acting time.
 
+    ``train_token="return"`` is a variant, not eq. 26: the training token is the discounted
+    return-to-go of the logged (or imagined) rewards, :math:`G_t = r_t + \gamma G_{t+1}`,
+    bootstrapped with V(s') where an episode or segment is cut short; acting still feeds
+    V(s_t). The policy then learns what the data did when it went on to earn G_t, and V(s_t) --
+    an upper expectile of that return -- asks for a better-than-average continuation, as
+    Reinformer's predicted maximal return does, without a hand-set target.
+
     Args:
         alpha (float): :math:`\alpha`, weight of the Q-value regularisation term (0: plain BC
             on V-conditioned windows).
+        train_token (str): "value" (eq. 26: V(s_t)) or "return" (discounted return-to-go).
+        gamma (float): discount of the "return" tokens (the value learner's: 0.99).
         (network/optimiser fields: see :class:`~ipd_plugins.policies.base.SequencePolicyConfig`)
     """
 
@@ -53,6 +63,12 @@ class IpdDtConfig(SequencePolicyConfig):
     # alpha of eq. 26 (times 1/mean|Q|): higher pushes actions up Q, lower stays closer to the
     # data; 1.0 keeps both terms of comparable size (TD3+BC uses 2.5 with the same scaling)
     alpha: float = 1.0
+    # training token: "value" (eq. 26, V(s_t)) or "return" (the discounted return-to-go of the
+    # data, in V's units). Acting always feeds V(s_t). benchmarks/results/v_token_probe.md
+    # shows why "return" may help: with "value" tokens the policy imitates the data's average
+    train_token: str = "value"
+    # discount of the "return" tokens; match the value learner's gamma
+    gamma: float = 0.99
     # V(s) is computed for the dataset in chunks of this many states
     value_batch_size: int = 4096
 
@@ -60,6 +76,13 @@ class IpdDtConfig(SequencePolicyConfig):
         super().validate()
         if self.alpha < 0:
             raise ValueError(f"policy 'ipd-dt': alpha must be >= 0, got {self.alpha}")
+        if self.train_token not in ("value", "return"):
+            raise ValueError(
+                f"policy 'ipd-dt': train_token must be 'value' or 'return', got "
+                f"{self.train_token!r}"
+            )
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"policy 'ipd-dt': gamma must be in (0, 1], got {self.gamma}")
 
     def create(self, ctx: BuildContext) -> IpdDtPolicy:
         return IpdDtPolicy(self, ctx)
@@ -105,7 +128,17 @@ class IpdDtPolicy(SequencePolicyBase):
     ) -> np.ndarray:
         if value is None:
             raise ValueError("policy 'ipd-dt' needs a value learner for its V(s) tokens; got None")
-        return dataset_values(value, dataset.observations, self.device, self.cfg.value_batch_size)
+        cfg = self.cfg
+        if cfg.train_token == "value":
+            return dataset_values(value, dataset.observations, self.device, cfg.value_batch_size)
+        # "return": G_t of the data, bootstrapped with V(s') after an episode's last step
+        # unless it terminated
+        last = dataset.episode_starts + dataset.episode_lengths - 1
+        v_after = dataset_values(
+            value, dataset.next_observations[last], self.device, cfg.value_batch_size
+        )
+        tail = np.where(dataset.terminations[last], 0.0, v_after)
+        return discounted_returns_to_go(dataset.rewards, dataset.episode_lengths, cfg.gamma, tail)
 
     def conditioning_stats(self, raw: np.ndarray) -> tuple[float, float]:
         return float(raw.mean()), float(max(raw.std(), 1e-6))

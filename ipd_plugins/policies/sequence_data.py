@@ -17,7 +17,7 @@ import torch
 if TYPE_CHECKING:
     from ipd_plugins.data.dataset import TrajectoryDataset
 
-__all__ = ["returns_to_go", "window_indices", "SequenceSampler"]
+__all__ = ["returns_to_go", "discounted_returns_to_go", "window_indices", "SequenceSampler"]
 
 
 def returns_to_go(rewards: np.ndarray, episode_lengths: np.ndarray) -> np.ndarray:
@@ -34,6 +34,35 @@ def returns_to_go(rewards: np.ndarray, episode_lengths: np.ndarray) -> np.ndarra
     suffix = np.concatenate([np.cumsum(rewards[::-1])[::-1], [0.0]])  # (N+1,)
     ends = np.repeat(np.cumsum(lengths), lengths)  # (N,) index one past each step's episode
     return (suffix[:-1] - suffix[ends]).astype(np.float32)
+
+
+def discounted_returns_to_go(
+    rewards: np.ndarray, episode_lengths: np.ndarray, gamma: float, tail: np.ndarray
+) -> np.ndarray:
+    """(N,) ``G_t = r_t + gamma G_{t+1}`` within each episode, ``G`` past its end = ``tail`` (M,).
+
+    ``tail`` is what follows an episode's last step: 0 after a termination, V(s') where the
+    episode was cut short (time limit, the end of an augmented segment). Vectorised over
+    episodes: one numpy step per distance from the episode's end.
+    """
+    rewards = np.asarray(rewards, np.float64).reshape(-1)
+    lengths = np.asarray(episode_lengths, np.int64)
+    tail = np.asarray(tail, np.float64).reshape(-1)
+    if lengths.sum() != rewards.shape[0] or tail.shape[0] != lengths.shape[0]:
+        raise ValueError(
+            f"{rewards.shape[0]} rewards, episode_lengths summing to {int(lengths.sum())} and "
+            f"{tail.shape[0]} tail values for {lengths.shape[0]} episodes do not fit together"
+        )
+    ends = np.repeat(np.cumsum(lengths), lengths)  # one past each step's episode end
+    from_end = ends - 1 - np.arange(rewards.shape[0])  # 0 at an episode's last step
+    order = np.argsort(from_end, kind="stable")  # last steps first, then one before, ...
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(from_end))])
+    out = np.empty_like(rewards)
+    for k in range(len(bounds) - 1):
+        rows = order[bounds[k] : bounds[k + 1]]  # every step k steps before its episode's end
+        after = np.repeat(tail, lengths)[rows] if k == 0 else out[rows + 1]
+        out[rows] = rewards[rows] + gamma * after
+    return out.astype(np.float32)
 
 
 def window_indices(
