@@ -12,7 +12,7 @@ with the conditioning token replaced:
 If the scores barely move, the token is inert and the policy is a state-conditioned imitator
 plus the Q term. Same evaluation episodes and seeds as ``ipd run``.
 
-    python benchmarks/v_token_probe.py RUN_DIR [--shifts -2,-1,1,2] [--episodes 10] [--out FILE.md]
+    python benchmarks/v_token_probe.py RUN_DIR [--shifts=-2,-1,1,2] [--episodes 10] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="an `ipd run` seed folder trained with policy ipd-dt")
-    parser.add_argument("--shifts", default="-2,-1,1,2", help="token shifts in std of V")
+    parser.add_argument(
+        "--shifts",
+        default="-2,-1,1,2",
+        help="token shifts in std of V (write --shifts=-2,1 for negative ones)",
+    )
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="append a Markdown section to this file")
