@@ -95,7 +95,9 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     lines = [
         "",
         "Wall time per method (training of all stages, reused cache stages counted at their "
-        "original cost; evaluation excluded):",
+        "original cost; evaluation excluded). Wall-clock seconds of one torch thread, on a 2-core "
+        "machine often shared by 2-4 runs at once, so they are upper bounds; "
+        "`default_hopper.md` has an IPD run timed stage by stage:",
         "",
         "| method | runs | train minutes total | per run |",
         "|---|---:|---:|---:|",
