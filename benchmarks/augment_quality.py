@@ -75,20 +75,17 @@ def main() -> None:
     import torch
 
     from ipd_plugins.data.npz_io import load_npz
-    from ipd_plugins.runner import context_for, load_run, resolve_dataset
-    from registry import get_registry
+    from ipd_plugins.runner import load_trained
 
-    cfg, stages = load_run(args.run_dir)
-    ds = resolve_dataset(cfg.run.dataset, clip_actions=cfg.run.clip_actions)
+    run = load_trained(args.run_dir, kinds=("value",))
+    cfg, stages, ds = run.pipeline.cfg, run.stages, run.dataset
     seg_path = Path(stages["augment"]["path"]) / "segments.npz"
     if not seg_path.exists():
         raise SystemExit(f"{args.run_dir}: its augment stage kept no segments ({seg_path})")
     seg = load_npz(seg_path)
     if ds.env_id is None:
         raise SystemExit(f"{cfg.run.dataset} names no environment to replay in")
-    ctx = context_for(ds, cfg.run.seed, "cpu", ds.env_id)
-    value = get_registry().create("value", cfg.components["value"], cfg.configs["value"], ctx)
-    value.load(Path(stages["value"]["path"]) / "weights.pt")
+    value = run.components["value"]
     gamma = float(getattr(cfg.configs["value"], "gamma", 0.99))
 
     def v(obs: np.ndarray) -> float:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
@@ -40,19 +39,13 @@ def main() -> None:
 
     from ipd_plugins.evaluate import evaluate
     from ipd_plugins.policies.base import SequenceActor
-    from ipd_plugins.runner import context_for, load_run, resolve_dataset
-    from registry import get_registry
+    from ipd_plugins.runner import load_trained
 
-    cfg, stages = load_run(args.run_dir)
+    run = load_trained(args.run_dir)
+    cfg, ds, ctx = run.pipeline.cfg, run.dataset, run.ctx
     if cfg.components["policy"] != "ipd-dt":
         raise SystemExit(f"{args.run_dir}: policy is {cfg.components['policy']!r}, not 'ipd-dt'")
-    ds = resolve_dataset(cfg.run.dataset, clip_actions=cfg.run.clip_actions)
-    ctx = context_for(ds, cfg.run.seed, "cpu", ds.env_id)
-    reg = get_registry()
-    value = reg.create("value", cfg.components["value"], cfg.configs["value"], ctx)
-    value.load(Path(stages["value"]["path"]) / "weights.pt")
-    policy = reg.create("policy", "ipd-dt", cfg.configs["policy"], ctx)
-    policy.load(Path(stages["policy"]["path"]) / "weights.pt")
+    value, policy = run.components["value"], run.components["policy"]
     net = policy.net
     shift, scale = float(net.cond_shift), float(net.cond_scale)  # mean and std of V over data
     refs = (ds.ref_min_score, ds.ref_max_score) if ds.ref_min_score is not None else None

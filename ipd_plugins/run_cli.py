@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -227,24 +226,16 @@ def _run_one(
 @click.option("--episodes", type=int, help="episodes (default: the run's eval_episodes)")
 def eval_run(run_dir: str, episodes: int | None) -> None:
     """Re-evaluate the final policy of a finished run folder (writes eval.json there)."""
-    from ipd_plugins.runner import Pipeline, load_run
-    from registry import get_registry
+    from ipd_plugins.runner import load_trained
 
     try:
-        cfg, stages = load_run(run_dir)
+        run = load_trained(run_dir, echo=_echo)
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise click.UsageError(str(err)) from err
-    cfg.run.out_dir = str(Path(run_dir).resolve().parents[1])
+    pipe, ds, ctx = run.pipeline, run.dataset, run.ctx
     if episodes is not None:
-        cfg.run.eval_episodes = episodes
-    pipe = Pipeline(cfg, echo=_echo)
-    ds = pipe.load_dataset()
-    ctx = pipe.build_context(ds)
-    reg = get_registry()
-    value = reg.create("value", cfg.components["value"], cfg.configs["value"], ctx)
-    value.load(Path(stages["value"]["path"]) / "weights.pt")
-    policy = reg.create("policy", cfg.components["policy"], cfg.configs["policy"], ctx)
-    policy.load(Path(stages["policy"]["path"]) / "weights.pt")
+        pipe.cfg.run.eval_episodes = episodes
+    value, policy = run.components["value"], run.components["policy"]
     scores = pipe.evaluate_all(policy, value, ds, ctx)
     _print_scores({"scores": scores})
     click.echo(json.dumps({k: v.get("normalized_mean") for k, v in scores.items()}))

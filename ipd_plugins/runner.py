@@ -48,6 +48,8 @@ __all__ = [
     "Pipeline",
     "DEFAULT_COMPONENTS",
     "context_for",
+    "TrainedRun",
+    "load_trained",
 ]
 
 #: Part of the augment stage's cache key: bumped when ``segments.npz`` gains or changes a
@@ -576,3 +578,34 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
     if not stages_path.exists():
         raise FileNotFoundError(f"{run_dir} has no stages.json: the run did not finish training")
     return cfg, json.loads(stages_path.read_text())
+
+
+@dataclass
+class TrainedRun:
+    """A finished run folder reloaded: its pipeline (for evaluation), data and components."""
+
+    pipeline: Pipeline
+    stages: dict[str, Any]
+    dataset: TrajectoryDataset
+    ctx: BuildContext
+    components: dict[str, Any]  # kind -> the trained component, weights loaded
+
+
+def load_trained(
+    run_dir: str | Path,
+    kinds: tuple[str, ...] = ("value", "policy"),
+    echo: Callable[[str], None] = print,
+) -> TrainedRun:
+    """Rebuild the ``kinds`` components of a finished run and load their trained weights."""
+    cfg, stages = load_run(run_dir)
+    cfg.run.out_dir = str(Path(run_dir).resolve().parents[1])  # so that run_dir is this folder
+    pipe = Pipeline(cfg, echo=echo, progress=False)
+    ds = pipe.load_dataset()
+    ctx = pipe.build_context(ds)
+    reg = get_registry()
+    components = {}
+    for kind in kinds:
+        component = reg.create(kind, cfg.components[kind], cfg.configs[kind], ctx)
+        component.load(Path(stages[kind]["path"]) / "weights.pt")
+        components[kind] = component
+    return TrainedRun(pipe, stages, ds, ctx, components)
