@@ -28,12 +28,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 from ipd_plugins.baselines import BASELINES, baseline_run_name, resolve_baseline, run_baseline
 from ipd_plugins.compare import load_records, summarise, to_markdown
 from ipd_plugins.runner import Pipeline, resolve_config
+from registry.config import dataclass_to_dict
 
 DATASETS = (
     "hopper-medium",
@@ -62,12 +65,69 @@ def log(msg: str) -> None:
 
 
 def run_dir_of(method: str, dataset: str, seed: int, profile: str, out: str, threads: int) -> Path:
+    return planned(method, dataset, seed, profile, out, threads)[0]
+
+
+def planned(
+    method: str, dataset: str, seed: int, profile: str, out: str, threads: int
+) -> tuple[Path, dict[str, Any]]:
+    """The run folder a (method, dataset, seed) run gets, and the config it would write."""
     run = {"dataset": dataset, "seed": seed, "profile": profile, "out_dir": out, "threads": threads}
     cfg = resolve_config(run=run)
     if method == "ipd":
-        return cfg.run_dir
+        return cfg.run_dir, cfg.to_dict()
     bconf = resolve_baseline(method, profile)
-    return Path(out) / baseline_run_name(cfg.run, bconf) / f"seed_{seed}"
+    rd = Path(out) / baseline_run_name(cfg.run, bconf) / f"seed_{seed}"
+    return rd, {"run": dataclass_to_dict(cfg.run), "baseline": {"algo": method, **bconf.to_dict()}}
+
+
+#: fields that name where and when a run was written, not what it trained
+PROVENANCE = {("meta",), ("run", "out_dir"), ("run", "name")}
+
+
+def _leaves(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[tuple[str, ...], Any] = {}
+    for k, v in tree.items():
+        if (*prefix, k) not in PROVENANCE:
+            out.update(_leaves(v, (*prefix, k)))
+    return out
+
+
+#: fields added to a config after some recorded runs, with the value that reproduces what those
+#: runs did (``train_token="value"`` is eq. 26 as before; ``gamma`` is only read by the "return"
+#: token). A new field whose default changes behaviour (e.g. ``policy.position``) is not listed,
+#: so runs recorded before it are rerun.
+ADDED_LATER = {("policy", "gamma"): 0.99, ("policy", "train_token"): "value"}
+
+
+def same_run(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a recorded config trained what ``current`` would.
+
+    Every recorded field must match, and a field the recorded config lacks must be one of
+    ``ADDED_LATER`` at its old-behaviour value. The run-name hash covers every field, so adding
+    one renames the folder; without this, finished runs would be silently re-queued.
+    """
+    old, new = _leaves(recorded), _leaves(current)
+    if any(k not in new or new[k] != v for k, v in old.items()):
+        return False
+    return all(k in ADDED_LATER and ADDED_LATER[k] == v for k, v in new.items() if k not in old)
+
+
+def finished(rd: Path, config: dict[str, Any], out: str, record_dir: str) -> Path | None:
+    """The results.json of a finished run equivalent to ``rd`` (same folder, or same config)."""
+    rel = rd.relative_to(out)
+    for base in (Path(record_dir), Path(out)):
+        if (base / rel / "results.json").exists():
+            return base / rel / "results.json"
+    stem = rel.parent.name.rsplit("__", 1)[0]
+    for base in (Path(record_dir), Path(out)):
+        for cand in sorted(base.glob(f"{stem}__*/{rel.name}/results.json")):
+            conf = cand.parent / "config.yaml"
+            if conf.exists() and same_run(yaml.safe_load(conf.read_text()), config):
+                return cand
+    return None
 
 
 def run_one(method: str, dataset: str, seed: int, profile: str, out: str, threads: int) -> None:
@@ -79,13 +139,14 @@ def run_one(method: str, dataset: str, seed: int, profile: str, out: str, thread
 
 
 def record(run_dir: Path, out: str, record_dir: str) -> Path:
-    """Copy ``run_dir/results.json`` to the same relative place under ``record_dir`` (atomic)."""
-    dest = Path(record_dir) / run_dir.relative_to(out) / "results.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".json.tmp")
-    tmp.write_text((run_dir / "results.json").read_text())
-    os.replace(tmp, dest)
-    return dest
+    """Copy ``run_dir``'s ``config.yaml`` and ``results.json`` under ``record_dir`` (atomic)."""
+    dest_dir = Path(record_dir) / run_dir.relative_to(out)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "results.json"):
+        tmp = dest_dir / f"{name}.tmp"
+        tmp.write_text((run_dir / name).read_text())
+        os.replace(tmp, dest_dir / name)
+    return dest_dir / "results.json"
 
 
 def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) -> str:
@@ -161,12 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in datasets:
             for seed in seeds:
                 for method in methods:
-                    rd = run_dir_of(method, dataset, seed, args.profile, args.out, args.threads)
-                    recorded = Path(args.record) / rd.relative_to(args.out) / "results.json"
-                    if (rd / "results.json").exists() and not args.dry_run:
-                        record(rd, args.out, args.record)
-                    if recorded.exists() or (rd / "results.json").exists():
-                        log(f"skip {method} {dataset} seed {seed}: finished ({recorded})")
+                    rd, conf = planned(method, dataset, seed, args.profile, args.out, args.threads)
+                    done = finished(rd, conf, args.out, args.record)
+                    if done is not None:
+                        if done.is_relative_to(args.out) and not args.dry_run:
+                            record(done.parent, args.out, args.record)
+                        log(f"skip {method} {dataset} seed {seed}: finished ({done})")
                         continue
                     if args.dry_run:
                         log(f"would run {method} {dataset} seed {seed} -> {rd}")
