@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,16 @@ def record(run_dir: Path, out: str, record_dir: str) -> Path:
 
 
 def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) -> str:
-    records = load_records([record_dir])
+    # Every record is a default-profile run of one method; one recorded before a config field
+    # was added sits in a folder of another hash (see same_run), so drop compare's "#hash".
+    records = [replace(r, label=r.label.split("#")[0]) for r in load_records([record_dir])]
+    seen: dict[tuple[str, str, int], str] = {}
+    for r in records:
+        other = seen.setdefault((r.dataset, r.label, r.seed), r.path)
+        if other != r.path:
+            raise ValueError(
+                f"{r.label} {r.dataset} seed {r.seed} is recorded twice: {other}, {r.path}"
+            )
     cmp = summarise(records, reps=reps, order=list(METHODS))
     text = to_markdown(cmp, f"Scores: IPD vs d3rlpy baselines, profile `{profile}`")
     done = {(r.dataset, r.label, r.seed) for r in records}
