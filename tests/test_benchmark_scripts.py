@@ -1,0 +1,124 @@
+"""The benchmark scripts' own logic: scores.py's run matching, value_calibration's maths."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ipd_plugins.data.dataset import TrajectoryDataset
+from ipd_plugins.runner import resolve_config
+
+
+def _script(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"ipd_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+scores = _script("scores")
+value_calibration = _script("value_calibration")
+
+
+def _current() -> dict:
+    run = {"dataset": "hopper-medium", "seed": 0, "profile": "default", "threads": 1}
+    return resolve_config(run=run).to_dict()
+
+
+def test_same_config_other_provenance_counts():
+    now = _current()
+    old = copy.deepcopy(now)
+    old["run"]["out_dir"] = "elsewhere"
+    old["meta"] = {"git_commit": "abc", "written": "yesterday"}
+    assert scores.same_run(old, now)
+
+
+def test_field_added_later_at_old_behaviour_counts_but_not_otherwise():
+    now = _current()
+    old = copy.deepcopy(now)
+    for section, key in scores.ADDED_LATER:
+        del old[section][key]
+    assert scores.same_run(old, now)
+    changed = copy.deepcopy(now)
+    changed["policy"]["train_token"] = "return"
+    assert not scores.same_run(old, changed)
+
+
+def test_missing_behaviour_changing_field_or_other_value_is_a_different_run():
+    now = _current()
+    old = copy.deepcopy(now)
+    del old["policy"]["position"]  # added with a new default: old runs used "window"
+    assert not scores.same_run(old, now)
+    old = copy.deepcopy(now)
+    old["value"]["tau"] = 0.9
+    assert not scores.same_run(old, now)
+
+
+def test_finished_finds_an_equivalent_record_under_another_name(tmp_path):
+    now = _current()
+    out, record = tmp_path / "out", tmp_path / "record"
+    rd = out / "hopper-medium__qov-pe-gjs-mpc-ipd-dt__aaaaaaaa" / "seed_0"
+    assert scores.finished(rd, now, str(out), str(record)) is None
+    old = copy.deepcopy(now)
+    del old["policy"]["train_token"]
+    other = record / "hopper-medium__qov-pe-gjs-mpc-ipd-dt__bbbbbbbb" / "seed_0"
+    other.mkdir(parents=True)
+    (other / "config.yaml").write_text(yaml.safe_dump(old))
+    (other / "results.json").write_text("{}")
+    assert scores.finished(rd, now, str(out), str(record)) == other / "results.json"
+    seed1 = rd.parent / "seed_1"
+    assert scores.finished(seed1, now, str(out), str(record)) is None
+
+
+class _LinearV:
+    """V(s) = 10 s[0]."""
+
+    def v(self, obs: torch.Tensor) -> torch.Tensor:
+        return 10.0 * obs[:, 0]
+
+
+def test_value_calibration_against_a_loop():
+    # episode 1: 3 steps, terminated; episode 2: 2 steps, truncated (G bootstraps with V(s'))
+    obs = np.array([[0.0], [1.0], [2.0], [5.0], [6.0]])
+    next_obs = np.array([[1.0], [2.0], [3.0], [6.0], [7.0]])
+    rewards = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    term = np.array([0, 0, 1, 0, 0], bool)
+    trunc = np.array([0, 0, 0, 0, 1], bool)
+    ds = TrajectoryDataset.from_arrays(
+        {
+            "observations": obs,
+            "actions": np.zeros((5, 1)),
+            "rewards": rewards,
+            "next_observations": next_obs,
+            "terminations": term,
+            "truncations": trunc,
+        },
+        np.array([3, 2]),
+    )
+    gamma, tau = 0.9, 0.7
+    v, v_next = 10.0 * obs[:, 0], 10.0 * next_obs[:, 0]
+    g = np.zeros(5)
+    for start, end in ((0, 3), (3, 5)):
+        after = 0.0 if term[end - 1] else v_next[end - 1]
+        for t in reversed(range(start, end)):
+            after = rewards[t] + gamma * after
+            g[t] = after
+    y = rewards + gamma * (1 - term) * v_next
+    above = np.mean([max(e, 0.0) for e in y - v])
+    below = np.mean([max(-e, 0.0) for e in y - v])
+
+    c = value_calibration.calibration(_LinearV(), ds, gamma, tau)
+    assert c["mean_v"] == pytest.approx(v.mean())
+    assert c["mean_g"] == pytest.approx(g.mean(), rel=1e-5)
+    assert c["mean_v_minus_g"] == pytest.approx((v - g).mean(), rel=1e-5)
+    assert c["p_g_above_v"] == pytest.approx((g > v).mean())
+    assert c["balance"] == pytest.approx(tau * above - (1 - tau) * below, rel=1e-5)
