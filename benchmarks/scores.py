@@ -170,7 +170,13 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     lines = [
         "",
         f"Recorded: {len(done)} of the {planned_runs} planned runs ({len(DATASETS)} datasets x "
-        f"{len(SEEDS)} seeds x {len(METHODS)} methods); cells with no run: {empty}.",
+        f"{len(SEEDS)} seeds x {len(METHODS)} methods); cells with no run: {empty}."
+        + (
+            " Until every cell has its runs, the methods' IQMs cover different datasets and"
+            " seeds: compare them row by row, not by IQM."
+            if len(done) < planned_runs
+            else ""
+        ),
         "",
         "Wall time per method (training of all stages, reused cache stages counted at their "
         "original cost; evaluation excluded). Wall-clock seconds of one torch thread, on a 2-core "
