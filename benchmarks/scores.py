@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -180,16 +181,19 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
         "",
         "Wall time per method (training of all stages, reused cache stages counted at their "
         "original cost; evaluation excluded). Wall-clock seconds of one torch thread, on a 2-core "
-        "machine often shared by 2-4 runs at once, so they are upper bounds; "
+        "machine often shared by 2-4 runs at once (a run paused to free the cores counts its "
+        "pause too), so they are upper bounds and the median is the figure to read; "
         "`default_hopper.md` has an IPD run timed stage by stage:",
         "",
-        "| method | runs | train minutes total | per run |",
-        "|---|---:|---:|---:|",
+        "| method | runs | train minutes total | median per run | fastest run |",
+        "|---|---:|---:|---:|---:|",
     ]
     for m in cmp.methods:
-        mine = [r for r in records if r.label == m.label]
-        total = sum(r.train_seconds for r in mine) / 60
-        lines.append(f"| {m.label} | {len(mine)} | {total:.1f} | {total / max(1, len(mine)):.1f} |")
+        minutes = [r.train_seconds / 60 for r in records if r.label == m.label]
+        lines.append(
+            f"| {m.label} | {len(minutes)} | {sum(minutes):.1f} | {np.median(minutes):.1f} | "
+            f"{min(minutes):.1f} |"
+        )
     paper = [d for d in DATASETS if d in cmp.datasets]
     if paper:
         lines += [
