@@ -100,9 +100,13 @@ def _leaves(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], An
 
 #: fields added to a config after some recorded runs, with the value that reproduces what those
 #: runs did (``train_token="value"`` is eq. 26 as before; ``gamma`` is only read by the "return"
-#: token). A new field whose default changes behaviour (e.g. ``policy.position``) is not listed,
-#: so runs recorded before it are rerun.
-ADDED_LATER = {("policy", "gamma"): 0.99, ("policy", "train_token"): "value"}
+#: token; ``position_init_std=None`` is PyTorch's init as before). A new field whose default
+#: changes behaviour (e.g. ``policy.position``) is not listed, so runs recorded before it rerun.
+ADDED_LATER = {
+    ("policy", "gamma"): 0.99,
+    ("policy", "train_token"): "value",
+    ("policy", "position_init_std"): None,
+}
 
 
 def same_run(recorded: dict[str, Any], current: dict[str, Any]) -> bool:

@@ -209,6 +209,8 @@ def test_bad_shapes_and_layout_fail_with_sentences():
         make("ipd-dt", position="absolute")
     with pytest.raises(ValueError, match="max_timestep must be >= 1"):
         make("dt", max_timestep=0)
+    with pytest.raises(ValueError, match="position_init_std must be > 0"):
+        make("ipd-dt", position_init_std=0.0)
     model = DecisionModel(2, 1, -torch.ones(1), torch.ones(1), context=4, n_embd=16, n_head=2)
     time = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(AssertionError, match="obs must be"):
@@ -217,6 +219,20 @@ def test_bad_shapes_and_layout_fail_with_sentences():
         model(torch.zeros(1, 5, 2), torch.zeros(1, 5, 1), torch.zeros(1, 5))
     with pytest.raises(AssertionError, match="needs timesteps"):
         model(torch.zeros(1, 4, 2), torch.zeros(1, 4, 1), torch.zeros(1, 4))
+
+
+def test_position_init_std_sets_the_timestep_embedding_scale():
+    torch.manual_seed(0)
+    args = (2, 1, -torch.ones(1), torch.ones(1))
+    default = DecisionModel(*args, context=4, n_embd=64, n_head=2, max_timestep=500)
+    gpt2 = DecisionModel(
+        *args, context=4, n_embd=64, n_head=2, max_timestep=500, position_init_std=0.02
+    )
+    assert float(default.embed_pos.weight.std()) == pytest.approx(1.0, rel=0.05)  # PyTorch's
+    assert float(gpt2.embed_pos.weight.std()) == pytest.approx(0.02, rel=0.05)
+    assert float(gpt2.embed_obs.weight.std()) == pytest.approx(
+        float(default.embed_obs.weight.std()), rel=0.2
+    )  # only the position table changes
 
 
 # -- sampling ----------------------------------------------------------------------------------

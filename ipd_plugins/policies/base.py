@@ -57,6 +57,8 @@ class SequencePolicyConfig(ComponentConfig):
         position (str): "timestep" (embed each step's time in its episode, as DT/QT/d3rlpy)
             or "window" (embed its place in the K-step window).
         max_timestep (int): size of the timestep embedding; later times share its last row.
+        position_init_std (float | None): std of the normal init of that embedding; None keeps
+            PyTorch's N(0, 1); GPT-2 and d3rlpy's DT start it at 0.02.
         autocast_bf16 (bool): run the forward pass under bfloat16 autocast.
     """
 
@@ -81,6 +83,10 @@ class SequencePolicyConfig(ComponentConfig):
     # rows of the timestep embedding (DT's max episode length for MuJoCo: 1000); later steps
     # reuse the last row
     max_timestep: int = 1000
+    # std of the position/timestep embedding's normal init; None: PyTorch's N(0, 1) (what every
+    # run so far used); GPT-2 and d3rlpy's DT use 0.02, so the 1000 rarely-trained timestep rows
+    # do not add unit-scale noise to every token
+    position_init_std: float | None = None
     # bfloat16 autocast for the transformer (weights and optimiser stay fp32). Off by default:
     # measured 0.75x (slower) on this project's CPUs; try it on GPUs
     autocast_bf16: bool = False
@@ -122,6 +128,11 @@ class SequencePolicyConfig(ComponentConfig):
                 raise ValueError(f"{self.kind} '{self.name}': {key} must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{self.kind} '{self.name}': dropout must be in [0, 1)")
+        if self.position_init_std is not None and not self.position_init_std > 0:
+            raise ValueError(
+                f"{self.kind} '{self.name}': position_init_std must be > 0 or None, "
+                f"got {self.position_init_std}"
+            )
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -149,6 +160,7 @@ class PolicyNet(nn.Module):
             token_layout=cfg.token_layout,
             position=cfg.position,
             max_timestep=cfg.max_timestep,
+            position_init_std=cfg.position_init_std,
         )
         self.obs_norm = Normalizer(ctx.obs_dim)
         # conditioning token = (raw - cond_shift) / cond_scale

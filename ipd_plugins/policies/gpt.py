@@ -164,6 +164,7 @@ class DecisionModel(nn.Module):
         token_layout: str = "vsa",
         position: str = "timestep",
         max_timestep: int = 1000,
+        position_init_std: float | None = None,
     ):
         super().__init__()
         if token_layout not in TOKEN_LAYOUTS:
@@ -180,6 +181,8 @@ class DecisionModel(nn.Module):
         self.embed_cond = nn.Linear(1, n_embd)
         # time in the episode (clamped) or place in the window
         self.embed_pos = nn.Embedding(max_timestep if position == "timestep" else context, n_embd)
+        if position_init_std is not None:  # else PyTorch's N(0, 1)
+            nn.init.normal_(self.embed_pos.weight, mean=0.0, std=position_init_std)
         self.embed_ln = nn.LayerNorm(n_embd)
         self.transformer = CausalTransformer(
             n_layer, n_embd, n_head, context * self.tokens_per_step, dropout
