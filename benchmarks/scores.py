@@ -169,7 +169,7 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
             )
     cmp = summarise(records, reps=reps, order=list(METHODS))
     text = to_markdown(cmp, f"Scores: IPD vs d3rlpy baselines, profile `{profile}`")
-    done = {(r.dataset, r.label, r.seed) for r in records}
+    done = set(seen)  # (dataset, method, seed) of every recorded run
     planned_runs = len(DATASETS) * len(SEEDS) * len(METHODS)
     empty = sum(1 for d in DATASETS for m in METHODS if not any(k[:2] == (d, m) for k in done))
     lines = [
