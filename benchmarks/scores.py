@@ -213,7 +213,7 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     lines += [
         "",
         f"Run folders: `{out}` (not committed); their `results.json` files: `{record_dir}`. "
-        "Rebuild with `python benchmarks/scores.py --table-only`.",
+        f"Rebuild with `python benchmarks/scores.py --table-only --out {out}`.",
     ]
     text += "\n".join(lines) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
