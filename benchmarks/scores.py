@@ -172,7 +172,16 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     done = set(seen)  # (dataset, method, seed) of every recorded run
     planned_runs = len(DATASETS) * len(SEEDS) * len(METHODS)
     empty = sum(1 for d in DATASETS for m in METHODS if not any(k[:2] == (d, m) for k in done))
+    data_means = {}  # the dataset's own episodes, normalised, from any run on it
+    for r in records:
+        stats = json.loads((Path(r.path) / "results.json").read_text()).get("dataset", {})
+        if "normalized_mean" in stats:
+            data_means.setdefault(r.dataset, stats["normalized_mean"])
     lines = [
+        "",
+        "The datasets' own episodes, normalised the same way (mean over episodes), for scale: "
+        + ", ".join(f"{d} {v:.1f}" for d, v in sorted(data_means.items()))
+        + ".",
         "",
         f"Recorded: {len(done)} of the {planned_runs} planned runs ({len(DATASETS)} datasets x "
         f"{len(SEEDS)} seeds x {len(METHODS)} methods); cells with no run: {empty}."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -77,6 +78,44 @@ def test_finished_finds_an_equivalent_record_under_another_name(tmp_path):
     assert scores.finished(rd, now, str(out), str(record)) == other / "results.json"
     seed1 = rd.parent / "seed_1"
     assert scores.finished(seed1, now, str(out), str(record)) is None
+
+
+def _record(root: Path, run_name: str, seed: int, score: float, baseline: str | None = None):
+    folder = root / run_name / f"seed_{seed}"
+    folder.mkdir(parents=True)
+    dataset = run_name.split("__")[0]
+    components = {"baseline": baseline} if baseline else {"value": "qov", "policy": "ipd-dt"}
+    results = {
+        "dataset": {"source": dataset, "name": dataset, "hash": "x", "normalized_mean": 45.6},
+        "components": components,
+        "seed": seed,
+        "scores": {"policy": {"normalized_mean": score, "mean_return": 0.0, "n_episodes": 10}},
+        "stage_seconds": {"train": 60.0 * (seed + 1)},
+    }
+    if baseline:
+        results.update(label=baseline, method=baseline)
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_table_keeps_one_column_per_method_and_says_how_complete_it_is(tmp_path):
+    record = tmp_path / "record"
+    # IPD seeds recorded under two config hashes (a field added between them): one column
+    _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__aaaaaaaa", 0, 40.0)
+    _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__bbbbbbbb", 1, 50.0)
+    _record(record, "hopper-medium__baseline-iql__cccccccc", 0, 30.0, baseline="iql")
+    table = tmp_path / "scores.md"
+    text = scores.write_table(str(record), "runs/x", "default", table, reps=50)
+    assert table.read_text() == text
+    assert "| dataset | ipd | iql |" in text
+    assert "| hopper-medium | 45.0 ± 7.1 (n=2) | 30.0 ± 0.0 (n=1) |" in text
+    assert "Recorded: 3 of the 72 planned runs" in text
+    assert "compare them row by row" in text
+    assert "for scale: hopper-medium 45.6." in text
+    assert "| ipd | 2 | 3.0 | 1.5 | 1.0 |" in text  # wall minutes: total, median, fastest
+    # the same (dataset, method, seed) twice is refused, naming both records
+    _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__dddddddd", 1, 55.0)
+    with pytest.raises(ValueError, match="ipd hopper-medium seed 1 is recorded twice"):
+        scores.write_table(str(record), "runs/x", "default", table, reps=50)
 
 
 class _LinearV:
