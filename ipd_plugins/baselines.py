@@ -412,7 +412,9 @@ class DTActor:
         self.last_reward = np.zeros(B, np.float64)
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        x = np.asarray(torch.as_tensor(obs).detach().cpu().numpy(), np.float32)  # (B, O)
+        # a copy: d3rlpy's wrapper keeps the rows it is given as its context, so a view of the
+        # caller's buffer would turn every past observation into the newest one
+        x = np.array(torch.as_tensor(obs).detach().cpu().numpy(), np.float32, copy=True)  # (B, O)
         assert x.shape[0] == len(self.wrappers), (
             f"DTActor.act got {x.shape[0]} observations for {len(self.wrappers)} envs; call reset"
         )

@@ -162,9 +162,10 @@ def _run_wave(
     ret = np.zeros(B, np.float64)
     length = np.zeros(B, np.int64)
     limit = math.inf if max_steps is None else max_steps
-    actor.reset(torch.from_numpy(obs))
+    actor.reset(torch.from_numpy(obs.copy()))
     while running.any():
-        action = actor.act(torch.from_numpy(obs))  # (B, A): finished rows are ignored
+        # a fresh tensor each step: ``obs`` is overwritten below, and actors may keep what they get
+        action = actor.act(torch.from_numpy(obs.copy()))  # (B, A): finished rows are ignored
         action = np.asarray(torch.as_tensor(action).detach().float().cpu().numpy(), np.float32)
         if action.shape[0] != B:
             raise ValueError(f"actor returned {action.shape[0]} actions for {B} envs")

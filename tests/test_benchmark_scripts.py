@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from ipd_plugins.data.dataset import TrajectoryDataset
+from ipd_plugins.evaluate import evaluate
 from ipd_plugins.runner import resolve_config
 
 
@@ -184,6 +185,22 @@ def test_dt_crosscheck_copies_d3rlpys_dt_exactly_and_both_loops_act_alike(store,
     actors = [pair.baseline.actor(), pair.policy.actor(None)]
     worst, steps = dt_crosscheck.lockstep(actors, pair.ctx.env_id, seed=3)
     assert steps == 200 and worst < 1e-5
+    # the same episodes through the evaluator: the same returns (d3rlpy's wrapper keeps copies of
+    # the observations it is given, so a caller reusing its buffer cannot rewrite the context)
+    d3_actor = pair.baseline.actor()
+    obs = torch.zeros(1, pair.ctx.obs_dim)
+    d3_actor.reset(obs)
+    d3_actor.act(obs)
+    obs += 1.0  # the caller reuses its buffer
+    d3_actor.act(obs)
+    kept = list(d3_actor.wrappers[0]._observations)
+    np.testing.assert_array_equal(kept[0], np.zeros(pair.ctx.obs_dim))
+    refs = (pair.ds.ref_min_score, pair.ds.ref_max_score)
+    a, b = (
+        evaluate(actor, pair.ctx.env_id, n_episodes=2, seed=5, ref_scores=refs)
+        for actor in (pair.baseline.actor(), pair.policy.actor(None))
+    )
+    np.testing.assert_allclose(a.returns, b.returns, rtol=1e-4)
     # a copy missing one layer is caught: the check is not vacuous
     with torch.no_grad():
         pair.policy.net.model.transformer.blocks[1].mlp[2].weight.zero_()

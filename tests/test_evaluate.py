@@ -75,6 +75,31 @@ def test_batched_rollout_equals_one_episode_at_a_time():
     assert result.std_return == pytest.approx(np.std(result.returns))
 
 
+class HistoryActor(RecordingActor):
+    """Keeps the observation tensors it is handed without copying, as sequence actors do."""
+
+    def __init__(self):
+        super().__init__()
+        self.kept = []
+
+    def act(self, obs):
+        self.kept.append(obs)
+        return super().act(obs)
+
+
+def test_observations_kept_by_an_actor_are_not_overwritten_later():
+    # regression: the evaluator handed out views of the buffer it then overwrote in place, so a
+    # history-keeping actor (d3rlpy's DT wrapper) saw every past observation as the newest one
+    actor = HistoryActor()
+    evaluate(actor, TOY_ID, n_episodes=1, seed=7)
+    env = gym.make(TOY_ID)
+    obs, _ = env.reset(seed=7)
+    for kept in actor.kept:
+        np.testing.assert_allclose(kept.numpy()[0], obs)
+        obs, *_ = env.step(np.clip(-obs, -1, 1))
+    assert len(actor.kept) > 2 and len({float(k[0, 0]) for k in actor.kept}) == len(actor.kept)
+
+
 def test_same_seed_same_result_and_waves_do_not_change_it():
     a = evaluate(RecordingActor(), TOY_ID, n_episodes=6, seed=3)
     b = evaluate(RecordingActor(), TOY_ID, n_episodes=6, seed=3)
