@@ -76,7 +76,7 @@ def test_batched_rollout_equals_one_episode_at_a_time():
 
 
 class HistoryActor(RecordingActor):
-    """Keeps the observation tensors it is handed without copying, as sequence actors do."""
+    """Keeps the observation tensors it is handed without copying, as d3rlpy's DT wrapper does."""
 
     def __init__(self):
         super().__init__()
