@@ -8,7 +8,8 @@ the dataset's windows, and evaluates the copy through our own acting loop (``Seq
 return-to-go bookkeeping) next to d3rlpy's ``StatefulTransformerWrapper``, same episodes:
 
 * same score: our acting loop is right and the gap is in how our policy is trained;
-* the copy scores lower: the gap is in our acting path.
+* different scores: one of the acting paths is wrong. (The first run found the evaluator
+  handing d3rlpy's wrapper views of a buffer it overwrote; see ``default_hopper.md``.)
 
     python benchmarks/dt_crosscheck.py RUN_DIR [--episodes 10] [--out FILE.md]
 
@@ -22,6 +23,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import gymnasium as gym
+import numpy as np
 import torch
 import yaml
 
@@ -70,9 +73,6 @@ def lockstep(actors: list, env_id: str, seed: int) -> tuple[float, int]:
     Returns the largest difference between the actors' actions over the episode and its length:
     if it stays at float precision the acting loops are the same function of the history.
     """
-    import gymnasium as gym
-    import numpy as np
-
     env = gym.make(env_id)
     obs, _ = env.reset(seed=seed)
     obs = torch.as_tensor(np.asarray(obs, np.float32))[None]
