@@ -173,15 +173,35 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     planned_runs = len(DATASETS) * len(SEEDS) * len(METHODS)
     empty = sum(1 for d in DATASETS for m in METHODS if not any(k[:2] == (d, m) for k in done))
     data_means = {}  # the dataset's own episodes, normalised, from any run on it
+    qop: dict[str, list[tuple[float, float]]] = {}  # IPD runs: (distilled policy, pi_QOP)
     for r in records:
-        stats = json.loads((Path(r.path) / "results.json").read_text()).get("dataset", {})
+        results = json.loads((Path(r.path) / "results.json").read_text())
+        stats = results.get("dataset", {})
         if "normalized_mean" in stats:
             data_means.setdefault(r.dataset, stats["normalized_mean"])
+        if r.label == "ipd" and "qop" in results.get("scores", {}):
+            qop.setdefault(r.dataset, []).append(
+                (r.score, results["scores"]["qop"]["normalized_mean"])
+            )
     lines = [
         "",
         "The datasets' own episodes, normalised the same way (mean over episodes), for scale: "
         + ", ".join(f"{d} {v:.1f}" for d, v in sorted(data_means.items()))
         + ".",
+    ]
+    if qop:
+        lines += [
+            "",
+            "IPD's distilled policy next to its value stage's own AWR policy pi_QOP, same runs "
+            "(mean over seeds):",
+            "",
+            "| dataset | ipd (distilled) | pi_QOP | runs |",
+            "|---|---:|---:|---:|",
+        ]
+        for d, pairs in sorted(qop.items()):
+            ipd_mean, qop_mean = np.mean(pairs, axis=0)
+            lines.append(f"| {d} | {ipd_mean:.1f} | {qop_mean:.1f} | {len(pairs)} |")
+    lines += [
         "",
         f"Recorded: {len(done)} of the {planned_runs} planned runs ({len(DATASETS)} datasets x "
         f"{len(SEEDS)} seeds x {len(METHODS)} methods); cells with no run: {empty}."

@@ -92,8 +92,10 @@ def _record(root: Path, run_name: str, seed: int, score: float, baseline: str | 
         "components": components,
         "seed": seed,
         "scores": {"policy": {"normalized_mean": score, "mean_return": 0.0, "n_episodes": 10}},
-        "stage_seconds": {"train": 60.0 * (seed + 1)},
     }
+    if not baseline:  # IPD runs also score pi_QOP
+        results["scores"]["qop"] = {"normalized_mean": score + 10.0, "n_episodes": 10}
+    results["stage_seconds"] = {"train": 60.0 * (seed + 1)}
     if baseline:
         results.update(label=baseline, method=baseline)
     (folder / "results.json").write_text(json.dumps(results))
@@ -114,6 +116,7 @@ def test_table_keeps_one_column_per_method_and_says_how_complete_it_is(tmp_path)
     assert "compare them row by row" in text
     assert "for scale: hopper-medium 45.6." in text
     assert "| ipd | 2 | 3.0 | 1.5 | 1.0 |" in text  # wall minutes: total, median, fastest
+    assert "| hopper-medium | 45.0 | 55.0 | 2 |" in text  # IPD's seeds vs pi_QOP, IQL has none
     # the same (dataset, method, seed) twice is refused, naming both records
     _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__dddddddd", 1, 55.0)
     with pytest.raises(ValueError, match="ipd hopper-medium seed 1 is recorded twice"):
