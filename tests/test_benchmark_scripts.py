@@ -188,8 +188,8 @@ def test_dt_crosscheck_copies_d3rlpys_dt_exactly_and_both_loops_act_alike(store,
     actors = [pair.baseline.actor(), pair.policy.actor(None)]
     worst, steps = dt_crosscheck.lockstep(actors, pair.ctx.env_id, seed=3)
     assert steps == 200 and worst < 1e-5
-    # the same episodes through the evaluator: the same returns (d3rlpy's wrapper keeps copies of
-    # the observations it is given, so a caller reusing its buffer cannot rewrite the context)
+    # DTActor hands d3rlpy's wrapper (which keeps what it gets as its context) copies, so a
+    # caller reusing its observation buffer cannot rewrite the context ...
     d3_actor = pair.baseline.actor()
     obs = torch.zeros(1, pair.ctx.obs_dim)
     d3_actor.reset(obs)
@@ -198,6 +198,7 @@ def test_dt_crosscheck_copies_d3rlpys_dt_exactly_and_both_loops_act_alike(store,
     d3_actor.act(obs)
     kept = list(d3_actor.wrappers[0]._observations)
     np.testing.assert_array_equal(kept[0], np.zeros(pair.ctx.obs_dim))
+    # ... and the two acting loops score the same episodes alike through the evaluator
     refs = (pair.ds.ref_min_score, pair.ds.ref_max_score)
     a, b = (
         evaluate(actor, pair.ctx.env_id, n_episodes=2, seed=5, ref_scores=refs)
