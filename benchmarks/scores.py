@@ -172,17 +172,19 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     done = set(seen)  # (dataset, method, seed) of every recorded run
     planned_runs = len(DATASETS) * len(SEEDS) * len(METHODS)
     empty = sum(1 for d in DATASETS for m in METHODS if not any(k[:2] == (d, m) for k in done))
-    data_means = {}  # the dataset's own episodes, normalised, from any run on it
-    qop: dict[str, list[tuple[float, float]]] = {}  # IPD runs: (distilled policy, pi_QOP)
-    for r in records:
-        results = json.loads((Path(r.path) / "results.json").read_text())
-        stats = results.get("dataset", {})
+    one_run = {r.dataset: Path(r.path) for r in records}  # any run on each dataset
+    data_means = {}  # the dataset's own episodes, normalised
+    for d, run in one_run.items():
+        stats = json.loads((run / "results.json").read_text()).get("dataset", {})
         if "normalized_mean" in stats:
-            data_means.setdefault(r.dataset, stats["normalized_mean"])
-        if r.label == "ipd" and "qop" in results.get("scores", {}):
-            qop.setdefault(r.dataset, []).append(
-                (r.score, results["scores"]["qop"]["normalized_mean"])
-            )
+            data_means[d] = stats["normalized_mean"]
+    ipd: dict[str, list[float]] = {}
+    for r in records:
+        if r.label == "ipd":
+            ipd.setdefault(r.dataset, []).append(r.score)
+    qop: dict[str, list[float]] = {}  # only IPD runs score pi_QOP
+    for r in load_records([record_dir], actor="qop"):
+        qop.setdefault(r.dataset, []).append(r.score)
     lines = [
         "",
         "The datasets' own episodes, normalised the same way (mean over episodes), for scale: "
@@ -198,9 +200,8 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
             "| dataset | ipd (distilled) | pi_QOP | runs |",
             "|---|---:|---:|---:|",
         ]
-        for d, pairs in sorted(qop.items()):
-            ipd_mean, qop_mean = np.mean(pairs, axis=0)
-            lines.append(f"| {d} | {ipd_mean:.1f} | {qop_mean:.1f} | {len(pairs)} |")
+        for d, scores in sorted(qop.items()):
+            lines.append(f"| {d} | {np.mean(ipd[d]):.1f} | {np.mean(scores):.1f} | {len(scores)} |")
     lines += [
         "",
         f"Recorded: {len(done)} of the {planned_runs} planned runs ({len(DATASETS)} datasets x "
