@@ -38,7 +38,7 @@ import yaml
 from ipd_plugins.baselines import BASELINES, baseline_run_name, resolve_baseline, run_baseline
 from ipd_plugins.compare import load_records, summarise, to_markdown
 from ipd_plugins.runner import Pipeline, resolve_config
-from registry.config import dataclass_to_dict
+from registry.config import dataclass_to_dict, identity_dict
 
 DATASETS = (
     "hopper-medium",
@@ -73,15 +73,18 @@ def run_dir_of(method: str, dataset: str, seed: int, profile: str, out: str, thr
 
 def planned(
     method: str, dataset: str, seed: int, profile: str, out: str, threads: int
-) -> tuple[Path, dict[str, Any]]:
-    """The run folder a (method, dataset, seed) run gets, and the config it would write."""
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The run folder a (method, dataset, seed) run gets, the config it would write, and that
+    config's identity (what its folder hash covers, see ``registry.config.identity_dict``)."""
     run = {"dataset": dataset, "seed": seed, "profile": profile, "out_dir": out, "threads": threads}
     cfg = resolve_config(run=run)
     if method == "ipd":
-        return cfg.run_dir, cfg.to_dict()
+        return cfg.run_dir, cfg.to_dict(), cfg.identity_dict()
     bconf = resolve_baseline(method, profile)
     rd = Path(out) / baseline_run_name(cfg.run, bconf) / f"seed_{seed}"
-    return rd, {"run": dataclass_to_dict(cfg.run), "baseline": {"algo": method, **bconf.to_dict()}}
+    full = {"run": dataclass_to_dict(cfg.run), "baseline": {"algo": method, **bconf.to_dict()}}
+    ident = {"run": identity_dict(cfg.run), "baseline": {"algo": method, **identity_dict(bconf)}}
+    return rd, full, ident
 
 
 #: fields that name where and when a run was written, not what it trained
@@ -98,31 +101,21 @@ def _leaves(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], An
     return out
 
 
-#: fields added to a config after some recorded runs, with the value that reproduces what those
-#: runs did (``train_token="value"`` is eq. 26 as before; ``gamma`` is only read by the "return"
-#: token; ``position_init_std=None`` is PyTorch's init as before). A new field whose default
-#: changes behaviour (e.g. ``policy.position``) is not listed, so runs recorded before it rerun.
-ADDED_LATER = {
-    ("policy", "gamma"): 0.99,
-    ("policy", "train_token"): "value",
-    ("policy", "position_init_std"): None,
-}
+def same_run(recorded: dict[str, Any], full: dict[str, Any], identity: dict[str, Any]) -> bool:
+    """Whether a recorded config trained what today's config (``full``, its ``identity``) would.
 
-
-def same_run(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
-    """Whether a recorded config trained what ``current`` would.
-
-    Every recorded field must match, and a field the recorded config lacks must be one of
-    ``ADDED_LATER`` at its old-behaviour value. The run-name hash covers every field, so adding
-    one renames the folder; without this, finished runs would be silently re-queued.
+    A field declared with ``registry.config.added_later`` is left out of ``identity`` at its
+    old-behaviour value; a recorded config may have it at that value or lack it (written
+    before the field existed). Every other recorded field must match, and none may be missing.
     """
-    old, new = _leaves(recorded), _leaves(current)
-    if any(k not in new or new[k] != v for k, v in old.items()):
-        return False
-    return all(k in ADDED_LATER and ADDED_LATER[k] == v for k, v in new.items() if k not in old)
+    old, now, ident = _leaves(recorded), _leaves(full), _leaves(identity)
+    old = {k: v for k, v in old.items() if not (k in now and k not in ident and v == now[k])}
+    return old == ident
 
 
-def finished(rd: Path, config: dict[str, Any], out: str, record_dir: str) -> Path | None:
+def finished(
+    rd: Path, full: dict[str, Any], identity: dict[str, Any], out: str, record_dir: str
+) -> Path | None:
     """The results.json of a finished run equivalent to ``rd`` (same folder, or same config)."""
     rel = rd.relative_to(out)
     for base in (Path(record_dir), Path(out)):
@@ -132,7 +125,7 @@ def finished(rd: Path, config: dict[str, Any], out: str, record_dir: str) -> Pat
     for base in (Path(record_dir), Path(out)):
         for cand in sorted(base.glob(f"{stem}__*/{rel.name}/results.json")):
             conf = cand.parent / "config.yaml"
-            if conf.exists() and same_run(yaml.safe_load(conf.read_text()), config):
+            if conf.exists() and same_run(yaml.safe_load(conf.read_text()), full, identity):
                 return cand
     return None
 
@@ -283,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in datasets:
             for seed in seeds:
                 for method in methods:
-                    rd, conf = planned(method, dataset, seed, args.profile, args.out, args.threads)
-                    done = finished(rd, conf, args.out, args.record)
+                    rd, full, ident = planned(
+                        method, dataset, seed, args.profile, args.out, args.threads
+                    )
+                    done = finished(rd, full, ident, args.out, args.record)
                     if done is not None:
                         if done.is_relative_to(args.out) and not args.dry_run:
                             record(done.parent, args.out, args.record)

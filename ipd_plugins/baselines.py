@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ipd_plugins.returns import reward_factor
 from ipd_plugins.training import Checkpointer, atomic_save, safe_load
-from registry.config import config_hash, dataclass_from_dict, dataclass_to_dict
+from registry.config import config_hash, dataclass_from_dict, dataclass_to_dict, identity_dict
 from registry.protocols import BuildContext, Logger
 
 if TYPE_CHECKING:
@@ -646,11 +646,9 @@ def baseline_run_name(settings: RunSettings, config: BaselineConfig) -> str:
     if settings.name:
         return settings.name
     body = {
-        "baseline": {"algo": config.name, **config.to_dict()},
+        "baseline": {"algo": config.name, **identity_dict(config)},
         "run": {
-            k: v
-            for k, v in dataclass_to_dict(settings).items()
-            if k not in ("seed", "out_dir", "name")
+            k: v for k, v in identity_dict(settings).items() if k not in ("seed", "out_dir", "name")
         },
     }
     return f"{_slug(settings.dataset)}__baseline-{config.name}__{config_hash(body)[:8]}"
@@ -724,7 +722,7 @@ def run_baseline(
     echo(f"run folder: {run_dir}")
 
     baseline = D3rlpyBaseline(bconf, ctx, ds)
-    key = config_hash("baseline", algo, data_hash, bconf.to_dict(), ctx.env_id, settings.seed)
+    key = config_hash("baseline", algo, data_hash, identity_dict(bconf), ctx.env_id, settings.seed)
     folder = (Path(settings.out_dir) / "cache" / "baseline" / key).resolve()
     done = folder / "done.json"
     if done.exists():

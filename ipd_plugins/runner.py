@@ -38,7 +38,7 @@ from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.profiles import DEFAULT_DATASET, PROFILES
 from ipd_plugins.training import seed_everything
 from registry import KINDS, BuildContext, ComponentConfig, config_hash, get_registry
-from registry.config import dataclass_from_dict, dataclass_to_dict
+from registry.config import dataclass_from_dict, dataclass_to_dict, identity_dict
 
 __all__ = [
     "RunSettings",
@@ -130,13 +130,23 @@ class RunConfig:
             return self.run.name
         slug = self.run.dataset.replace("/", "_").replace(".", "_").strip("_") or "dataset"
         comps = "-".join(self.components[k] for k in KINDS)
-        body = {k: v for k, v in self.to_dict().items() if k != "run"}
-        body["run"] = {
-            k: v
-            for k, v in dataclass_to_dict(self.run).items()
-            if k not in ("seed", "out_dir", "name")
+        return f"{slug}__{comps}__{config_hash(self.identity_dict())[:8]}"
+
+    def identity_dict(self) -> dict[str, Any]:
+        """What the run-folder hash covers: :meth:`to_dict` through
+        :func:`~registry.config.identity_dict`, without the seed and where the run is written."""
+        out: dict[str, Any] = {
+            "run": {
+                k: v
+                for k, v in identity_dict(self.run).items()
+                if k not in ("seed", "out_dir", "name")
+            },
+            "components": dict(self.components),
         }
-        return f"{slug}__{comps}__{config_hash(body)[:8]}"
+        for kind in KINDS:
+            out[kind] = identity_dict(self.configs[kind])
+        out["augment"] = identity_dict(self.augment)
+        return out
 
 
 # -- config resolution --------------------------------------------------------------------

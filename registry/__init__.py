@@ -1,6 +1,6 @@
 """The ipd plugin system: hookspecs, the registry, component protocols and configs."""
 
-from registry.config import KINDS, ComponentConfig, config_hash
+from registry.config import KINDS, ComponentConfig, added_later, config_hash, identity_dict
 from registry.hookspecs import hookimpl, hookspec
 from registry.manager import (
     PluginRegistry,
@@ -38,11 +38,13 @@ __all__ = [
     "ValueLearner",
     "WorldModel",
     "WorldModelStep",
+    "added_later",
     "config_class",
     "config_hash",
     "create",
     "get_registry",
     "hookimpl",
     "hookspec",
+    "identity_dict",
     "names",
 ]

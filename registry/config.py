@@ -19,7 +19,9 @@ from registry.protocols import BuildContext
 
 __all__ = [
     "ComponentConfig",
+    "added_later",
     "config_hash",
+    "identity_dict",
     "KINDS",
     "coerce_value",
     "dataclass_from_dict",
@@ -88,6 +90,41 @@ def dataclass_to_dict(obj: Any) -> dict[str, Any]:
     return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
+#: dataclass-field metadata key of :func:`added_later`: the field's old-behaviour value
+BEFORE = "ipd_value_before_the_field_existed"
+_SAME = object()
+
+
+def added_later(default: Any, *, before: Any = _SAME) -> Any:
+    """Declare a config field added after runs were recorded (a ``dataclasses.field``).
+
+    ``before`` (default: ``default``) is the value that does what runs recorded before the field
+    existed did. At that value the field is left out of :func:`identity_dict`, so of
+    :func:`config_hash`, run-folder names and stage-cache keys: adding an option renames no run
+    folder and retrains no cached stage. A new field whose *default* changes behaviour gets
+    ``before=<the old behaviour>``, so runs at the new default get new names::
+
+        depth: int = added_later(3)  # a new option; depth 3 is what every earlier run did
+        mode: str = added_later("mpc", before="greedy")  # a new default that changes behaviour
+    """
+    return dataclasses.field(
+        default=default, metadata={BEFORE: default if before is _SAME else before}
+    )
+
+
+def identity_dict(obj: Any) -> dict[str, Any]:
+    """What makes dataclass ``obj`` the config it is: the values that are hashed.
+
+    :func:`dataclass_to_dict` without the :func:`added_later` fields at their old-behaviour
+    value, so an old config and today's one at the same behaviour give the same dict.
+    """
+    return {
+        f.name: _plain(getattr(obj, f.name))
+        for f in dataclasses.fields(obj)
+        if not (BEFORE in f.metadata and getattr(obj, f.name) == f.metadata[BEFORE])
+    }
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
@@ -153,13 +190,13 @@ def coerce_value(value: Any, hint: Any, label: str) -> Any:
 
 
 def config_hash(*parts: Any) -> str:
-    """A short stable hash of configs (via :meth:`ComponentConfig.to_dict`) and plain values."""
+    """A short stable hash of configs (via :func:`identity_dict`) and plain values."""
 
     def norm(p: Any) -> Any:
         if isinstance(p, ComponentConfig):
-            return {"kind": p.kind, "name": p.name, "config": p.to_dict()}
+            return {"kind": p.kind, "name": p.name, "config": identity_dict(p)}
         if dataclasses.is_dataclass(p) and not isinstance(p, type):
-            return {"type": type(p).__name__, "config": dataclass_to_dict(p)}
+            return {"type": type(p).__name__, "config": identity_dict(p)}
         return p
 
     blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)

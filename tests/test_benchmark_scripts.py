@@ -32,54 +32,60 @@ dt_crosscheck = _script("dt_crosscheck")
 value_calibration = _script("value_calibration")
 
 
-def _current() -> dict:
+def _current() -> tuple[dict, dict]:
     run = {"dataset": "hopper-medium", "seed": 0, "profile": "default", "threads": 1}
-    return resolve_config(run=run).to_dict()
+    cfg = resolve_config(run=run)
+    return cfg.to_dict(), cfg.identity_dict()
 
 
 def test_same_config_other_provenance_counts():
-    now = _current()
+    now, ident = _current()
     old = copy.deepcopy(now)
     old["run"]["out_dir"] = "elsewhere"
     old["meta"] = {"git_commit": "abc", "written": "yesterday"}
-    assert scores.same_run(old, now)
+    assert scores.same_run(old, now, ident)
+    old["run"]["seed"] = 1
+    assert not scores.same_run(old, now, ident)
 
 
 def test_field_added_later_at_old_behaviour_counts_but_not_otherwise():
-    now = _current()
+    now, ident = _current()
     old = copy.deepcopy(now)
-    for section, key in scores.ADDED_LATER:
-        del old[section][key]
-    assert scores.same_run(old, now)
-    changed = copy.deepcopy(now)
-    changed["policy"]["train_token"] = "return"
-    assert not scores.same_run(old, changed)
+    for key in ("gamma", "train_token", "position_init_std"):  # declared with added_later
+        del old["policy"][key]
+    assert scores.same_run(old, now, ident)
+    run = {"dataset": "hopper-medium", "seed": 0, "profile": "default", "threads": 1}
+    changed = resolve_config(run=run, overrides={"policy": {"train_token": "return"}})
+    assert not scores.same_run(old, changed.to_dict(), changed.identity_dict())
+    recorded_other = copy.deepcopy(now)
+    recorded_other["policy"]["train_token"] = "return"
+    assert not scores.same_run(recorded_other, now, ident)
 
 
 def test_missing_behaviour_changing_field_or_other_value_is_a_different_run():
-    now = _current()
+    now, ident = _current()
     old = copy.deepcopy(now)
     del old["policy"]["position"]  # added with a new default: old runs used "window"
-    assert not scores.same_run(old, now)
+    assert not scores.same_run(old, now, ident)
     old = copy.deepcopy(now)
     old["value"]["tau"] = 0.9
-    assert not scores.same_run(old, now)
+    assert not scores.same_run(old, now, ident)
 
 
 def test_finished_finds_an_equivalent_record_under_another_name(tmp_path):
-    now = _current()
+    now, ident = _current()
     out, record = tmp_path / "out", tmp_path / "record"
     rd = out / "hopper-medium__qov-pe-gjs-mpc-ipd-dt__aaaaaaaa" / "seed_0"
-    assert scores.finished(rd, now, str(out), str(record)) is None
+    assert scores.finished(rd, now, ident, str(out), str(record)) is None
     old = copy.deepcopy(now)
     del old["policy"]["train_token"]
     other = record / "hopper-medium__qov-pe-gjs-mpc-ipd-dt__bbbbbbbb" / "seed_0"
     other.mkdir(parents=True)
     (other / "config.yaml").write_text(yaml.safe_dump(old))
     (other / "results.json").write_text("{}")
-    assert scores.finished(rd, now, str(out), str(record)) == other / "results.json"
+    assert scores.finished(rd, now, ident, str(out), str(record)) == other / "results.json"
     seed1 = rd.parent / "seed_1"
-    assert scores.finished(seed1, now, str(out), str(record)) is None
+    assert scores.finished(seed1, now, ident, str(out), str(record)) is None
 
 
 def _record(root: Path, run_name: str, seed: int, score: float, baseline: str | None = None):

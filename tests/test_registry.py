@@ -16,6 +16,7 @@ from click.testing import CliRunner
 import registry
 from registry import BuildContext, ComponentConfig, PluginRegistry, config_hash, hookimpl
 from registry import hookspecs as specs
+from registry.config import added_later, identity_dict
 from registry.manager import _builtin_modules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +115,28 @@ def test_config_hash_changes_with_values_only():
     assert config_hash(a, "x") == config_hash(b, "x")
     assert config_hash(a) != config_hash(_PlannerA(horizon=11))
     assert config_hash(a, "x") != config_hash(a, "y")
+
+
+@dataclass
+class _PlannerLater(_PlannerA):
+    """``_PlannerA`` after two options were added: one at the old behaviour by default, one
+    whose new default changes it (old runs did ``"greedy"``)."""
+
+    depth: int = added_later(3)
+    mode: str = added_later("mpc", before="greedy")
+
+
+def test_added_later_field_at_its_old_behaviour_keeps_the_hash():
+    old = _PlannerA(horizon=12)
+    assert config_hash(_PlannerLater(horizon=12, mode="greedy")) == config_hash(old)
+    assert identity_dict(_PlannerLater(horizon=12, mode="greedy")) == old.to_dict()
+    # at another value, or at a default that changes behaviour, it is part of the identity
+    assert config_hash(_PlannerLater(horizon=12, mode="greedy", depth=4)) != config_hash(old)
+    assert config_hash(_PlannerLater(horizon=12)) != config_hash(old)
+    assert identity_dict(_PlannerLater(horizon=12))["mode"] == "mpc"
+    assert "depth" not in identity_dict(_PlannerLater())
+    # to_dict (what a run folder's config.yaml holds) still writes every field
+    assert _PlannerLater().to_dict()["depth"] == 3
 
 
 def test_disabled_plugins_env(monkeypatch):

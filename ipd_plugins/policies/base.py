@@ -26,7 +26,7 @@ from ipd_plugins.nn import Normalizer
 from ipd_plugins.policies.gpt import POSITIONS, TOKEN_LAYOUTS, DecisionModel
 from ipd_plugins.policies.sequence_data import SequenceSampler
 from ipd_plugins.training import Checkpointer, atomic_save, safe_load
-from registry.config import ComponentConfig
+from registry.config import ComponentConfig, added_later
 from registry.protocols import BuildContext, Logger, ValueLearner
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class SequencePolicyConfig(ComponentConfig):
     # std of the position/timestep embedding's normal init; None: PyTorch's N(0, 1) (what every
     # run so far used); GPT-2 and d3rlpy's DT use 0.02, so the 1000 rarely-trained timestep rows
     # do not add unit-scale noise to every token
-    position_init_std: float | None = None
+    position_init_std: float | None = added_later(None)
     # bfloat16 autocast for the transformer (weights and optimiser stay fp32). Off by default:
     # measured 0.75x (slower) on this project's CPUs; try it on GPUs
     autocast_bf16: bool = False

@@ -16,6 +16,7 @@ import torch
 
 from ipd_plugins.policies.base import SequenceActor, SequencePolicyBase, SequencePolicyConfig
 from ipd_plugins.policies.sequence_data import discounted_returns_to_go
+from registry.config import added_later
 from registry.hookspecs import hookimpl
 from registry.protocols import Actor, BuildContext, ValueLearner
 
@@ -67,9 +68,9 @@ class IpdDtConfig(SequencePolicyConfig):
     # data, in V's units). Acting always feeds V(s_t). Why it exists: with "value" tokens the
     # policy imitates the data's average (benchmarks/results/v_token_probe.md); hopper-medium,
     # default profile, one seed: "return" 54.1, "value" 45.7 (default_hopper.md)
-    train_token: str = "value"
+    train_token: str = added_later("value")
     # discount of the "return" tokens; match the value learner's gamma
-    gamma: float = 0.99
+    gamma: float = added_later(0.99)
     # V(s) is computed for the dataset in chunks of this many states
     value_batch_size: int = 4096
 
