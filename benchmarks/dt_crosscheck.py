@@ -22,6 +22,7 @@ import argparse
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -93,9 +94,8 @@ def lockstep(actors: list, env_id: str, seed: int) -> tuple[float, int]:
 
 def load_pair(run_dir: Path) -> SimpleNamespace:
     """The finished d3rlpy DT of ``run_dir`` and our ``dt`` policy holding a copy of it."""
-    from ipd_plugins.baselines import D3rlpyBaseline, resolve_baseline
-    from ipd_plugins.runner import Pipeline, resolve_config
-    from registry import manager
+    from ipd_plugins.baselines import resolve_baseline
+    from ipd_plugins.runner import resolve_config
 
     conf = yaml.safe_load((run_dir / "config.yaml").read_text())
     if conf["baseline"]["algo"] != "dt":
@@ -103,19 +103,32 @@ def load_pair(run_dir: Path) -> SimpleNamespace:
     cfg = resolve_config(run=conf["run"])
     bconf_values = {k: v for k, v in conf["baseline"].items() if k != "algo"}
     bconf = resolve_baseline("dt", cfg.run.profile, bconf_values, None)
+    stage = json.loads((run_dir / "stages.json").read_text())["train"]
+    return make_pair(cfg, bconf, Path(stage["path"]) / "weights.pt")
+
+
+def make_pair(cfg: Any, bconf: Any, weights: Path | None = None) -> SimpleNamespace:
+    """d3rlpy's DT for run config ``cfg`` and DT baseline config ``bconf`` (its fresh, seeded
+    init, or ``weights``), and our ``dt`` policy holding a copy of it with d3rlpy's scalings."""
+    from ipd_plugins.baselines import D3rlpyBaseline
+    from ipd_plugins.runner import Pipeline
+    from registry import manager
+
     pipe = Pipeline(cfg, echo=lambda m: None, progress=False)
     ds = pipe.load_dataset()
     ctx = pipe.build_context(ds)
-    stage = json.loads((run_dir / "stages.json").read_text())["train"]
     baseline = D3rlpyBaseline(bconf, ctx, ds)
-    baseline.load(Path(stage["path"]) / "weights.pt")
+    if weights is not None:
+        baseline.load(weights)
 
-    sizes = ("context", "n_layer", "n_embd", "n_head", "dropout", "max_timestep")
+    # the network's sizes and the optimiser's settings (which dt_train_lockstep.py needs)
+    shared = ("context", "n_layer", "n_embd", "n_head", "dropout", "max_timestep", "batch_size")
+    shared += ("learning_rate", "weight_decay", "grad_clip", "warmup_steps")
     policy = manager.create(
         "policy",
         "dt",
         {
-            **{k: getattr(bconf, k) for k in sizes},
+            **{k: getattr(bconf, k) for k in shared},
             "target_return": float(baseline.target_return),
             "rtg_scale": 1.0 / baseline.reward_multiplier,
             "position": "timestep",
@@ -123,16 +136,22 @@ def load_pair(run_dir: Path) -> SimpleNamespace:
         ctx,
     )
     net = policy.net.eval()
-    net.obs_norm.mean.copy_(torch.as_tensor(baseline.obs_mean))
-    # d3rlpy's StandardObservationScaler divides by std + eps
-    eps = baseline.algo.config.observation_scaler.eps
-    net.obs_norm.std.copy_(torch.as_tensor(baseline.obs_std) + eps)
-    net.cond_shift.fill_(0.0)
-    net.cond_scale.fill_(1.0 / baseline.reward_multiplier)
+    copy_scalings(baseline, net)
     port_weights(baseline.modules.transformer, net.model)
     return SimpleNamespace(
         baseline=baseline, policy=policy, pipe=pipe, ds=ds, ctx=ctx, cfg=cfg, context=bconf.context
     )
+
+
+def copy_scalings(baseline: Any, net: torch.nn.Module) -> None:
+    """Give our ``PolicyNet`` d3rlpy's observation standardisation and return-to-go scale."""
+    with torch.no_grad():
+        net.obs_norm.mean.copy_(torch.as_tensor(baseline.obs_mean))
+        # d3rlpy's StandardObservationScaler divides by std + eps
+        eps = baseline.algo.config.observation_scaler.eps
+        net.obs_norm.std.copy_(torch.as_tensor(baseline.obs_std) + eps)
+        net.cond_shift.fill_(0.0)
+        net.cond_scale.fill_(1.0 / baseline.reward_multiplier)
 
 
 def teacher_forced_difference(pair: SimpleNamespace, n_windows: int = 256) -> tuple[float, int]:

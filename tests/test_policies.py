@@ -515,3 +515,20 @@ def test_registry_knows_both_policies_with_paper_defaults():
     cfg = manager.config_class("policy", "ipd-dt")()
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.context, cfg.dropout) == (4, 256, 4, 20, 0.01)
     assert cfg.learning_rate == 3e-4
+
+
+def test_train_step_reports_the_gradient_norm_before_clipping():
+    ds, value = toy_dataset(4), ToyValue()
+
+    def grad_norm_after_one_step(clip: float) -> tuple[float, float]:
+        policy = make("ipd-dt", n_steps=1, grad_clip=clip)
+        state = policy.start_training(ds, value)
+        info = policy.train_step(state, value)
+        stored = torch.sqrt(sum((p.grad**2).sum() for p in state.params))
+        return info["grad_norm"], float(stored)
+
+    reported, stored = grad_norm_after_one_step(1e9)  # never clipped: the gradient as it was
+    assert reported == pytest.approx(stored, rel=1e-5)
+    reported_clipped, stored_clipped = grad_norm_after_one_step(1e-3)
+    assert reported_clipped == pytest.approx(reported, rel=1e-5)  # same seed, same batch
+    assert stored_clipped == pytest.approx(1e-3, rel=1e-4)

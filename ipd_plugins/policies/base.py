@@ -287,7 +287,8 @@ class SequencePolicyBase:
         return TrainState(sampler, params, opt, sched, generator)
 
     def train_step(self, state: TrainState, value: ValueLearner | None) -> dict[str, float]:
-        """One gradient step on a fresh minibatch of windows; returns the loss parts."""
+        """One gradient step on a fresh minibatch of windows; returns the loss parts and the
+        gradient norm before clipping (``grad_norm``; above ``grad_clip`` the step was clipped)."""
         batch = state.sampler.sample(self.cfg.batch_size)
         with self.autocast():
             pred = self.net(
@@ -298,10 +299,10 @@ class SequencePolicyBase:
         grads = torch.autograd.grad(loss, state.params)
         for p, g in zip(state.params, grads, strict=True):
             p.grad = g
-        nn.utils.clip_grad_norm_(state.params, self.cfg.grad_clip)
+        norm = nn.utils.clip_grad_norm_(state.params, self.cfg.grad_clip)  # before clipping
         state.opt.step()
         state.sched.step()
-        return info
+        return {**info, "grad_norm": float(norm)}
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: Path) -> None:
