@@ -123,7 +123,7 @@ def make_pair(cfg: Any, bconf: Any, weights: Path | None = None) -> SimpleNamesp
 
     # the network's sizes and the optimiser's settings (which dt_train_lockstep.py needs)
     shared = ("context", "n_layer", "n_embd", "n_head", "dropout", "max_timestep", "batch_size")
-    shared += ("learning_rate", "weight_decay", "grad_clip", "warmup_steps")
+    shared += ("learning_rate", "weight_decay", "grad_clip", "warmup_steps", "n_steps")
     policy = manager.create(
         "policy",
         "dt",
