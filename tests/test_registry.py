@@ -14,9 +14,16 @@ import pytest
 from click.testing import CliRunner
 
 import registry
-from registry import BuildContext, ComponentConfig, PluginRegistry, config_hash, hookimpl
+from registry import (
+    BuildContext,
+    ComponentConfig,
+    PluginRegistry,
+    added_later,
+    config_hash,
+    hookimpl,
+    identity_dict,
+)
 from registry import hookspecs as specs
-from registry.config import added_later, identity_dict
 from registry.manager import _builtin_modules
 
 ROOT = Path(__file__).resolve().parents[1]
