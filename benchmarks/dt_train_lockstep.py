@@ -150,10 +150,8 @@ def run_variant(
         policy.loss = d3rlpy_loss(policy)
     if variant == "+ d3rlpy decay":
         state.opt = gpt_adamw(policy.net, policy.cfg.learning_rate, policy.cfg.weight_decay)
-        warmup = max(1, policy.cfg.warmup_steps)
-        state.sched = torch.optim.lr_scheduler.LambdaLR(
-            state.opt, lambda s: min(1.0, (s + 1) / warmup)
-        )
+        # the same warm-up, now driving the new optimiser
+        state.sched = torch.optim.lr_scheduler.LambdaLR(state.opt, state.sched.lr_lambdas[0])
     fixed = _FixedSampler()
     state.sampler = fixed
     rtg = returns_to_go(pair.ds.rewards, pair.ds.episode_lengths) * baseline.reward_multiplier
@@ -182,6 +180,14 @@ def train_from_d3rlpy_init(cfg: Any, bconf: Any, work_dir: Path, episodes: int) 
     pair = dt_crosscheck.make_pair(cfg, bconf)
     pair.policy.fit(pair.ds, None, work_dir=work_dir)
     return pair.pipe.evaluate_actor(pair.policy.actor(None), pair.ds, pair.ctx, episodes)
+
+
+def _report(text: str, out: str | None) -> None:
+    """Print ``text`` and append it to the Markdown file ``out`` (if given)."""
+    print(text)
+    if out:
+        with open(out, "a") as f:
+            f.write(text)
 
 
 def main() -> None:
@@ -218,10 +224,7 @@ def main() -> None:
             f"{args.episodes} episodes: **{res['normalized_mean']:.1f} +- "
             f"{res['normalized_std']:.1f}** normalised.\n"
         )
-        print(text)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(text)
+        _report(text, args.out)
         return
     bconf = resolve_baseline("dt", args.profile, {"dropout": 0.0}, None)
     recorder = _ClipRecorder(bconf.grad_clip)
@@ -248,11 +251,7 @@ def main() -> None:
         cells = " | ".join(f"{d:.1e}" for _, d in rows[v])
         ours, theirs = shares[v]
         lines.append(f"| {v} | {cells} | {ours:.0%} / {theirs:.0%} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text)
+    _report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,16 @@ import numpy as np
 import torch
 import yaml
 
-from ipd_plugins.baselines import BASELINES, baseline_run_name, resolve_baseline, run_baseline
+from ipd_plugins.baselines import (
+    BASELINES,
+    baseline_identity,
+    baseline_run_name,
+    resolve_baseline,
+    run_baseline,
+)
 from ipd_plugins.compare import load_records, summarise, to_markdown
 from ipd_plugins.runner import Pipeline, resolve_config
-from registry.config import dataclass_to_dict, identity_dict
+from registry.config import dataclass_to_dict
 
 DATASETS = (
     "hopper-medium",
@@ -83,8 +89,7 @@ def planned(
     bconf = resolve_baseline(method, profile)
     rd = Path(out) / baseline_run_name(cfg.run, bconf) / f"seed_{seed}"
     full = {"run": dataclass_to_dict(cfg.run), "baseline": {"algo": method, **bconf.to_dict()}}
-    ident = {"run": identity_dict(cfg.run), "baseline": {"algo": method, **identity_dict(bconf)}}
-    return rd, full, ident
+    return rd, full, baseline_identity(cfg.run, bconf)
 
 
 #: fields that name where and when a run was written, not what it trained

@@ -63,6 +63,7 @@ __all__ = [
     "DTActor",
     "resolve_baseline",
     "run_baseline",
+    "baseline_identity",
     "baseline_run_name",
     "D4RL_TARGET_RETURNS",
 ]
@@ -645,13 +646,16 @@ def baseline_run_name(settings: RunSettings, config: BaselineConfig) -> str:
     """``<dataset>__baseline-<algo>__<hash of the config and run settings except seed>``."""
     if settings.name:
         return settings.name
-    body = {
-        "baseline": {"algo": config.name, **identity_dict(config)},
-        "run": {
-            k: v for k, v in identity_dict(settings).items() if k not in ("seed", "out_dir", "name")
-        },
-    }
+    body = baseline_identity(settings, config)
     return f"{_slug(settings.dataset)}__baseline-{config.name}__{config_hash(body)[:8]}"
+
+
+def baseline_identity(settings: RunSettings, config: BaselineConfig) -> dict[str, Any]:
+    """What a baseline's run-folder hash covers (cf. ``RunConfig.identity_dict``)."""
+    return {
+        "baseline": {"algo": config.name, **identity_dict(config)},
+        "run": settings.identity_dict(),
+    }
 
 
 def run_baseline(

@@ -100,6 +100,12 @@ class RunSettings:
     out_dir: str = "runs"  # where run folders and the stage cache live
     name: str | None = None  # run folder name; default: dataset + components + config hash
 
+    def identity_dict(self) -> dict[str, Any]:
+        """The settings a run-folder hash covers: all but the seed and where the run is written
+        (:func:`~registry.config.identity_dict`)."""
+        ident = identity_dict(self)
+        return {k: v for k, v in ident.items() if k not in ("seed", "out_dir", "name")}
+
 
 @dataclass
 class RunConfig:
@@ -136,11 +142,7 @@ class RunConfig:
         """What the run-folder hash covers: :meth:`to_dict` through
         :func:`~registry.config.identity_dict`, without the seed and where the run is written."""
         out: dict[str, Any] = {
-            "run": {
-                k: v
-                for k, v in identity_dict(self.run).items()
-                if k not in ("seed", "out_dir", "name")
-            },
+            "run": self.run.identity_dict(),
             "components": dict(self.components),
         }
         for kind in KINDS:
