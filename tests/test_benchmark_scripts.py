@@ -243,3 +243,58 @@ def test_dt_train_lockstep_our_update_with_d3rlpys_loss_and_decay_is_d3rlpys(sto
     recorder = lockstep._ClipRecorder(bconf.grad_clip)
     rows_all = lockstep.run_variant(cfg, bconf, "+ d3rlpy decay", 30, recorder, True)
     assert rows_all[-1][1] > 3 * rows[-1][1]
+
+
+flip_probe = _script("flip_probe")
+
+
+def test_flip_probe_counts_flipped_episodes_and_steps():
+    # episode 1 rolls past pi/2 at its third step; episode 2 stays upright
+    angle = np.array([0.0, 1.0, 2.0, -2.5, 0.1, -1.5])
+    ds = TrajectoryDataset.from_arrays(
+        {
+            "observations": np.stack([np.zeros(6), angle], axis=1),
+            "actions": np.zeros((6, 1)),
+            "rewards": np.array([1.0, 1.0, 1.0, 1.0, 5.0, 5.0]),
+            "next_observations": np.zeros((6, 2)),
+            "terminations": np.zeros(6, bool),
+            "truncations": np.array([0, 0, 0, 1, 0, 1], bool),
+        },
+        np.array([4, 2]),
+    )
+    data = flip_probe.dataset_summary(ds, angle_index=1)
+    assert data["episodes"] == 2 and data["flipped_episodes"] == 1
+    assert data["flipped_step_share"] == pytest.approx(2 / 6)
+    assert data["return_flipped"] == pytest.approx(4.0) and data["return_steady"] == 10.0
+
+    class Result:  # two episodes of one wave, the second one step shorter
+        returns, lengths = (30.0, 10.0), (3, 2)
+
+    obs = np.zeros((3, 2, 2))
+    obs[:, 0, 1] = [0.0, 3.0, 3.0]  # episode 1 flips at step 1
+    obs[2, 1, 1] = 3.0  # after episode 2 ended: must not count
+    rows = flip_probe.episode_rows(Result(), obs, 1, refs=(10.0, 110.0))
+    assert [r["first_flip"] for r in rows] == [1, None]
+    assert [r["flipped_share"] for r in rows] == pytest.approx([2 / 3, 0.0])
+    assert [r["normalised"] for r in rows] == pytest.approx([20.0, 0.0])
+
+
+def test_flip_probe_recorder_sees_every_observation_the_actor_gets():
+    from ipd_plugins.evaluate import CallableActor
+
+    rec = flip_probe.RecordingActor(CallableActor(lambda obs: torch.zeros(obs.shape[0], 1)))
+    result = evaluate(rec, "Pendulum-v1", n_episodes=2, seed=3, max_steps=7)
+    obs = np.stack(rec.observations)
+    assert obs.shape == (7, 2, 3) and result.lengths == (7, 7)
+    first = np.stack([gym_reset("Pendulum-v1", 3 + j) for j in range(2)])
+    np.testing.assert_allclose(obs[0], first, rtol=1e-6)
+
+
+def gym_reset(env_id: str, seed: int) -> np.ndarray:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    try:
+        return env.reset(seed=seed)[0]
+    finally:
+        env.close()

@@ -1,0 +1,142 @@
+"""Does a policy flip onto its back? (HalfCheetah's classic failure on replay data)
+
+HalfCheetah never terminates: a cheetah that rolls over keeps going on its back and earns
+little. Replay datasets hold such episodes from the behaviour policy's early training. This
+evaluates a finished ``ipd run`` again (the same episodes and seeds as the run) with the root
+angle recorded: the run's distilled policy and its value stage's pi_QOP, and the dataset.
+
+A step is *flipped* when ``|root angle| > pi/2`` (observation index 1 in the MuJoCo locomotion
+tasks, ``qpos[2]``). Per episode: return, normalised score, share of flipped steps, first
+flipped step.
+
+    python benchmarks/flip_probe.py RUN_DIR [--episodes 10] [--out FILE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ipd_plugins.evaluate import CallableActor, normalized_scores
+
+
+class RecordingActor:
+    """Wraps an actor and keeps every observation it is asked to act on, (T, B, O)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.observations: list[np.ndarray] = []
+
+    def __getattr__(self, name: str) -> Any:  # observe(), etc.
+        return getattr(self.inner, name)
+
+    def reset(self, obs: torch.Tensor) -> None:
+        self.observations = []
+        self.inner.reset(obs)
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        self.observations.append(np.asarray(obs, dtype=np.float32).copy())
+        return self.inner.act(obs)
+
+
+def flipped_steps(angles: np.ndarray) -> np.ndarray:
+    """Boolean mask of the steps whose root angle is beyond +-pi/2."""
+    return np.abs(angles) > math.pi / 2
+
+
+def episode_rows(
+    result: Any, observations: np.ndarray, angle_index: int, refs: tuple[float, float]
+) -> list[dict]:
+    """One row per episode. ``observations`` is (T, B, O) for one wave of B episodes."""
+    rows = []
+    for b, (ret, length) in enumerate(zip(result.returns, result.lengths, strict=True)):
+        flips = flipped_steps(observations[:length, b, angle_index])
+        rows.append(
+            {
+                "return": float(ret),
+                "normalised": float(normalized_scores(np.array([ret]), *refs)[0]),
+                "flipped_share": float(flips.mean()),
+                "first_flip": int(np.argmax(flips)) if flips.any() else None,
+            }
+        )
+    return rows
+
+
+def dataset_summary(ds: Any, angle_index: int) -> dict:
+    """How many of the dataset's episodes flip, and their mean return against the others."""
+    flipped, steady = [], []
+    for ep in ds.episodes():
+        ret = float(np.sum(ep.rewards))
+        (flipped if flipped_steps(ep.observations[:, angle_index]).any() else steady).append(ret)
+    steps = flipped_steps(ds.observations[:, angle_index])
+    return {
+        "episodes": len(flipped) + len(steady),
+        "flipped_episodes": len(flipped),
+        "flipped_step_share": float(steps.mean()),
+        "return_flipped": float(np.mean(flipped)) if flipped else None,
+        "return_steady": float(np.mean(steady)) if steady else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="an `ipd run` seed folder")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument(
+        "--angle-index", type=int, default=1, help="observation index of the root angle"
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", help="append a Markdown section to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from ipd_plugins.runner import load_trained
+
+    run = load_trained(args.run_dir)
+    ds, ctx, cfg = run.dataset, run.ctx, run.pipeline.cfg
+    if ds.ref_min_score is None or ds.ref_max_score is None:
+        raise SystemExit(f"{cfg.run.dataset} has no reference scores to normalise with")
+    refs = (ds.ref_min_score, ds.ref_max_score)
+    value, policy = run.components["value"], run.components["policy"]
+    actors = {
+        f"policy ({cfg.components['policy']})": policy.actor(value),
+        "pi_QOP": CallableActor(lambda obs: value.act(obs, deterministic=True)),
+    }
+    table = {}
+    for name, actor in actors.items():
+        rec = RecordingActor(actor)
+        result = run.pipeline.evaluate_actor(rec, ds, ctx, args.episodes)
+        if len(result.returns) > len(rec.observations[0]):
+            raise SystemExit("flip_probe needs every episode in one wave (the evaluator's default)")
+        table[name] = episode_rows(result, np.stack(rec.observations), args.angle_index, refs)
+    data = dataset_summary(ds, args.angle_index)
+
+    lines = [
+        f"\n## {cfg.run.dataset}, `{args.run_dir}`\n",
+        f"Dataset: {data['flipped_episodes']} of {data['episodes']} episodes flip at some point "
+        f"({100 * data['flipped_step_share']:.1f}% of all steps are flipped); mean return of those "
+        f"episodes {data['return_flipped'] or float('nan'):.0f}, of the others "
+        f"{data['return_steady'] or float('nan'):.0f}.\n",
+        "| actor | normalised, mean | episodes that flip | flipped steps | "
+        "per episode: normalised (flipped share) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, rows in table.items():
+        norm = [r["normalised"] for r in rows]
+        per_ep = ", ".join(f"{r['normalised']:.0f} ({r['flipped_share']:.0%})" for r in rows)
+        lines.append(
+            f"| {name} | {np.mean(norm):.1f} | {sum(r['first_flip'] is not None for r in rows)}"
+            f"/{len(rows)} | {100 * np.mean([r['flipped_share'] for r in rows]):.0f}% | {per_ep} |"
+        )
+    print("\n".join(lines))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
