@@ -19,7 +19,6 @@ return-to-go bookkeeping) next to d3rlpy's ``StatefulTransformerWrapper``, same 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,7 +26,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-import yaml
 
 
 def port_weights(d3: torch.nn.Module, ours: torch.nn.Module) -> None:
@@ -94,17 +92,12 @@ def lockstep(actors: list, env_id: str, seed: int) -> tuple[float, int]:
 
 def load_pair(run_dir: Path) -> SimpleNamespace:
     """The finished d3rlpy DT of ``run_dir`` and our ``dt`` policy holding a copy of it."""
-    from ipd_plugins.baselines import resolve_baseline
-    from ipd_plugins.runner import resolve_config
+    from ipd_plugins.baselines import load_trained_baseline
 
-    conf = yaml.safe_load((run_dir / "config.yaml").read_text())
-    if conf["baseline"]["algo"] != "dt":
-        raise SystemExit(f"{run_dir} is a '{conf['baseline']['algo']}' baseline, not 'dt'")
-    cfg = resolve_config(run=conf["run"])
-    bconf_values = {k: v for k, v in conf["baseline"].items() if k != "algo"}
-    bconf = resolve_baseline("dt", cfg.run.profile, bconf_values, None)
-    stage = json.loads((run_dir / "stages.json").read_text())["train"]
-    return make_pair(cfg, bconf, Path(stage["path"]) / "weights.pt")
+    trained = load_trained_baseline(run_dir)
+    if trained.baseline.config.name != "dt":
+        raise SystemExit(f"{run_dir} is a '{trained.baseline.config.name}' baseline, not 'dt'")
+    return pair_around(trained.baseline, trained.pipeline, trained.dataset, trained.ctx)
 
 
 def make_pair(cfg: Any, bconf: Any, weights: Path | None = None) -> SimpleNamespace:
@@ -112,7 +105,6 @@ def make_pair(cfg: Any, bconf: Any, weights: Path | None = None) -> SimpleNamesp
     init, or ``weights``), and our ``dt`` policy holding a copy of it with d3rlpy's scalings."""
     from ipd_plugins.baselines import D3rlpyBaseline
     from ipd_plugins.runner import Pipeline
-    from registry import manager
 
     pipe = Pipeline(cfg, echo=lambda m: None, progress=False)
     ds = pipe.load_dataset()
@@ -120,7 +112,14 @@ def make_pair(cfg: Any, bconf: Any, weights: Path | None = None) -> SimpleNamesp
     baseline = D3rlpyBaseline(bconf, ctx, ds)
     if weights is not None:
         baseline.load(weights)
+    return pair_around(baseline, pipe, ds, ctx)
 
+
+def pair_around(baseline: Any, pipe: Any, ds: Any, ctx: Any) -> SimpleNamespace:
+    """Our ``dt`` policy holding a copy of d3rlpy's DT ``baseline``, with d3rlpy's scalings."""
+    from registry import manager
+
+    bconf = baseline.config
     # the network's sizes and the optimiser's settings (which dt_train_lockstep.py needs)
     shared = ("context", "n_layer", "n_embd", "n_head", "dropout", "max_timestep", "batch_size")
     shared += ("learning_rate", "weight_decay", "grad_clip", "warmup_steps", "n_steps")
@@ -139,7 +138,13 @@ def make_pair(cfg: Any, bconf: Any, weights: Path | None = None) -> SimpleNamesp
     copy_scalings(baseline, net)
     port_weights(baseline.modules.transformer, net.model)
     return SimpleNamespace(
-        baseline=baseline, policy=policy, pipe=pipe, ds=ds, ctx=ctx, cfg=cfg, context=bconf.context
+        baseline=baseline,
+        policy=policy,
+        pipe=pipe,
+        ds=ds,
+        ctx=ctx,
+        cfg=pipe.cfg,
+        context=bconf.context,
     )
 
 

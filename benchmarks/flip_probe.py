@@ -2,8 +2,9 @@
 
 HalfCheetah never terminates: a cheetah that rolls over keeps going on its back and earns
 little. Replay datasets hold such episodes from the behaviour policy's early training. This
-evaluates a finished ``ipd run`` again (the same episodes and seeds as the run) with the root
-angle recorded: the run's distilled policy and its value stage's pi_QOP, and the dataset.
+evaluates a finished ``ipd run`` or ``ipd baseline`` again (the same episodes and seeds as the
+run) with the root angle recorded: an IPD run's distilled policy and its value stage's pi_QOP,
+or a baseline's policy; and it counts the dataset's flipped episodes.
 
 A step is *flipped* when ``|root angle| > pi/2`` (observation index 1 in the MuJoCo locomotion
 tasks, ``qpos[2]``). Per episode: return, normalised score, share of flipped steps, first
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from ipd_plugins.evaluate import CallableActor, normalized_scores
 
@@ -82,9 +85,29 @@ def dataset_summary(ds: Any, angle_index: int) -> dict:
     }
 
 
+def load_actors(run_dir: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Pipeline, dataset, context and the actors to probe of an ``ipd run`` or ``ipd baseline``
+    seed folder: an IPD run's distilled policy and pi_QOP, or a baseline's policy."""
+    if "baseline" in yaml.safe_load((run_dir / "config.yaml").read_text()):
+        from ipd_plugins.baselines import load_trained_baseline
+
+        trained = load_trained_baseline(run_dir)
+        name = f"d3rlpy {trained.baseline.config.name}"
+        return trained.pipeline, trained.dataset, trained.ctx, {name: trained.baseline.actor()}
+    from ipd_plugins.runner import load_trained
+
+    run = load_trained(run_dir)
+    value, policy = run.components["value"], run.components["policy"]
+    actors = {
+        f"policy ({run.pipeline.cfg.components['policy']})": policy.actor(value),
+        "pi_QOP": CallableActor(lambda obs: value.act(obs, deterministic=True)),
+    }
+    return run.pipeline, run.dataset, run.ctx, actors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="an `ipd run` seed folder")
+    parser.add_argument("run_dir", help="an `ipd run` or `ipd baseline` seed folder")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument(
         "--angle-index", type=int, default=1, help="observation index of the root angle"
@@ -94,29 +117,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from ipd_plugins.runner import load_trained
-
-    run = load_trained(args.run_dir)
-    ds, ctx, cfg = run.dataset, run.ctx, run.pipeline.cfg
+    pipe, ds, ctx, actors = load_actors(Path(args.run_dir))
     if ds.ref_min_score is None or ds.ref_max_score is None:
-        raise SystemExit(f"{cfg.run.dataset} has no reference scores to normalise with")
+        raise SystemExit(f"{ds.name} has no reference scores to normalise with")
     refs = (ds.ref_min_score, ds.ref_max_score)
-    value, policy = run.components["value"], run.components["policy"]
-    actors = {
-        f"policy ({cfg.components['policy']})": policy.actor(value),
-        "pi_QOP": CallableActor(lambda obs: value.act(obs, deterministic=True)),
-    }
     table = {}
     for name, actor in actors.items():
         rec = RecordingActor(actor)
-        result = run.pipeline.evaluate_actor(rec, ds, ctx, args.episodes)
+        result = pipe.evaluate_actor(rec, ds, ctx, args.episodes)
         if len(result.returns) > len(rec.observations[0]):
             raise SystemExit("flip_probe needs every episode in one wave (the evaluator's default)")
         table[name] = episode_rows(result, np.stack(rec.observations), args.angle_index, refs)
     data = dataset_summary(ds, args.angle_index)
 
     lines = [
-        f"\n## {cfg.run.dataset}, `{args.run_dir}`\n",
+        f"\n## {ds.name}, `{args.run_dir}`\n",
         f"Dataset: {data['flipped_episodes']} of {data['episodes']} episodes flip at some point "
         f"({100 * data['flipped_step_share']:.1f}% of all steps are flipped); mean return of those "
         f"episodes {data['return_flipped'] or float('nan'):.0f}, of the others "

@@ -782,6 +782,39 @@ def run_baseline(
     return results
 
 
+@dataclass
+class TrainedBaseline:
+    """A finished baseline run folder reloaded: its pipeline (for evaluation), data and model."""
+
+    pipeline: Any
+    dataset: TrajectoryDataset
+    ctx: BuildContext
+    baseline: D3rlpyBaseline
+
+
+def load_trained_baseline(run_dir: str | Path) -> TrainedBaseline:
+    """Rebuild the baseline of a finished ``ipd baseline`` seed folder with its trained weights
+    (the counterpart of :func:`ipd_plugins.runner.load_trained` for IPD runs)."""
+    from ipd_plugins.runner import Pipeline, resolve_config
+
+    run_dir = Path(run_dir)
+    conf = yaml.safe_load((run_dir / "config.yaml").read_text())
+    if not isinstance(conf, dict) or "baseline" not in conf:
+        raise ValueError(f"{run_dir} is not an `ipd baseline` run folder (no baseline section)")
+    stages_path = run_dir / "stages.json"
+    if not stages_path.exists():
+        raise FileNotFoundError(f"{run_dir} has no stages.json: the run did not finish training")
+    values = {k: v for k, v in conf["baseline"].items() if k != "algo"}
+    cfg = resolve_config(run=conf["run"])
+    bconf = resolve_baseline(conf["baseline"]["algo"], cfg.run.profile, values, None)
+    pipe = Pipeline(cfg, echo=lambda m: None, progress=False)
+    ds = pipe.load_dataset()
+    ctx = pipe.build_context(ds)
+    baseline = D3rlpyBaseline(bconf, ctx, ds)
+    baseline.load(Path(json.loads(stages_path.read_text())["train"]["path"]) / "weights.pt")
+    return TrainedBaseline(pipe, ds, ctx, baseline)
+
+
 # -- `ipd baseline` ----------------------------------------------------------------------------
 def _baseline_command() -> Any:
     import click

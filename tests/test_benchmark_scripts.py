@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from ipd_plugins.baselines import load_trained_baseline
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import evaluate
 from ipd_plugins.runner import resolve_config
@@ -188,6 +189,13 @@ def test_dt_crosscheck_copies_d3rlpys_dt_exactly_and_both_loops_act_alike(store,
     result = CliRunner().invoke(main, [*args, "--set", "run.eval_episodes=1"])
     assert result.exit_code == 0, result.output
     (run_dir,) = [p / "seed_0" for p in out.iterdir() if "__baseline-dt__" in p.name]
+    # the reloaded baseline replays the run's own evaluation
+    trained = load_trained_baseline(run_dir)
+    recorded = json.loads((run_dir / "eval.json").read_text())["policy"]["returns"]
+    again = trained.pipeline.evaluate_actor(
+        trained.baseline.actor(), trained.dataset, trained.ctx, 1
+    )
+    np.testing.assert_allclose(again.returns, recorded, rtol=1e-5)
     pair = dt_crosscheck.load_pair(run_dir)
     diff, n_steps = dt_crosscheck.teacher_forced_difference(pair, n_windows=64)
     assert n_steps > 64 and diff < 1e-5
@@ -298,3 +306,12 @@ def gym_reset(env_id: str, seed: int) -> np.ndarray:
         return env.reset(seed=seed)[0]
     finally:
         env.close()
+
+
+def test_load_trained_baseline_names_what_is_wrong_with_the_folder(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"run": {}, "components": {}}))
+    with pytest.raises(ValueError, match="not an `ipd baseline` run folder"):
+        load_trained_baseline(tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"run": {}, "baseline": {"algo": "bc"}}))
+    with pytest.raises(FileNotFoundError, match="did not finish training"):
+        load_trained_baseline(tmp_path)
