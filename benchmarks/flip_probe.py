@@ -7,8 +7,9 @@ run) with the root angle recorded: an IPD run's distilled policy and its value s
 or a baseline's policy; and it counts the dataset's flipped episodes.
 
 A step is *flipped* when ``|root angle| > pi/2`` (observation index 1 in the MuJoCo locomotion
-tasks, ``qpos[2]``). Per episode: return, normalised score, share of flipped steps, first
-flipped step.
+tasks, ``qpos[2]``); an episode is *on its back* when at least ``ON_BACK`` of its steps are.
+The table gives per actor the mean score, the episodes on their back, the upright episodes'
+mean, and per episode the normalised score and share of flipped steps.
 
     python benchmarks/flip_probe.py RUN_DIR [--episodes 10] [--out FILE.md]
 """
@@ -28,7 +29,7 @@ from ipd_plugins.evaluate import CallableActor, normalized_scores
 
 
 class RecordingActor:
-    """Wraps an actor and keeps every observation it is asked to act on, (T, B, O)."""
+    """Wraps an actor and keeps every (B, O) observation batch it is asked to act on."""
 
     def __init__(self, inner: Any):
         self.inner = inner
@@ -110,6 +111,10 @@ def load_actors(run_dir: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
     return run.pipeline, run.dataset, run.ctx, actors
 
 
+def _number(x: float | None, spec: str = ".0f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="an `ipd run` or `ipd baseline` seed folder")
@@ -140,9 +145,8 @@ def main() -> None:
         f"Dataset: {data['flipped_episodes']} of {data['episodes']} episodes spend >= "
         f"{ON_BACK:.0%} of their steps on their back "
         f"({100 * data['flipped_step_share']:.1f}% of all steps are flipped); "
-        "mean return of those episodes "
-        f"{data['return_flipped'] or float('nan'):.0f}, of the others "
-        f"{data['return_steady'] or float('nan'):.0f}.\n",
+        f"mean return of those episodes {_number(data['return_flipped'])}, of the others "
+        f"{_number(data['return_steady'])}.\n",
         f"| actor | normalised, mean | episodes on their back (>= {ON_BACK:.0%} of steps) | "
         "flipped steps | normalised, upright episodes | per episode: normalised (flipped share) |",
         "|---|---:|---:|---:|---:|---|",
@@ -154,7 +158,7 @@ def main() -> None:
         lines.append(
             f"| {name} | {np.mean(norm):.1f} | {len(rows) - len(upright)}/{len(rows)} | "
             f"{100 * np.mean([r['flipped_share'] for r in rows]):.0f}% | "
-            f"{np.mean(upright) if upright else float('nan'):.1f} | {per_ep} |"
+            f"{_number(np.mean(upright) if upright else None, '.1f')} | {per_ep} |"
         )
     print("\n".join(lines))
     if args.out:
