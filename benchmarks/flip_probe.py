@@ -60,12 +60,13 @@ def episode_rows(
 ) -> list[dict]:
     """One row per episode. ``observations`` is (T, B, O) for one wave of B episodes."""
     rows = []
+    normalised = normalized_scores(np.asarray(result.returns), *refs)
     for b, (ret, length) in enumerate(zip(result.returns, result.lengths, strict=True)):
         flips = flipped_steps(observations[:length, b, angle_index])
         rows.append(
             {
                 "return": float(ret),
-                "normalised": float(normalized_scores(np.array([ret]), *refs)[0]),
+                "normalised": float(normalised[b]),
                 "flipped_share": float(flips.mean()),
                 "first_flip": int(np.argmax(flips)) if flips.any() else None,
             }
@@ -76,18 +77,16 @@ def episode_rows(
 def dataset_summary(ds: Any, angle_index: int) -> dict:
     """How many of the dataset's episodes are on their back, and their mean return against the
     others."""
-    flipped, steady = [], []
-    for ep in ds.episodes():
-        ret = float(np.sum(ep.rewards))
-        share = flipped_steps(ep.observations[:, angle_index]).mean()
-        (flipped if share >= ON_BACK else steady).append(ret)
     steps = flipped_steps(ds.observations[:, angle_index])
+    starts = np.concatenate([[0], np.cumsum(ds.episode_lengths)[:-1]])
+    returns = np.add.reduceat(np.asarray(ds.rewards, np.float64), starts)
+    on_back = np.add.reduceat(steps.astype(np.float64), starts) / ds.episode_lengths >= ON_BACK
     return {
-        "episodes": len(flipped) + len(steady),
-        "flipped_episodes": len(flipped),
+        "episodes": len(returns),
+        "flipped_episodes": int(on_back.sum()),
         "flipped_step_share": float(steps.mean()),
-        "return_flipped": float(np.mean(flipped)) if flipped else None,
-        "return_steady": float(np.mean(steady)) if steady else None,
+        "return_flipped": float(returns[on_back].mean()) if on_back.any() else None,
+        "return_steady": float(returns[~on_back].mean()) if not on_back.all() else None,
     }
 
 
