@@ -18,17 +18,21 @@ def reward_factor(dataset: TrajectoryDataset, scale: float = 1.0, normalize: boo
     """The factor rewards are multiplied by before value learning.
 
     ``scale``, times IQL's ``1000 / (max - min episode return)`` when ``normalize`` (what IQL's
-    beta=3 is tuned for). Episodes that all return the same leave no spread to normalise by:
-    then only ``scale`` applies, with a warning.
+    beta=3 is tuned for). In an augmented dataset only the original episodes count (imagined
+    segments, ``extras["source_index"] >= 0``, are short and would widen the spread). Episodes
+    that all return the same leave no spread to normalise by: then only ``scale`` applies,
+    with a warning.
     """
     factor = float(scale)
     if normalize:
         returns = dataset.episode_returns()
+        if "source_index" in dataset.extras:
+            returns = returns[dataset.extras["source_index"][dataset.episode_starts] < 0]
         spread = float(returns.max() - returns.min())
         if spread > 0:
             return factor * 1000.0 / spread
         warnings.warn(
-            f"normalize_rewards: all {dataset.n_episodes} episodes return {returns[0]:.4g}, so "
+            f"normalize_rewards: all {len(returns)} episodes return {returns[0]:.4g}, so "
             "there is no spread to normalise by; rewards are left unnormalised",
             stacklevel=2,
         )

@@ -10,7 +10,7 @@ import torch
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import CallableActor, evaluate
 from ipd_plugins.policies.gpt import CausalTransformer, DecisionModel
-from ipd_plugins.policies.ipd_dt import ipd_loss
+from ipd_plugins.policies.ipd_dt import advantage_weights, ipd_loss
 from ipd_plugins.policies.sequence_data import (
     SequenceSampler,
     discounted_returns_to_go,
@@ -359,6 +359,58 @@ def test_ipd_loss_matches_independent_computation_and_gradient():
     np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-5)
     loss0, _ = ipd_loss(pred, target, None, 0.0)
     assert loss0.item() == pytest.approx(mse, rel=1e-5)
+
+
+def test_weighted_ipd_loss_is_a_weighted_mean_with_weights_held_constant():
+    pred = torch.tensor([[0.5, -0.2], [0.1, 0.4], [-0.3, 0.9]], requires_grad=True)
+    target = torch.tensor([[0.4, 0.0], [0.3, 0.1], [-0.5, 1.0]])
+    w = torch.tensor([0.5, 2.0, 0.5], requires_grad=True)
+    loss, info = ipd_loss(pred, target, None, 0.0, w)
+    p, t, wn = pred.detach().numpy(), target.numpy(), w.detach().numpy()
+    err = ((p - t) ** 2).mean(-1)
+    assert loss.item() == pytest.approx((wn * err).sum() / wn.sum(), rel=1e-6)
+    grad_p, grad_w = torch.autograd.grad(loss, [pred, w], allow_unused=True)
+    np.testing.assert_allclose(
+        grad_p.numpy(), wn[:, None] * 2 * (p - t) / p.shape[1] / wn.sum(), rtol=1e-5
+    )
+    assert grad_w is None  # the weights are not trained through
+    same, _ = ipd_loss(pred, target, None, 0.0, torch.ones(3))
+    assert same.item() == pytest.approx(((p - t) ** 2).mean(), rel=1e-6)
+
+
+def test_advantage_weights_are_clipped_awr_weights_over_their_mean():
+    value = ToyValue()
+    obs = torch.tensor([[1.0], [0.2], [-0.5], [3.0]])
+    act = torch.tensor([[-1.0], [0.3], [1.0], [1.0]])
+    w = advantage_weights(value, obs, act, beta=2.0, factor=0.5, max_weight=3.0)
+    o, a = obs[:, 0].numpy(), act[:, 0].numpy()
+    adv = -np.abs(o + 0.3 * a) + 2.0 * np.abs(o)  # ToyValue's Q - V
+    raw = np.minimum(np.exp(2.0 * 0.5 * adv), 3.0)
+    np.testing.assert_allclose(w.numpy(), raw / raw.mean(), rtol=1e-5)
+    assert w.mean().item() == pytest.approx(1.0)
+    assert raw.max() == 3.0  # the clip was exercised
+
+
+def test_ipd_dt_awr_variant_weights_the_mse_by_the_logged_actions_advantage():
+    ds, value = toy_dataset(4), ToyValue()
+    policy = make("ipd-dt", dropout=0.0, alpha=0.0, awr_beta=0.02)
+    state = policy.start_training(ds, value)
+    returns = ds.episode_returns()
+    assert policy.reward_factor == pytest.approx(1000.0 / (returns.max() - returns.min()))
+    batch = state.sampler.sample(8)
+    pred = policy.net(batch["obs"], batch["act"], batch["cond"], batch["mask"], batch["timestep"])
+    loss, _ = policy.loss(pred, batch, value)
+    m = batch["mask"].numpy()
+    p, a, o = pred.detach().numpy()[m], batch["act"].numpy()[m], batch["obs"].numpy()[m]
+    adv = -np.abs(o[:, 0] + 0.3 * a[:, 0]) + 2.0 * np.abs(o[:, 0])
+    w = np.minimum(np.exp(0.02 * policy.reward_factor * adv), 100.0)
+    expected = (w * ((p - a) ** 2).mean(-1)).sum() / w.sum()
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    assert abs(expected - ((p - a) ** 2).mean()) > 1e-4  # the weighting changed the loss
+    with pytest.raises(ValueError, match="awr_beta must be >= 0"):
+        make("ipd-dt", awr_beta=-1.0)
+    with pytest.raises(ValueError, match="awr_max_weight must be > 0"):
+        make("ipd-dt", awr_max_weight=0.0)
 
 
 def test_ipd_dt_training_loss_is_eq26_on_the_valid_steps():

@@ -388,3 +388,14 @@ def test_reward_factor_is_iqls_normalisation_and_survives_equal_returns():
     flat = _episodes_with_rewards([1.0, 1.0], [2.0])  # both return 2: nothing to normalise by
     with pytest.warns(UserWarning, match="no spread"):
         assert reward_factor(flat, 0.5, normalize=True) == 0.5
+
+
+def test_reward_factor_of_an_augmented_dataset_counts_only_the_original_episodes():
+    from ipd_plugins.returns import reward_factor
+
+    real = _episodes_with_rewards([1.0, 2.0], [5.0, 5.0, 10.0])  # spread 17
+    segment = _episodes_with_rewards([0.1], [30.0])  # imagined segments: returns 0.1 and 30
+    segment.extras["source_index"] = np.array([0, 3], np.int64)  # grown from real steps
+    real.extras["source_index"] = np.full(real.n_steps, -1, np.int64)
+    both = TrajectoryDataset.concatenate([real, segment])
+    assert reward_factor(both) == pytest.approx(1000.0 / 17.0)

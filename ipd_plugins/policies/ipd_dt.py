@@ -16,6 +16,8 @@ import torch
 
 from ipd_plugins.policies.base import SequenceActor, SequencePolicyBase, SequencePolicyConfig
 from ipd_plugins.policies.sequence_data import discounted_returns_to_go
+from ipd_plugins.returns import reward_factor
+from ipd_plugins.value.losses import awr_weights
 from registry.config import added_later
 from registry.hookspecs import hookimpl
 from registry.protocols import Actor, BuildContext, ValueLearner
@@ -23,7 +25,14 @@ from registry.protocols import Actor, BuildContext, ValueLearner
 if TYPE_CHECKING:
     from ipd_plugins.data.dataset import TrajectoryDataset
 
-__all__ = ["IpdDtConfig", "IpdDtPolicy", "ipd_loss", "dataset_values", "ipd_register_policy"]
+__all__ = [
+    "IpdDtConfig",
+    "IpdDtPolicy",
+    "ipd_loss",
+    "advantage_weights",
+    "dataset_values",
+    "ipd_register_policy",
+]
 
 
 @dataclasses.dataclass
@@ -50,11 +59,22 @@ class IpdDtConfig(SequencePolicyConfig):
     an upper expectile of that return -- asks for a better-than-average continuation, as
     Reinformer's predicted maximal return does, without a hand-set target.
 
+    ``awr_beta > 0`` is another variant, not eq. 26: each step's squared error is weighted by
+    :math:`w_t = \min(e^{\beta c (Q(s_t,a_t) - V(s_t))}, w_{max})`, divided by the batch mean
+    of w (so the MSE term keeps its size next to the Q term), with c IQL's reward factor
+    ``1000 / (max - min episode return)`` -- the weights of the value stage's pi_QOP (eq. 5),
+    on the sequence policy's imitation. It imitates the logged actions that beat V and
+    down-weights the rest, where plain MSE averages good and bad gaits
+    (benchmarks/results/replay_datasets.md).
+
     Args:
         alpha (float): :math:`\alpha`, weight of the Q-value regularisation term (0: plain BC
             on V-conditioned windows).
         train_token (str): "value" (eq. 26: V(s_t)) or "return" (discounted return-to-go).
         gamma (float): discount of the "return" tokens (the value learner's: 0.99).
+        awr_beta (float): inverse temperature of the advantage weights on the MSE term (0:
+            unweighted, eq. 26; pi_QOP uses 3).
+        awr_max_weight (float): clip of those weights before they are normalised.
         (network/optimiser fields: see :class:`~ipd_plugins.policies.base.SequencePolicyConfig`)
     """
 
@@ -71,6 +91,12 @@ class IpdDtConfig(SequencePolicyConfig):
     train_token: str = added_later("value")
     # discount of the "return" tokens; match the value learner's gamma
     gamma: float = added_later(0.99)
+    # advantage-weighted imitation: 0 -> eq. 26's plain MSE; 3 -> pi_QOP's weights. Why it
+    # exists: on the replay datasets plain MSE imitates the flipping/falling gaits too
+    # (benchmarks/results/replay_datasets.md)
+    awr_beta: float = added_later(0.0)
+    # clip of exp(awr_beta * c * advantage), as pi_QOP's max_weight
+    awr_max_weight: float = added_later(100.0)
     # V(s) is computed for the dataset in chunks of this many states
     value_batch_size: int = 4096
 
@@ -85,27 +111,63 @@ class IpdDtConfig(SequencePolicyConfig):
             )
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"policy 'ipd-dt': gamma must be in (0, 1], got {self.gamma}")
+        if self.awr_beta < 0:
+            raise ValueError(f"policy 'ipd-dt': awr_beta must be >= 0, got {self.awr_beta}")
+        if self.awr_max_weight <= 0:
+            raise ValueError(
+                f"policy 'ipd-dt': awr_max_weight must be > 0, got {self.awr_max_weight}"
+            )
 
     def create(self, ctx: BuildContext) -> IpdDtPolicy:
         return IpdDtPolicy(self, ctx)
 
 
 def ipd_loss(
-    pred: torch.Tensor, target: torch.Tensor, q: torch.Tensor | None, alpha: float
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    q: torch.Tensor | None,
+    alpha: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 26 on the valid steps: MSE(a, pi) - alpha / mean|Q|.detach() * mean Q(s, pi).
 
     ``pred`` (n,A) policy actions, ``target`` (n,A) dataset actions, ``q`` (n,) Q(s, pred) (or
-    None when ``alpha`` is 0). Returns the loss and its parts as floats.
+    None when ``alpha`` is 0), ``weights`` (n,) optional per-step weights of the squared error
+    (the MSE becomes sum(w * err) / sum(w)). Returns the loss and its parts as floats.
     """
     assert pred.shape == target.shape, f"pred {tuple(pred.shape)} != target {tuple(target.shape)}"
-    mse = ((pred - target) ** 2).mean()
+    if weights is None:
+        mse = ((pred - target) ** 2).mean()
+    else:
+        assert weights.shape == pred.shape[:1], f"weights must be ({pred.shape[0]},)"
+        w = weights.detach()
+        mse = (w * ((pred - target) ** 2).mean(-1)).sum() / w.sum().clamp_min(1e-12)
     if q is None or alpha == 0.0:
         return mse, {"loss": mse.item(), "mse": mse.item()}
     assert q.shape == pred.shape[:1], f"q must be ({pred.shape[0]},), got {tuple(q.shape)}"
     lmbda = alpha / q.abs().mean().detach().clamp_min(1e-6)
     loss = mse - lmbda * q.mean()
     return loss, {"loss": loss.item(), "mse": mse.item(), "q": q.detach().mean().item()}
+
+
+@torch.no_grad()
+def advantage_weights(
+    value: ValueLearner,
+    obs: torch.Tensor,
+    act: torch.Tensor,
+    beta: float,
+    factor: float,
+    max_weight: float,
+) -> torch.Tensor:
+    """(n,O), (n,A) -> (n,) ``min(exp(beta * c * (Q(s,a) - V(s))), max_weight)`` / its mean.
+
+    The logged action's advantage under the value learner in IQL's normalised reward units
+    (``c = factor``, from :func:`~ipd_plugins.returns.reward_factor`), turned into pi_QOP's
+    clipped AWR weights (eq. 5) and divided by the batch mean so that they only re-weight steps.
+    """
+    adv = (value.q(obs, act) - value.v(obs)) * factor
+    w = awr_weights(adv, beta, max_weight)
+    return w / w.mean().clamp_min(1e-12)
 
 
 @torch.inference_mode()
@@ -145,6 +207,11 @@ class IpdDtPolicy(SequencePolicyBase):
     def conditioning_stats(self, raw: np.ndarray) -> tuple[float, float]:
         return float(raw.mean()), float(max(raw.std(), 1e-6))
 
+    def start_training(self, dataset, value):
+        # the advantage weights' reward units: IQL's factor on this (augmented) dataset
+        self.reward_factor = reward_factor(dataset) if self.cfg.awr_beta > 0 else 1.0
+        return super().start_training(dataset, value)
+
     def loss(self, pred, batch, value):
         mask = batch["mask"]  # (B, T): only real steps count
         pred_v, target_v = pred[mask], batch["act"][mask]  # (n, A)
@@ -156,7 +223,13 @@ class IpdDtPolicy(SequencePolicyBase):
                     "value.q returned a tensor without a gradient path to the action; eq. 26 "
                     "needs dQ/da (does q() run under no_grad/inference_mode?)"
                 )
-        return ipd_loss(pred_v, target_v, q, self.cfg.alpha)
+        weights = None
+        if self.cfg.awr_beta > 0:
+            weights = advantage_weights(
+                value, batch["obs"][mask], target_v, self.cfg.awr_beta,
+                self.reward_factor, self.cfg.awr_max_weight,
+            )  # fmt: skip
+        return ipd_loss(pred_v, target_v, q, self.cfg.alpha, weights)
 
     def fit(self, dataset, value, work_dir=None, log=None):
         if value is None:
