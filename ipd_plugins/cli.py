@@ -23,14 +23,46 @@ def main() -> None:
 
 
 @main.command()
-def plugins() -> None:
-    """List every registered component: kind, name and where it comes from."""
+@click.argument("kind", required=False)
+@click.argument("name", required=False)
+def plugins(kind: str | None, name: str | None) -> None:
+    """List every registered component: kind, name and where it comes from.
+
+    With KIND NAME (e.g. `ipd plugins policy ipd-dt`): that component's documentation and
+    every option with its default, each settable as `ipd run --set KIND.OPTION=VALUE`.
+    """
+    import dataclasses
+    import inspect
+
     from registry import KINDS, get_registry
 
     reg = get_registry()
-    for kind in KINDS:
-        click.secho(kind, bold=True)
-        rows = reg.registrations(kind)
+    if kind is not None:
+        if name is None:
+            raise click.UsageError("give both KIND and NAME, e.g. `ipd plugins policy ipd-dt`")
+        if kind not in KINDS:
+            known = ", ".join(KINDS)
+            raise click.BadParameter(f"{kind!r} is not one of {known}", param_hint="KIND")
+        try:
+            cls = reg.config_class(kind, name)
+        except (KeyError, ValueError) as err:
+            raise click.BadParameter(str(err).strip("'\""), param_hint="NAME") from err
+        click.secho(f"{kind} {name}", bold=True)
+        click.echo(inspect.cleandoc(cls.__doc__ or "").replace("``", "`"))
+        click.secho(
+            f"\noptions (--set {kind}.OPTION=VALUE; a --profile overrides step counts):",
+            bold=True,
+        )
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            if f.name.startswith("_"):
+                continue
+            kind_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", f.type)
+            click.echo(f"  {f.name:<24} {getattr(defaults, f.name)!r:<14} {kind_name}")
+        return
+    for k in KINDS:
+        click.secho(k, bold=True)
+        rows = reg.registrations(k)
         if not rows:
             click.echo("  (none)")
         for r in rows:

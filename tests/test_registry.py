@@ -247,3 +247,16 @@ def test_plugins_cli_in_process():
     result = CliRunner().invoke(main, ["plugins"])
     assert result.exit_code == 0, result.output
     assert "world_model" in result.output and "uncertainty" in result.output
+
+
+def test_plugins_cli_shows_one_components_options_and_names_bad_ones():
+    from ipd_plugins.cli import main
+
+    result = CliRunner().invoke(main, ["plugins", "value", "qov"])
+    assert result.exit_code == 0, result.output
+    assert "--set value.OPTION=VALUE" in result.output
+    assert re.search(r"^\s+tau\s+0\.7\s+float$", result.output, re.M), result.output
+    bad = CliRunner().invoke(main, ["plugins", "value", "nope"])
+    assert bad.exit_code != 0 and "known value names:" in bad.output and "qov" in bad.output
+    bad_kind = CliRunner().invoke(main, ["plugins", "values", "qov"])
+    assert bad_kind.exit_code != 0 and "'values' is not one of" in bad_kind.output
