@@ -9,7 +9,9 @@ or a baseline's policy; and it counts the dataset's flipped episodes.
 A step is *flipped* when ``|root angle| > pi/2`` (observation index 1 in the MuJoCo locomotion
 tasks, ``qpos[2]``); an episode is *on its back* when at least ``ON_BACK`` of its steps are.
 The table gives per actor the mean score, the episodes on their back, the upright episodes'
-mean, and per episode the normalised score and share of flipped steps.
+mean, and per episode the normalised score and share of flipped steps. For an IPD run it also
+says how much of pi_QOP's AWR weight (eq. 5, the value stage's beta) lies on the dataset's
+flipped steps: how strongly advantage weighting turns imitation away from them.
 
     python benchmarks/flip_probe.py RUN_DIR [--episodes 10] [--out FILE.md]
 """
@@ -26,6 +28,8 @@ import torch
 import yaml
 
 from ipd_plugins.evaluate import CallableActor, normalized_scores
+from ipd_plugins.returns import reward_factor
+from ipd_plugins.value.losses import awr_weights
 
 
 class RecordingActor:
@@ -90,15 +94,34 @@ def dataset_summary(ds: Any, angle_index: int) -> dict:
     }
 
 
-def load_actors(run_dir: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """Pipeline, dataset, context and the actors to probe of an ``ipd run`` or ``ipd baseline``
-    seed folder: an IPD run's distilled policy and pi_QOP, or a baseline's policy."""
+@torch.inference_mode()
+def awr_weight_share(
+    ds: Any, value: Any, mask: np.ndarray, beta: float, max_weight: float, chunk: int = 8192
+) -> float:
+    """Share of the clipped AWR weights ``min(exp(beta c (Q(s,a) - V(s))), max_weight)`` over
+    the dataset's steps that falls on the ``mask`` steps (c: IQL's reward factor)."""
+    factor = reward_factor(ds)
+    weights = []
+    for i in range(0, ds.n_steps, chunk):
+        obs = torch.as_tensor(ds.observations[i : i + chunk], dtype=torch.float32)
+        act = torch.as_tensor(ds.actions[i : i + chunk], dtype=torch.float32)
+        adv = (value.q(obs, act) - value.v(obs)) * factor
+        weights.append(awr_weights(adv, beta, max_weight).double().numpy())
+    w = np.concatenate(weights)
+    return float(w[mask].sum() / w.sum())
+
+
+def load_actors(run_dir: Path) -> tuple[Any, Any, Any, dict[str, Any], Any]:
+    """Pipeline, dataset, context, the actors to probe and the value learner (None for a
+    baseline) of an ``ipd run`` or ``ipd baseline`` seed folder: an IPD run's distilled policy
+    and pi_QOP, or a baseline's policy."""
     if "baseline" in yaml.safe_load((run_dir / "config.yaml").read_text()):
         from ipd_plugins.baselines import load_trained_baseline
 
         trained = load_trained_baseline(run_dir)
         name = f"d3rlpy {trained.baseline.config.name}"
-        return trained.pipeline, trained.dataset, trained.ctx, {name: trained.baseline.actor()}
+        actors = {name: trained.baseline.actor()}
+        return trained.pipeline, trained.dataset, trained.ctx, actors, None
     from ipd_plugins.runner import load_trained
 
     run = load_trained(run_dir)
@@ -107,7 +130,7 @@ def load_actors(run_dir: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
         f"policy ({run.pipeline.cfg.components['policy']})": policy.actor(value),
         "pi_QOP": CallableActor(lambda obs: value.act(obs, deterministic=True)),
     }
-    return run.pipeline, run.dataset, run.ctx, actors
+    return run.pipeline, run.dataset, run.ctx, actors, value
 
 
 def _number(x: float | None, spec: str = ".0f") -> str:
@@ -126,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    pipe, ds, ctx, actors = load_actors(Path(args.run_dir))
+    pipe, ds, ctx, actors, value = load_actors(Path(args.run_dir))
     if ds.ref_min_score is None or ds.ref_max_score is None:
         raise SystemExit(f"{ds.name} has no reference scores to normalise with")
     refs = (ds.ref_min_score, ds.ref_max_score)
@@ -146,6 +169,18 @@ def main() -> None:
         f"({100 * data['flipped_step_share']:.1f}% of all steps are flipped); "
         f"mean return of those episodes {_number(data['return_flipped'])}, of the others "
         f"{_number(data['return_steady'])}.\n",
+    ]
+    value_cfg = pipe.cfg.configs.get("value")
+    beta = getattr(value_cfg, "beta", None)  # an AWR value learner (qov, d3rlpy-iql)
+    if value is not None and beta is not None:
+        max_weight = getattr(value_cfg, "max_weight", 100.0)
+        flipped = flipped_steps(ds.observations[:, args.angle_index])
+        share = awr_weight_share(ds, value, flipped, beta, max_weight)
+        lines[-1] = lines[-1][:-1] + (
+            f" pi_QOP's AWR weights (beta {beta:g}) put {100 * share:.1f}% of their mass on the "
+            f"{100 * flipped.mean():.1f}% flipped steps.\n"
+        )
+    lines += [
         f"| actor | normalised, mean | episodes on their back (>= {ON_BACK:.0%} of steps) | "
         "flipped steps | normalised, upright episodes | per episode: normalised (flipped share) |",
         "|---|---:|---:|---:|---:|---|",

@@ -287,6 +287,33 @@ def test_flip_probe_counts_flipped_episodes_and_steps():
     assert [r["normalised"] for r in rows] == pytest.approx([20.0, 0.0])
 
 
+def test_flip_probe_awr_weight_share_against_a_hand_computation():
+    class Value:  # Q(s, a) - V(s) = a
+        def q(self, obs, act):
+            return obs[:, 0] + act[:, 0]
+
+        def v(self, obs):
+            return obs[:, 0]
+
+    acts = np.array([0.0, 1.0, -1.0, 2.0])
+    ds = TrajectoryDataset.from_arrays(
+        {
+            "observations": np.array([[3.0], [1.0], [-2.0], [0.5]]),
+            "actions": acts[:, None],
+            "rewards": np.array([0.0, 1.0, 0.0, 1.5]),  # returns 1 and 1.5: factor 2000
+            "next_observations": np.zeros((4, 1)),
+            "terminations": np.zeros(4, bool),
+            "truncations": np.array([0, 1, 0, 1], bool),
+        },
+        np.array([2, 2]),
+    )
+    mask = np.array([False, True, True, False])
+    beta = 0.001  # beta * factor = 2
+    w = np.minimum(np.exp(2.0 * acts), 20.0)  # exp(4) = 54.6 is clipped
+    share = flip_probe.awr_weight_share(ds, Value(), mask, beta, max_weight=20.0, chunk=3)
+    assert share == pytest.approx(w[mask].sum() / w.sum())
+
+
 def test_flip_probe_recorder_sees_every_observation_the_actor_gets():
     from ipd_plugins.evaluate import CallableActor
 
