@@ -10,8 +10,9 @@ A step is *flipped* when ``|root angle| > pi/2`` (observation index 1 in the MuJ
 tasks, ``qpos[2]``); an episode is *on its back* when at least ``ON_BACK`` of its steps are.
 The table gives per actor the mean score, the episodes on their back, the upright episodes'
 mean, and per episode the normalised score and share of flipped steps. For an IPD run it also
-says how much of pi_QOP's AWR weight (eq. 5, the value stage's beta) lies on the dataset's
-flipped steps: how strongly advantage weighting turns imitation away from them.
+says how much of the AWR weight exp(beta c (Q(s,a) - V(s))) (eq. 5, at the value stage's beta
+and the paper's 3) lies on the dataset's flipped steps: how strongly advantage weighting turns
+imitation away from them.
 
     python benchmarks/flip_probe.py RUN_DIR [--episodes 10] [--out FILE.md]
 """
@@ -52,6 +53,7 @@ class RecordingActor:
 
 
 ON_BACK = 0.1  # an episode spending at least this share of its steps flipped is "on its back"
+PAPER_BETA = 3.0  # the AWR inverse temperature of the paper's value stage (eq. 5)
 
 
 def flipped_steps(angles: np.ndarray) -> np.ndarray:
@@ -175,10 +177,14 @@ def main() -> None:
     if value is not None and beta is not None:
         max_weight = getattr(value_cfg, "max_weight", 100.0)
         flipped = flipped_steps(ds.observations[:, args.angle_index])
-        share = awr_weight_share(ds, value, flipped, beta, max_weight)
+        shares = [
+            f"{100 * awr_weight_share(ds, value, flipped, b, max_weight):.1f}% at beta {b:g}"
+            + (" (pi_QOP's)" if b == beta else " (the paper's)")
+            for b in sorted({beta, PAPER_BETA})
+        ]
         lines[-1] = lines[-1][:-1] + (
-            f" pi_QOP's AWR weights (beta {beta:g}) put {100 * share:.1f}% of their mass on the "
-            f"{100 * flipped.mean():.1f}% flipped steps.\n"
+            f" AWR weights from this run's Q and V put {' and '.join(shares)} of their mass on "
+            f"the {100 * flipped.mean():.1f}% flipped steps.\n"
         )
     lines += [
         f"| actor | normalised, mean | episodes on their back (>= {ON_BACK:.0%} of steps) | "
