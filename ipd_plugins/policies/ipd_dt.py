@@ -208,7 +208,7 @@ class IpdDtPolicy(SequencePolicyBase):
         return float(raw.mean()), float(max(raw.std(), 1e-6))
 
     def start_training(self, dataset, value):
-        # the advantage weights' reward units: IQL's factor on this (augmented) dataset
+        # the advantage weights' reward units: IQL's factor over the original episodes
         self.reward_factor = reward_factor(dataset) if self.cfg.awr_beta > 0 else 1.0
         return super().start_training(dataset, value)
 
