@@ -93,7 +93,7 @@ class IpdDtConfig(SequencePolicyConfig):
     gamma: float = added_later(0.99)
     # advantage-weighted imitation: 0 -> eq. 26's plain MSE; 3 -> the paper's AWR beta. Why it
     # exists: plain MSE imitates the data's poor gaits too; hopper-medium-replay, default
-    # profile, seed 0: 34.2 at 3 against 17.8 at 0 (benchmarks/results/replay_datasets.md)
+    # profile, seeds 0/1: 34.2/22.4 at 3 against 17.8/16.4 at 0 (replay_datasets.md)
     awr_beta: float = added_later(0.0)
     # clip of exp(awr_beta * c * advantage), as pi_QOP's max_weight
     awr_max_weight: float = added_later(100.0)
