@@ -84,9 +84,9 @@ def dataset_summary(ds: Any, angle_index: int) -> dict:
     """How many of the dataset's episodes are on their back, and their mean return against the
     others."""
     steps = flipped_steps(ds.observations[:, angle_index])
-    starts = np.concatenate([[0], np.cumsum(ds.episode_lengths)[:-1]])
-    returns = np.add.reduceat(np.asarray(ds.rewards, np.float64), starts)
-    on_back = np.add.reduceat(steps.astype(np.float64), starts) / ds.episode_lengths >= ON_BACK
+    returns = ds.episode_returns()
+    flipped_per_episode = np.add.reduceat(steps.astype(np.float64), ds.episode_starts)
+    on_back = flipped_per_episode / ds.episode_lengths >= ON_BACK
     return {
         "episodes": len(returns),
         "flipped_episodes": int(on_back.sum()),
