@@ -154,6 +154,60 @@ def record(run_dir: Path, out: str, record_dir: str) -> Path:
     return dest_dir / "results.json"
 
 
+def realisations(records: list[Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per dataset, the dataset contents (by hash) its recorded runs trained on.
+
+    ``ipd data make`` is deterministic on one kind of CPU, but float32 kernels differ between
+    CPUs (the behaviour actor's matmuls) and MuJoCo amplifies the last bit, so the same command
+    on another CPU makes another realisation of the dataset: same generator and statistics,
+    other episodes. Returns ``{dataset: {hash: {"stats": ..., "runs": ["ipd seed 0", ...],
+    "machines": [...]}}}``.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in sorted(records, key=lambda r: (r.dataset, METHODS.index(r.label), r.seed)):
+        folder = Path(r.path)
+        stats = json.loads((folder / "results.json").read_text()).get("dataset", {})
+        entry = out.setdefault(r.dataset, {}).setdefault(
+            stats.get("hash", "?"), {"stats": stats, "runs": [], "machines": []}
+        )
+        entry["runs"].append(f"{r.label} {r.seed}")
+        conf = folder / "config.yaml"
+        meta = yaml.safe_load(conf.read_text()).get("meta", {}) if conf.exists() else {}
+        machine = meta.get("machine", "not recorded")
+        if machine not in entry["machines"]:
+            entry["machines"].append(machine)
+    return out
+
+
+def realisation_lines(records: list[Any]) -> list[str]:
+    """A Markdown table of the datasets whose runs trained on more than one realisation."""
+    mixed = {d: r for d, r in realisations(records).items() if len(r) > 1}
+    if not mixed:
+        return []
+    lines = [
+        "",
+        "Datasets made more than once: `ipd data make` gives the same dataset on one kind of "
+        "CPU, but another CPU's float32 kernels change the behaviour actor's last bits and "
+        "MuJoCo amplifies them, so a fresh machine of another kind made another realisation "
+        "(same generator, same statistics, other episodes). Each run trained and was scored "
+        "on the realisation below; every method of a run compares on the same dataset object "
+        "only within a realisation:",
+        "",
+        "| dataset | hash | episodes | data normalised | runs (method seed) | machine |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for d, by_hash in sorted(mixed.items()):
+        for h, e in by_hash.items():
+            st = e["stats"]
+            mean = st.get("normalized_mean")
+            lines.append(
+                f"| {d} | `{h}` | {st.get('episodes', '?')} | "
+                f"{'?' if mean is None else f'{mean:.1f}'} | {', '.join(e['runs'])} | "
+                f"{'; '.join(e['machines'])} |"
+            )
+    return lines
+
+
 def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) -> str:
     # Every record is a default-profile run of one method; one recorded before a config field
     # was added sits in a folder of another hash (see same_run), so drop compare's "#hash".
@@ -189,6 +243,7 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
         + ", ".join(f"{d} {v:.1f}" for d, v in sorted(data_means.items()))
         + ".",
     ]
+    lines += realisation_lines(records)
     if qop:
         lines += [
             "",

@@ -674,6 +674,7 @@ def run_baseline(
     from ipd_plugins.runner import (
         Pipeline,
         _git_commit,
+        _machine,
         _versions,
         atomic_write_text,
         resolve_config,
@@ -717,6 +718,7 @@ def run_baseline(
         "meta": {
             "dataset_hash": data_hash,
             "versions": _versions(),
+            "machine": _machine(),
             "git_commit": _git_commit(),
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
             "replay": f"ipd baseline {algo} --config {run_dir / 'config.yaml'}",

@@ -249,6 +249,19 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _machine() -> str:
+    """The CPU model and core count: float kernels, so made datasets and runs, differ by CPU."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def _git_commit() -> str:
     here = Path(__file__).resolve().parent
     try:
@@ -392,6 +405,7 @@ class Pipeline:
         data["meta"] = {
             "dataset_hash": ds.content_hash(),
             "versions": _versions(),
+            "machine": _machine(),
             "git_commit": _git_commit(),
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
             "replay": f"ipd run --config {self.run_dir / 'config.yaml'}",

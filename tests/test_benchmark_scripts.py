@@ -89,13 +89,22 @@ def test_finished_finds_an_equivalent_record_under_another_name(tmp_path):
     assert scores.finished(seed1, now, ident, str(out), str(record)) is None
 
 
-def _record(root: Path, run_name: str, seed: int, score: float, baseline: str | None = None):
+def _record(
+    root: Path,
+    run_name: str,
+    seed: int,
+    score: float,
+    baseline: str | None = None,
+    data_hash: str = "x",
+    machine: str | None = None,
+):
     folder = root / run_name / f"seed_{seed}"
     folder.mkdir(parents=True)
     dataset = run_name.split("__")[0]
     components = {"baseline": baseline} if baseline else {"value": "qov", "policy": "ipd-dt"}
+    stats = {"source": dataset, "name": dataset, "hash": data_hash, "episodes": 7}
     results = {
-        "dataset": {"source": dataset, "name": dataset, "hash": "x", "normalized_mean": 45.6},
+        "dataset": {**stats, "normalized_mean": 45.6},
         "components": components,
         "seed": seed,
         "scores": {"policy": {"normalized_mean": score, "mean_return": 0.0, "n_episodes": 10}},
@@ -106,6 +115,8 @@ def _record(root: Path, run_name: str, seed: int, score: float, baseline: str | 
     if baseline:
         results.update(label=baseline, method=baseline)
     (folder / "results.json").write_text(json.dumps(results))
+    if machine:
+        (folder / "config.yaml").write_text(yaml.safe_dump({"meta": {"machine": machine}}))
 
 
 def test_table_keeps_one_column_per_method_and_says_how_complete_it_is(tmp_path):
@@ -128,6 +139,21 @@ def test_table_keeps_one_column_per_method_and_says_how_complete_it_is(tmp_path)
     _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__dddddddd", 1, 55.0)
     with pytest.raises(ValueError, match="ipd hopper-medium seed 1 is recorded twice"):
         scores.write_table(str(record), "runs/x", "default", table, reps=50)
+
+
+def test_table_lists_the_dataset_realisations_only_when_runs_differ(tmp_path):
+    record = tmp_path / "record"
+    _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__aaaaaaaa", 0, 40.0, data_hash="h1")
+    _record(record, "hopper-medium__baseline-iql__cccccccc", 0, 30.0, "iql", data_hash="h1")
+    table = tmp_path / "scores.md"
+    assert "Datasets made more than once" not in scores.write_table(
+        str(record), "runs/x", "default", table, reps=50
+    )
+    _record(record, "hopper-medium__baseline-iql__cccccccc", 1, 31.0, "iql", "h2", "AMD EPYC")
+    text = scores.write_table(str(record), "runs/x", "default", table, reps=50)
+    assert "Datasets made more than once" in text
+    assert "| hopper-medium | `h1` | 7 | 45.6 | ipd 0, iql 0 | not recorded |" in text
+    assert "| hopper-medium | `h2` | 7 | 45.6 | iql 1 | AMD EPYC |" in text
 
 
 class _LinearV:

@@ -51,6 +51,7 @@ def test_run_writes_every_artifact_and_reuses_stages(store, tmp_path):
     assert config["components"]["planner"] == "mpc" and config["planner"]["n_mpc"] == 3
     assert config["meta"]["dataset_hash"] == results["dataset"]["hash"]
     assert "torch" in config["meta"]["versions"]
+    assert config["meta"]["machine"].endswith(" cores")  # the CPU: datasets made differ by CPU
     assert "normalised" in log
 
     # An ablation that changes only the planner reuses the value function and the world model.
