@@ -123,6 +123,28 @@ def test_cli_make_and_list(store):
     assert rows["pendulum-medium"][3] == "no"
 
 
+def test_cli_make_says_whether_it_made_the_reference_realisation(store, monkeypatch):
+    from ipd_plugins.cli import main
+    from ipd_plugins.data import make as make_module
+    from ipd_plugins.data.minari_io import from_minari
+
+    monkeypatch.setattr(make_module, "REFERENCE_HASHES", {"pendulum-medium": "0123456789abcdef"})
+    runner = CliRunner()
+    out = runner.invoke(main, ["data", "make", "pendulum-medium"])
+    assert out.exit_code == 0, out.output
+    made = from_minari("ipd/pendulum/medium-v0").content_hash()
+    assert f"content hash {made}: another realisation than the reference 0123456789abcdef" in (
+        out.output
+    )
+    monkeypatch.setattr(make_module, "REFERENCE_HASHES", {"pendulum-medium": made})
+    again = runner.invoke(main, ["data", "make", "pendulum-medium", "--overwrite"])
+    assert f"content hash {made}: the reference realisation" in again.output
+    other_seed = runner.invoke(
+        main, ["data", "make", "pendulum-medium", "--overwrite", "--seed", "1"]
+    )
+    assert other_seed.exit_code == 0 and "content hash" not in other_seed.output
+
+
 # -- MuJoCo datasets from snapshots --------------------------------------------------------
 def _fake_behavior(root, task="hopper", obs_dim=11, act_dim=3):
     folder = root / task

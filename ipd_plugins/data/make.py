@@ -54,6 +54,8 @@ __all__ = [
     "PENDULUM_REF_MIN",
     "PENDULUM_REF_MAX",
     "SNAPSHOT_DIR_ENV",
+    "REFERENCE_HASHES",
+    "realisation_note",
     "BehaviorMissingError",
     "dataset_id",
     "behavior_dir",
@@ -75,6 +77,34 @@ PENDULUM_REF_MIN, PENDULUM_REF_MAX = envs.REF_SCORES["pendulum"]
 
 PENDULUM_MEDIUM_EPSILON = 0.6  # probability of a random action in pendulum-medium
 PENDULUM_REPLAY_EPSILONS = (1.0, 0.9, 0.8, 0.7, 0.6)  # the learning curve of pendulum-medium-replay
+
+
+#: Content hashes (``TrajectoryDataset.content_hash``) of the datasets ``benchmarks/results``
+#: were made from: catalogue size, seed 0, on an Intel Xeon. Generation is deterministic on one
+#: kind of CPU, but float32 kernels differ between CPUs and MuJoCo amplifies the last bit, so
+#: another CPU makes another realisation (same generator and statistics, other episodes);
+#: ``ipd data make`` says which one it made.
+REFERENCE_HASHES: dict[str, str] = {
+    "hopper-medium": "0cbb2e7103bed9ca",
+    "hopper-medium-replay": "e2dd8dd420ac6b87",
+    "halfcheetah-medium": "6f77a0b4e5c5c66d",
+    "halfcheetah-medium-replay": "84002fbf3f29525e",
+    "walker2d-medium": "4b7b72851d8c72ea",
+    "walker2d-medium-replay": "78fc2312d0ba7dde",
+}
+
+
+def realisation_note(name: str, content_hash: str) -> str:
+    """Whether ``content_hash`` is the reference realisation of catalogue dataset ``name``."""
+    ref = REFERENCE_HASHES.get(name)
+    if ref is None:
+        return f"content hash {content_hash}"
+    if content_hash == ref:
+        return f"content hash {content_hash}: the reference realisation (benchmarks/results)"
+    return (
+        f"content hash {content_hash}: another realisation than the reference {ref} (made on an "
+        "Intel Xeon); expected on another kind of CPU (benchmarks/results/datasets.md)"
+    )
 
 
 class BehaviorMissingError(FileNotFoundError):
@@ -405,6 +435,8 @@ def make(name: str, steps: int | None, seed: int, overwrite: bool, store: str | 
     if ds.ref_min_score is not None and ds.ref_max_score is not None:
         line += f", normalised {float(ds.normalized_score(returns.mean())):.1f}"
     click.echo(line)
+    if steps is None and seed == 0:  # the catalogue's dataset: is it the reference one?
+        click.echo(realisation_note(name, ds.content_hash()))
 
 
 @click.command("list")
