@@ -19,9 +19,11 @@ the top) whose actions are replaced by uniform random ones with probability ``ep
 to 0.6 as a learning curve would. Pendulum has no D4RL scores, so its reference returns
 (random policy and the noiseless controller) are registered here.
 
-Every dataset is a function of its name, size and seed: environments are seeded from the
-seed, sampled actions come from seeded generators, episodes are kept in a fixed order.
-Environments are stepped in batches with one batched actor call per step.
+Every dataset is a function of its name, size and seed on one kind of CPU: environments are
+seeded from the seed, sampled actions come from seeded generators, episodes are kept in a fixed
+order. Another CPU rounds the actor's float32 maths differently and MuJoCo amplifies that, so
+it makes another realisation (``REFERENCE_HASHES``). Environments are stepped in batches with
+one batched actor call per step.
 """
 
 from __future__ import annotations
