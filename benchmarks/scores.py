@@ -189,9 +189,9 @@ def realisation_lines(records: list[Any]) -> list[str]:
         "Datasets made more than once: `ipd data make` gives the same dataset on one kind of "
         "CPU, but another CPU's float32 kernels change the behaviour actor's last bits and "
         "MuJoCo amplifies them, so a fresh machine of another kind made another realisation "
-        "(same generator, same statistics, other episodes). Each run trained and was scored "
-        "on the realisation below; every method of a run compares on the same dataset object "
-        "only within a realisation:",
+        "(same generator, same statistics, other episodes). Each run trained on the "
+        "realisation below; runs compare on the very same data only within one realisation "
+        "(`datasets.md` has the measurements):",
         "",
         "| dataset | hash | episodes | data normalised | runs (method seed) | machine |",
         "|---|---|---:|---:|---|---|",
