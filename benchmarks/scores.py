@@ -155,13 +155,10 @@ def record(run_dir: Path, out: str, record_dir: str) -> Path:
 
 
 def realisations(records: list[Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per dataset, the dataset contents (by hash) its recorded runs trained on.
+    """Per dataset, the realisations (content hashes) its recorded runs trained on: another
+    kind of CPU makes another one (``ipd_plugins.data.make.REFERENCE_HASHES``).
 
-    ``ipd data make`` is deterministic on one kind of CPU, but float32 kernels differ between
-    CPUs (the behaviour actor's matmuls) and MuJoCo amplifies the last bit, so the same command
-    on another CPU makes another realisation of the dataset: same generator and statistics,
-    other episodes. Returns ``{dataset: {hash: {"stats": ..., "runs": ["ipd seed 0", ...],
-    "machines": [...]}}}``.
+    Returns ``{dataset: {hash: {"stats": ..., "runs": ["ipd 0", ...], "machines": [...]}}}``.
     """
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: (r.dataset, METHODS.index(r.label), r.seed)):
