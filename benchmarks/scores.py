@@ -221,10 +221,9 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     done = set(seen)  # (dataset, method, seed) of every recorded run
     planned_runs = len(DATASETS) * len(SEEDS) * len(METHODS)
     empty = sum(1 for d in DATASETS for m in METHODS if not any(k[:2] == (d, m) for k in done))
-    one_run = {r.dataset: Path(r.path) for r in records}  # any run on each dataset
-    data_means = {}  # the dataset's own episodes, normalised
-    for d, run in one_run.items():
-        stats = json.loads((run / "results.json").read_text()).get("dataset", {})
+    data_means = {}  # the dataset's own episodes, normalised (its most-used realisation)
+    for d, by_hash in realisations(records).items():
+        stats = max(by_hash.values(), key=lambda e: len(e["runs"]))["stats"]
         if "normalized_mean" in stats:
             data_means[d] = stats["normalized_mean"]
     ipd: dict[str, list[float]] = {}
@@ -266,7 +265,8 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
         "Wall time per method (training of all stages, reused cache stages counted at their "
         "original cost; evaluation excluded). Wall-clock seconds of one torch thread, on a 2-core "
         "machine often shared by 2-4 runs at once (a run paused to free the cores counts its "
-        "pause too), so they are upper bounds and the median is the figure to read; "
+        "pause too), so they are upper bounds and the median is the figure to read; the "
+        "machines differ (`meta.machine` in each run's `config.yaml`); "
         "`default_hopper.md` has an IPD run timed stage by stage:",
         "",
         "| method | runs | train minutes total | median per run | fastest run |",
