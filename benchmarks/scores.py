@@ -176,9 +176,10 @@ def realisations(records: list[Any]) -> dict[str, dict[str, dict[str, Any]]]:
     return out
 
 
-def realisation_lines(records: list[Any]) -> list[str]:
-    """A Markdown table of the datasets whose runs trained on more than one realisation."""
-    mixed = {d: r for d, r in realisations(records).items() if len(r) > 1}
+def realisation_lines(by_dataset: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """A Markdown table of the datasets whose runs trained on more than one realisation
+    (``by_dataset`` from :func:`realisations`)."""
+    mixed = {d: r for d, r in by_dataset.items() if len(r) > 1}
     if not mixed:
         return []
     lines = [
@@ -221,8 +222,9 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     done = set(seen)  # (dataset, method, seed) of every recorded run
     planned_runs = len(DATASETS) * len(SEEDS) * len(METHODS)
     empty = sum(1 for d in DATASETS for m in METHODS if not any(k[:2] == (d, m) for k in done))
+    by_dataset = realisations(records)
     data_means = {}  # the dataset's own episodes, normalised (its most-used realisation)
-    for d, by_hash in realisations(records).items():
+    for d, by_hash in by_dataset.items():
         stats = max(by_hash.values(), key=lambda e: len(e["runs"]))["stats"]
         if "normalized_mean" in stats:
             data_means[d] = stats["normalized_mean"]
@@ -239,7 +241,7 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
         + ", ".join(f"{d} {v:.1f}" for d, v in sorted(data_means.items()))
         + ".",
     ]
-    lines += realisation_lines(records)
+    lines += realisation_lines(by_dataset)
     if qop:
         lines += [
             "",

@@ -673,11 +673,9 @@ def run_baseline(
     """
     from ipd_plugins.runner import (
         Pipeline,
-        _git_commit,
-        _machine,
-        _versions,
         atomic_write_text,
         resolve_config,
+        run_meta,
         write_json,
     )
 
@@ -715,14 +713,7 @@ def run_baseline(
     config_out = {
         "run": dataclass_to_dict(settings),
         "baseline": {"algo": algo, **bconf.to_dict()},
-        "meta": {
-            "dataset_hash": data_hash,
-            "versions": _versions(),
-            "machine": _machine(),
-            "git_commit": _git_commit(),
-            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "replay": f"ipd baseline {algo} --config {run_dir / 'config.yaml'}",
-        },
+        "meta": run_meta(data_hash, f"ipd baseline {algo} --config {run_dir / 'config.yaml'}"),
     }
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_out, sort_keys=False))
     echo(f"run folder: {run_dir}")

@@ -262,6 +262,18 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def run_meta(data_hash: str, replay: str) -> dict[str, Any]:
+    """The provenance a run folder's ``config.yaml`` carries under ``meta`` (not an input)."""
+    return {
+        "dataset_hash": data_hash,
+        "versions": _versions(),
+        "machine": _machine(),
+        "git_commit": _git_commit(),
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "replay": replay,
+    }
+
+
 def _git_commit() -> str:
     here = Path(__file__).resolve().parent
     try:
@@ -402,14 +414,9 @@ class Pipeline:
 
     def write_config(self, ds: TrajectoryDataset) -> None:
         data = self.cfg.to_dict()
-        data["meta"] = {
-            "dataset_hash": ds.content_hash(),
-            "versions": _versions(),
-            "machine": _machine(),
-            "git_commit": _git_commit(),
-            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "replay": f"ipd run --config {self.run_dir / 'config.yaml'}",
-        }
+        data["meta"] = run_meta(
+            ds.content_hash(), f"ipd run --config {self.run_dir / 'config.yaml'}"
+        )
         atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False))
 
     def run(self) -> dict[str, Any]:

@@ -82,10 +82,8 @@ PENDULUM_REPLAY_EPSILONS = (1.0, 0.9, 0.8, 0.7, 0.6)  # the learning curve of pe
 
 
 #: Content hashes (``TrajectoryDataset.content_hash``) of the datasets ``benchmarks/results``
-#: were made from: catalogue size, seed 0, on an Intel Xeon. Generation is deterministic on one
-#: kind of CPU, but float32 kernels differ between CPUs and MuJoCo amplifies the last bit, so
-#: another CPU makes another realisation (same generator and statistics, other episodes);
-#: ``ipd data make`` says which one it made.
+#: were made from: catalogue size, seed 0, on an Intel Xeon (another CPU makes another
+#: realisation, see the module docstring); ``ipd data make`` says which one it made.
 REFERENCE_HASHES: dict[str, str] = {
     "hopper-medium": "0cbb2e7103bed9ca",
     "hopper-medium-replay": "e2dd8dd420ac6b87",
