@@ -27,10 +27,9 @@ import argparse
 import json
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 
-from ipd_plugins.data.envs import set_state_from_observation
+from ipd_plugins.data.envs import make_env, set_state_from_observation
 
 
 def replay(env, obs0: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -102,7 +101,7 @@ def main() -> None:
         tail = 0.0 if terminated else gamma ** len(rewards) * v(last_obs)
         return float((disc * rewards).sum() + tail)
 
-    env = gym.make(ds.env_id)
+    env = make_env(ds.env_id)
     env.reset(seed=args.seed)
     ep_of_step = ds.episode_index
     ep_end = ds.episode_starts + ds.episode_lengths  # one past each episode's last step

@@ -23,9 +23,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
+
+from ipd_plugins.data.envs import make_env
 
 
 def port_weights(d3: torch.nn.Module, ours: torch.nn.Module) -> None:
@@ -72,7 +73,7 @@ def lockstep(actors: list, env_id: str, seed: int) -> tuple[float, int]:
     Returns the largest difference between the actors' actions over the episode and its length:
     if it stays at float precision the acting loops are the same function of the history.
     """
-    env = gym.make(env_id)
+    env = make_env(env_id)
     obs, _ = env.reset(seed=seed)
     obs = torch.as_tensor(np.asarray(obs, np.float32))[None]
     for actor in actors:

@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ipd_plugins.data.envs import make_env
 from registry.protocols import Actor
 
 __all__ = ["EvalResult", "evaluate", "normalized_scores", "CallableActor"]
@@ -83,7 +84,7 @@ class CallableActor:
 
 def _make_env(env_id: str) -> gym.Env:
     try:
-        return gym.make(env_id)
+        return make_env(env_id)
     except gym.error.Error as err:
         raise ValueError(f"cannot make gymnasium environment {env_id!r}: {err}") from err
 

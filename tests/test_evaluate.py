@@ -195,3 +195,20 @@ def test_state_restored_from_an_observation_replays_the_same_step(env_id):
         set_state_from_observation(replay, np.zeros(3))
     with pytest.raises(ValueError, match="not a MuJoCo environment"):
         set_state_from_observation(gym.make("Pendulum-v1"), np.zeros(3))
+
+
+def test_make_env_routes_mujoco_warnings(tmp_path, monkeypatch, capfd):
+    """MuJoCo 4's notice on gymnasium's half_cheetah.xml (``settotalmass``) is neither printed
+    nor appended to ``MUJOCO_LOG.TXT`` in the working directory; other MuJoCo warnings still
+    reach Python's ``warnings``."""
+    mujoco = pytest.importorskip("mujoco")
+    from ipd_plugins.data.envs import make_env
+
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        make_env("HalfCheetah-v5").close()
+    out, err = capfd.readouterr()
+    assert "settotalmass" not in out + err
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    with pytest.warns(RuntimeWarning, match="MuJoCo: some other warning"):
+        mujoco.get_mju_user_warning()("some other warning")

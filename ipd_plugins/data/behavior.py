@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ipd_plugins.data.envs import make_env as make_gym_env
 from ipd_plugins.nn import mlp
 
 __all__ = [
@@ -342,7 +343,7 @@ def evaluate_actor(
     """(n_episodes,) returns of the actor on fresh ``env_id`` environments stepped together."""
     gen = torch.Generator().manual_seed(seed)
     result = rollout_episodes(
-        lambda: gym.make(env_id),
+        lambda: make_gym_env(env_id),
         actor_policy(actor, deterministic, gen),
         n_episodes=n_episodes,
         n_envs=n_episodes,

@@ -7,6 +7,9 @@ The D4RL-normalised score (Fu et al., 2020; the paper's tables report it) is
 ``Hopper-v5``, ``Hopper-v4``, ``hopper``, ``hopper-medium-v2`` and the Minari id
 ``mujoco/hopper/medium-v0`` all give ``hopper``. Other tasks (e.g. the tiny Pendulum datasets
 used in tests) add their own with :func:`register_ref_scores`.
+
+Every environment the package steps is built by :func:`make_env`, which also routes MuJoCo's
+warnings through Python's :mod:`warnings` instead of stdout and ``MUJOCO_LOG.TXT``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import warnings
 from importlib import resources
 
 import numpy as np
@@ -26,6 +30,7 @@ __all__ = [
     "env_registered",
     "action_bounds",
     "set_state_from_observation",
+    "make_env",
 ]
 
 _VERSION = re.compile(r"-v\d+$")
@@ -106,12 +111,44 @@ def env_registered(env_id: str | None) -> bool:
     return True
 
 
+#: MuJoCo 4 deprecates the ``settotalmass`` compiler attribute that gymnasium 1.0's
+#: ``half_cheetah.xml`` uses; it still applies it, so the model is unchanged. Its default
+#: handler printed the notice on every HalfCheetah built (hundreds per ``ipd data make``) and
+#: appended each to ``MUJOCO_LOG.TXT`` in the working directory.
+_KNOWN_MUJOCO_NOTICES = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+def _mujoco_warning(message: str) -> None:
+    """MuJoCo's user-warning hook: drop the known notices, pass the rest to :mod:`warnings`."""
+    if not message.startswith(_KNOWN_MUJOCO_NOTICES):
+        warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+
+@functools.cache
+def _route_mujoco_warnings() -> None:
+    """Install :func:`_mujoco_warning` once, unless the user set a MuJoCo warning hook."""
+    try:
+        import mujoco
+    except ImportError:  # environments without MuJoCo (Pendulum, toy ones) need nothing
+        return
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_mujoco_warning)
+
+
+def make_env(env_id: str, **kwargs):
+    """``gymnasium.make(env_id, **kwargs)``, with MuJoCo's warnings routed (see above)."""
+    import gymnasium as gym
+
+    _route_mujoco_warnings()
+    return gym.make(env_id, **kwargs)
+
+
 @functools.lru_cache(maxsize=64)
 def _bounds(env_id: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     import gymnasium as gym
 
     try:
-        env = gym.make(env_id)
+        env = make_env(env_id)
     except Exception:  # not registered, or its simulator is not installed
         return None
     try:

@@ -314,7 +314,7 @@ def generate(
         parts = _parts(spec, n_steps, seed)
 
     def make_env() -> gym.Env:
-        return gym.make(spec.env_id)
+        return envs.make_env(spec.env_id)
 
     results: list[RolloutResult] = []
     for i, (policy, steps, _label) in enumerate(parts):

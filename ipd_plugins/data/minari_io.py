@@ -135,9 +135,7 @@ def to_minari(
     buffers = _episode_buffers(ds)
     kwargs: dict[str, Any] = {}
     if envs.env_registered(ds.env_id):
-        import gymnasium as gym
-
-        env = gym.make(ds.env_id)
+        env = envs.make_env(ds.env_id)
         try:
             obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
         finally:

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -40,6 +39,7 @@ from ipd_plugins.data.behavior import (
     save_snapshot,
     tanh_gaussian_sample,
 )
+from ipd_plugins.data.envs import make_env
 from ipd_plugins.nn import EnsembleMLP
 from ipd_plugins.training import Checkpointer, atomic_save, safe_load, seed_everything
 
@@ -305,7 +305,7 @@ def train_sac(
         return read_snapshot_log(work_dir)
 
     gen = seed_everything(cfg.seed)
-    env = gym.make(cfg.env_id)
+    env = make_env(cfg.env_id)
     obs_dim = int(np.prod(env.observation_space.shape))
     act_dim = int(np.prod(env.action_space.shape))
     low = np.asarray(env.action_space.low, np.float32)
