@@ -206,6 +206,48 @@ def realisation_lines(by_dataset: dict[str, dict[str, dict[str, Any]]]) -> list[
     return lines
 
 
+def gap_lines(records: list) -> list[str]:
+    """IPD's mean minus each baseline's per dataset, next to the same gap in paper table 1."""
+    scores: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        scores.setdefault((r.dataset, r.label), []).append(r.score)
+    datasets = sorted(d for d, m in scores if m == "ipd")
+    others = [m for m in METHODS if m != "ipd" and any(k[1] == m for k in scores)]
+    if not datasets or not others:
+        return []
+    lines = [
+        "",
+        "IPD's mean minus each baseline's, per dataset (positive: IPD ahead; in brackets the "
+        "same gap in paper table 1):",
+        "",
+        "| dataset | " + " | ".join(f"IPD - {m}" for m in others) + " |",
+        "|---|" + "---:|" * len(others),
+    ]
+    gaps: dict[str, list[float]] = {m: [] for m in others}
+    for d in datasets:
+        cells = []
+        for m in others:
+            if (d, m) not in scores:
+                cells.append("")
+                continue
+            gap = float(np.mean(scores[d, "ipd"]) - np.mean(scores[d, m]))
+            gaps[m].append(gap)
+            paper = PAPER.get(d, {})
+            cells.append(
+                f"{gap:+.1f}" + (f" ({paper['ipd'] - paper[m]:+.1f})" if m in paper else "")
+            )
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| IPD ahead on | "
+        + " | ".join(f"{sum(g > 0 for g in gaps[m])} of {len(gaps[m])}" for m in others)
+        + " |"
+    )
+    lines.append(
+        "| mean over datasets | " + " | ".join(f"{np.mean(gaps[m]):+.1f}" for m in others) + " |"
+    )
+    return lines
+
+
 def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) -> str:
     # Every record is a default-profile run of one method; one recorded before a config field
     # was added sits in a folder of another hash (see same_run), so drop compare's "#hash".
@@ -235,7 +277,7 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     qop: dict[str, list[float]] = {}  # only IPD runs score pi_QOP
     for r in load_records([record_dir], actor="qop"):
         qop.setdefault(r.dataset, []).append(r.score)
-    lines = [
+    lines = gap_lines(records) + [
         "",
         "The datasets' own episodes, normalised the same way (mean over episodes), for scale: "
         + ", ".join(f"{d} {v:.1f}" for d, v in sorted(data_means.items()))

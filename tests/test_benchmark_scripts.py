@@ -135,6 +135,10 @@ def test_table_keeps_one_column_per_method_and_says_how_complete_it_is(tmp_path)
     assert "for scale: hopper-medium 45.6." in text
     assert "| ipd | 2 | 3.0 | 1.5 | 1.0 |" in text  # wall minutes: total, median, fastest
     assert "| hopper-medium | 45.0 | 55.0 | 2 |" in text  # IPD's seeds vs pi_QOP, IQL has none
+    # IPD's mean minus IQL's (45 - 30), and paper table 1's (81.6 - 66.3)
+    assert "| dataset | IPD - iql |" in text
+    assert "| hopper-medium | +15.0 (+15.3) |" in text
+    assert "| IPD ahead on | 1 of 1 |" in text
     # the same (dataset, method, seed) twice is refused, naming both records
     _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__dddddddd", 1, 55.0)
     with pytest.raises(ValueError, match="ipd hopper-medium seed 1 is recorded twice"):
