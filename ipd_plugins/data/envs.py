@@ -19,8 +19,12 @@ import json
 import re
 import warnings
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import gymnasium as gym
 
 __all__ = [
     "REF_SCORES",
@@ -135,7 +139,7 @@ def _route_mujoco_warnings() -> None:
         mujoco.set_mju_user_warning(_mujoco_warning)
 
 
-def make_env(env_id: str, **kwargs):
+def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """``gymnasium.make(env_id, **kwargs)``, with MuJoCo's warnings routed (see above)."""
     import gymnasium as gym
 
