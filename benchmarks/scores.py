@@ -42,7 +42,7 @@ from ipd_plugins.baselines import (
     resolve_baseline,
     run_baseline,
 )
-from ipd_plugins.compare import load_records, summarise, to_markdown
+from ipd_plugins.compare import Comparison, load_records, summarise, to_markdown
 from ipd_plugins.runner import Pipeline, resolve_config
 from registry.config import dataclass_to_dict
 
@@ -206,14 +206,12 @@ def realisation_lines(by_dataset: dict[str, dict[str, dict[str, Any]]]) -> list[
     return lines
 
 
-def gap_lines(records: list) -> list[str]:
+def gap_lines(cmp: Comparison) -> list[str]:
     """IPD's mean minus each baseline's per dataset, next to the same gap in paper table 1."""
-    scores: dict[tuple[str, str], list[float]] = {}
-    for r in records:
-        scores.setdefault((r.dataset, r.label), []).append(r.score)
-    datasets = sorted(d for d, m in scores if m == "ipd")
-    others = [m for m in METHODS if m != "ipd" and any(k[1] == m for k in scores)]
-    if not datasets or not others:
+    rows = {m.label: m.cells for m in cmp.methods}
+    ipd = rows.get("ipd")
+    others = [m for m in METHODS if m != "ipd" and m in rows]
+    if not ipd or not others:
         return []
     lines = [
         "",
@@ -224,13 +222,13 @@ def gap_lines(records: list) -> list[str]:
         "|---|" + "---:|" * len(others),
     ]
     gaps: dict[str, list[float]] = {m: [] for m in others}
-    for d in datasets:
+    for d in sorted(ipd):
         cells = []
         for m in others:
-            if (d, m) not in scores:
+            if d not in rows[m]:
                 cells.append("")
                 continue
-            gap = float(np.mean(scores[d, "ipd"]) - np.mean(scores[d, m]))
+            gap = ipd[d][0] - rows[m][d][0]
             gaps[m].append(gap)
             paper = PAPER.get(d, {})
             cells.append(
@@ -270,14 +268,11 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
         stats = max(by_hash.values(), key=lambda e: len(e["runs"]))["stats"]
         if "normalized_mean" in stats:
             data_means[d] = stats["normalized_mean"]
-    ipd: dict[str, list[float]] = {}
-    for r in records:
-        if r.label == "ipd":
-            ipd.setdefault(r.dataset, []).append(r.score)
+    ipd = next((m.cells for m in cmp.methods if m.label == "ipd"), {})  # dataset -> mean, std, n
     qop: dict[str, list[float]] = {}  # only IPD runs score pi_QOP
     for r in load_records([record_dir], actor="qop"):
         qop.setdefault(r.dataset, []).append(r.score)
-    lines = gap_lines(records) + [
+    lines = gap_lines(cmp) + [
         "",
         "The datasets' own episodes, normalised the same way (mean over episodes), for scale: "
         + ", ".join(f"{d} {v:.1f}" for d, v in sorted(data_means.items()))
@@ -294,7 +289,7 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
             "|---|---:|---:|---:|",
         ]
         for d, scores in sorted(qop.items()):
-            lines.append(f"| {d} | {np.mean(ipd[d]):.1f} | {np.mean(scores):.1f} | {len(scores)} |")
+            lines.append(f"| {d} | {ipd[d][0]:.1f} | {np.mean(scores):.1f} | {len(scores)} |")
     lines += [
         "",
         f"Recorded: {len(done)} of the {planned_runs} planned runs ({len(DATASETS)} datasets x "

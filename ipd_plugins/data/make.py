@@ -28,6 +28,7 @@ one batched actor call per step.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -313,14 +313,11 @@ def generate(
     else:
         parts = _parts(spec, n_steps, seed)
 
-    def make_env() -> gym.Env:
-        return envs.make_env(spec.env_id)
-
     results: list[RolloutResult] = []
     for i, (policy, steps, _label) in enumerate(parts):
         results.append(
             rollout_episodes(
-                make_env,
+                functools.partial(envs.make_env, spec.env_id),
                 policy,
                 n_steps=int(steps),
                 n_envs=n_envs,
