@@ -117,6 +117,77 @@ def test_actions_outside_the_space(toy_dataset):
     np.testing.assert_array_equal(np.delete(clipped, 3, 0), np.delete(act, 3, 0))
 
 
+@pytest.mark.parametrize("key", ["terminations", "truncations"])
+def test_flags_must_be_0_or_1(toy_dataset, key):
+    flags = getattr(toy_dataset, key).astype(np.float64)
+    flags[6] = np.nan  # used to become a termination
+    with pytest.raises(DatasetError, match=rf"{key}: 1 NaN value\(s\), first at step 6"):
+        _build(toy_dataset, **{key: flags})
+    flags[6] = 0.5
+    with pytest.raises(DatasetError, match=rf"{key}: 1 value\(s\) neither 0 nor 1.*value 0.5"):
+        _build(toy_dataset, **{key: flags})
+    flags[6] = 1.0
+    np.testing.assert_array_equal(getattr(_build(toy_dataset, **{key: flags}), key), flags == 1)
+
+
+def test_no_silent_casts(toy_dataset):
+    obs = toy_dataset.observations.astype(np.float64)
+    obs[3, 2] = 1e300  # finite in float64, inf in float32
+    with pytest.raises(DatasetError, match=r"observations: 1 value\(s\) too large for float32"):
+        _build(toy_dataset, observations=obs)
+    with pytest.raises(
+        DatasetError, match=r"episode_lengths: 2 value\(s\) that are not whole.*episode 1"
+    ):
+        _build(toy_dataset, episode_lengths=np.array([5.0, 2.5, 4.5]))
+    np.testing.assert_array_equal(
+        _build(toy_dataset, episode_lengths=np.array([5.0, 3.0, 4.0])).episode_lengths, [5, 3, 4]
+    )
+    with pytest.raises(DatasetError, match="rewards: dtype <U1 is not a real number type"):
+        _build(toy_dataset, rewards=np.array(["a"] * N))
+    arrays = _arrays(toy_dataset)
+    del arrays["truncations"]
+    with pytest.raises(DatasetError, match="truncations: missing"):
+        TrajectoryDataset.from_arrays(arrays, toy_dataset.episode_lengths)
+    with pytest.raises(DatasetError, match="observations: dim 0"):
+        _build(toy_dataset, observations=np.zeros((N, 0)), next_observations=np.zeros((N, 0)))
+
+
+def test_validate_does_not_import_the_dataset_module():
+    import subprocess
+    import sys
+
+    # stub the package so its __init__ (which imports every module) does not run
+    code = """
+import pathlib, sys, types
+import ipd_plugins
+pkg = types.ModuleType("ipd_plugins.data")
+pkg.__path__ = [str(pathlib.Path(ipd_plugins.__file__).parent / "data")]
+sys.modules["ipd_plugins.data"] = pkg
+import ipd_plugins.data.validate
+assert "ipd_plugins.data.dataset" not in sys.modules, "validate imports dataset"
+from ipd_plugins.data.dataset import DatasetError, TrajectoryDataset
+from ipd_plugins.data.errors import DatasetError as Same
+assert DatasetError is Same
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    from ipd_plugins.data import DatasetError as Exported
+    from ipd_plugins.data.errors import DatasetError as Own
+
+    assert Exported is Own is DatasetError
+
+
+@pytest.mark.parametrize("key", ["terminals", "timeouts"])
+def test_hdf5_nan_in_a_flag_names_it(tmp_path, toy_dataset, key):
+    arrays = _d4rl_arrays(toy_dataset)
+    flags = arrays[key].astype(np.float64)
+    flags[2] = np.nan
+    path = tmp_path / "nan.hdf5"
+    _write_h5(path, {**arrays, key: flags})
+    with pytest.raises(DatasetError, match=rf"nan.hdf5: {key}: 1 NaN value\(s\), first at step 2"):
+        from_d4rl_hdf5(path)
+
+
 # -- loaders: missing keys, bad arrays and bounds name the file -----------------------------
 def _write_h5(path, arrays, **attrs):
     with h5py.File(path, "w") as f:
@@ -136,7 +207,7 @@ def _d4rl_arrays(ds):
     }
 
 
-@pytest.mark.parametrize("missing", ["observations", "actions", "rewards", "terminals", "timeouts"])
+@pytest.mark.parametrize("missing", ["observations", "actions", "rewards"])
 def test_hdf5_missing_key(tmp_path, toy_dataset, missing):
     arrays = _d4rl_arrays(toy_dataset)
     del arrays[missing]

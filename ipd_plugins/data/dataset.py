@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from ipd_plugins.data.errors import DatasetError
+from ipd_plugins.data.validate import as_flags, validate_dataset
+
 __all__ = ["TrajectoryDataset", "Episode", "DatasetError"]
-
-
-class DatasetError(ValueError):
-    """A dataset is malformed; the message names the field and the problem."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,6 @@ class TrajectoryDataset:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from ipd_plugins.data.validate import validate_dataset
-
         validate_dataset(self)
 
     # -- sizes ---------------------------------------------------------------------------
@@ -194,9 +191,15 @@ class TrajectoryDataset:
             "terminations",
             "truncations",
         }
-        extras = {k: np.concatenate(v) for k, v in cols.items() if k not in core}
+        joined = {}
+        for key, parts in cols.items():
+            try:
+                joined[key] = np.concatenate(parts)
+            except ValueError as err:  # e.g. episodes with different observation dims
+                raise DatasetError(f"{key}: the episodes do not fit together ({err})") from None
+        extras = {k: v for k, v in joined.items() if k not in core}
         return cls.from_arrays(
-            {k: np.concatenate(cols[k]) for k in core},
+            {k: joined[k] for k in core},
             np.asarray(lengths, np.int64),
             extras=extras,
             **meta,
@@ -206,15 +209,26 @@ class TrajectoryDataset:
     def from_arrays(
         cls, arrays: dict[str, np.ndarray], episode_lengths: np.ndarray, **meta: Any
     ) -> TrajectoryDataset:
-        """Build from flat arrays with the standard dtypes (float32 / bool / int64)."""
+        """Build from flat arrays, cast to the standard dtypes (float32 / bool / int64).
+
+        Nothing changes without a word: a missing field, a non-numeric dtype, a value too large
+        for float32, a flag that is not 0/1 (a NaN included) and a non-integer episode length
+        are errors naming the field. (N, 1) rewards and flags and (N,) actions are reshaped.
+        """
+
+        def get(key: str) -> Any:
+            if key not in arrays:
+                raise DatasetError(f"{key}: missing (from_arrays needs {', '.join(_CORE)})")
+            return arrays[key]
+
         return cls(
-            observations=np.ascontiguousarray(arrays["observations"], np.float32),
-            actions=_2d(np.ascontiguousarray(arrays["actions"], np.float32)),
-            rewards=_1d(np.ascontiguousarray(arrays["rewards"], np.float32)),
-            next_observations=np.ascontiguousarray(arrays["next_observations"], np.float32),
-            terminations=_1d(np.asarray(arrays["terminations"]).astype(bool)),
-            truncations=_1d(np.asarray(arrays["truncations"]).astype(bool)),
-            episode_lengths=np.asarray(episode_lengths, np.int64),
+            observations=_floats(get("observations"), "observations"),
+            actions=_2d(_floats(get("actions"), "actions")),
+            rewards=_1d(_floats(get("rewards"), "rewards")),
+            next_observations=_floats(get("next_observations"), "next_observations"),
+            terminations=_1d(as_flags(_array(get("terminations"), "terminations"), "terminations")),
+            truncations=_1d(as_flags(_array(get("truncations"), "truncations"), "truncations")),
+            episode_lengths=_lengths(episode_lengths),
             **meta,
         )
 
@@ -304,12 +318,24 @@ class TrajectoryDataset:
         return h.hexdigest()[:16]
 
     def summary(self) -> dict[str, Any]:
-        """Sizes and return statistics (what ``ipd data info`` prints)."""
+        """Sizes and return statistics (what ``ipd data info`` prints).
+
+        In an augmented dataset (``extras["imagined"]``) an episode with an imagined step is an
+        imagined segment: ``episodes`` and the return statistics cover the real episodes only
+        (``returns_of`` says so), ``imagined_segments`` and ``imagined_steps`` count the rest;
+        ``steps`` counts every row. A dataset of segments only reports their returns.
+        """
         returns = self.episode_returns()
+        imagined = self.extras.get("imagined")
+        segment = np.zeros(self.n_episodes, bool)
+        if imagined is not None:
+            segment = np.logical_or.reduceat(np.asarray(imagined, bool), self.episode_starts)
+        real = ~segment if (~segment).any() else np.ones_like(segment)
+        returns = returns[real]
         out: dict[str, Any] = {
             "name": self.name,
             "env_id": self.env_id,
-            "episodes": self.n_episodes,
+            "episodes": int(real.sum()),
             "steps": self.n_steps,
             "obs_dim": self.obs_dim,
             "act_dim": self.act_dim,
@@ -318,6 +344,12 @@ class TrajectoryDataset:
             "return_max": float(returns.max()),
             "terminations": int(self.terminations.sum()),
         }
+        if imagined is not None:
+            out.update(
+                imagined_segments=int(segment.sum()),
+                imagined_steps=int(np.asarray(imagined, bool).sum()),
+                returns_of="real episodes" if (~segment).any() else "imagined segments",
+            )
         if self.ref_min_score is not None and self.ref_max_score is not None:
             norm = self.normalized_score(returns)
             out.update(
@@ -326,6 +358,59 @@ class TrajectoryDataset:
                 normalized_max=float(norm.max()),
             )
         return out
+
+
+_CORE = (
+    "observations",
+    "actions",
+    "rewards",
+    "next_observations",
+    "terminations",
+    "truncations",
+)
+
+
+def _array(values: Any, key: str) -> np.ndarray:
+    try:
+        return np.asarray(values)
+    except (ValueError, TypeError) as err:  # ragged nested lists and the like
+        raise DatasetError(f"{key}: not a rectangular array ({err})") from None
+
+
+def _floats(values: Any, key: str) -> np.ndarray:
+    """float32 copy (or view) of ``values``; an error names ``key`` for a non-numeric dtype or
+    a finite value that float32 cannot hold."""
+    arr = _array(values, key)
+    if arr.dtype.kind not in "biuf":
+        raise DatasetError(f"{key}: dtype {arr.dtype} is not a real number type")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, np.float32)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        over = np.isfinite(arr) & ~np.isfinite(out)
+        if over.any():
+            first = tuple(int(i) for i in np.argwhere(over)[0])
+            raise DatasetError(
+                f"{key}: {int(over.sum())} value(s) too large for float32, first at step "
+                f"{first[0] if first else 0} (value {arr[first].item():g})"
+            )
+    return out
+
+
+def _lengths(values: Any) -> np.ndarray:
+    """int64 episode lengths; a fractional, non-finite or non-numeric length is an error."""
+    arr = _array(values, "episode_lengths")
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if not bad.any():
+            return arr.astype(np.int64)
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DatasetError(
+            f"episode_lengths: {int(bad.sum())} value(s) that are not whole numbers, first "
+            f"at episode {first[0] if first else 0} (value {arr[first].item():g})"
+        )
+    raise DatasetError(f"episode_lengths: dtype {arr.dtype} is not an integer type")
 
 
 def _2d(a: np.ndarray) -> np.ndarray:
