@@ -280,6 +280,122 @@ def test_hdf5_without_next_observations_follows_qlearning_dataset(tmp_path, make
     np.testing.assert_array_equal(back.next_observations[3], back.observations[3])
 
 
+# -- D4RL HDF5 files from other projects: each quirk loads with a note, or a clear error ----
+def _raw_h5(path, n=12, obs_dim=3, **fields):
+    """An HDF5 file with observations/actions/rewards and the given extra ``fields``."""
+    rng = np.random.default_rng(1)
+    with h5py.File(path, "w") as f:
+        f["observations"] = rng.normal(size=(n, obs_dim))
+        f["actions"] = rng.uniform(-1, 1, (n, 1))
+        f["rewards"] = rng.normal(size=n)
+        for key, value in fields.items():
+            f[key] = value
+    return path
+
+
+def test_hdf5_without_timeouts(tmp_path):
+    term = np.zeros(12, bool)
+    term[4] = True
+    path = _raw_h5(tmp_path / "noto.h5", terminals=term, next_observations=np.zeros((12, 3)))
+    with pytest.warns(UserWarning, match="no 'timeouts'.*end only at terminals and at the end"):
+        ds = from_d4rl_hdf5(path, env_id="Pendulum-v1")
+    np.testing.assert_array_equal(ds.episode_lengths, [5, 7])
+    assert not ds.truncations.any() and np.flatnonzero(ds.terminations).tolist() == [4]
+    with pytest.warns(UserWarning, match=r"after episode_length=3 steps .*3 such end"):
+        ds = from_d4rl_hdf5(path, env_id="Pendulum-v1", episode_length=3)
+    # a terminal restarts the count: 3 + 2 (terminal), then 3 + 3 + 1 (end of the file)
+    np.testing.assert_array_equal(ds.episode_lengths, [3, 2, 3, 3, 1])
+    np.testing.assert_array_equal(np.flatnonzero(ds.truncations), [2, 7, 10])
+
+
+def test_hdf5_without_terminals_and_timeouts(tmp_path):
+    path = _raw_h5(tmp_path / "dapg.hdf5", next_observations=np.zeros((12, 3)))
+    with pytest.raises(DatasetError) as err:
+        from_d4rl_hdf5(path, env_id="Pendulum-v1")
+    msg = str(err.value)
+    assert "neither 'terminals' nor 'timeouts'" in msg and "episode_length=N" in msg
+    with pytest.warns(UserWarning, match="no 'terminals' in the file: no step is taken as a term"):
+        ds = from_d4rl_hdf5(path, env_id="Pendulum-v1", episode_length=4)
+    np.testing.assert_array_equal(ds.episode_lengths, [4, 4, 4])
+    assert not ds.terminations.any() and np.flatnonzero(ds.truncations).tolist() == [3, 7, 11]
+    with pytest.raises(DatasetError, match="episode_length: must be a positive integer"):
+        from_d4rl_hdf5(path, episode_length=0)
+
+
+def test_hdf5_with_timeouts_only(tmp_path):
+    path = _raw_h5(tmp_path / "to.h5", timeouts=np.eye(12, dtype=bool)[5])
+    with pytest.warns(UserWarning, match="no 'terminals'"):
+        ds = from_d4rl_hdf5(path, env_id="Pendulum-v1")
+    # no next_observations: the last row of each episode is dropped (said in another note)
+    np.testing.assert_array_equal(ds.episode_lengths, [5, 5])
+    assert not ds.terminations.any()
+
+
+def test_hdf5_terminal_at_the_time_limit_warns(tmp_path):
+    n = 250  # Pendulum-v1's time limit is 200 steps
+    term = np.zeros(n, bool)
+    term[199] = True
+    path = _raw_h5(tmp_path / "limit.h5", n=n, terminals=term, timeouts=np.zeros(n, bool))
+    with pytest.warns(
+        UserWarning,
+        match=r"1 of 2 episode\(s\) end with a terminal at exactly "
+        r"step 200, Pendulum-v1's time limit: that looks like a time limit",
+    ):
+        ds = from_d4rl_hdf5(path, env_id="Pendulum-v1")
+    assert ds.terminations[199]  # kept as it is, only warned about
+
+
+def test_hdf5_float64_and_column_vectors(tmp_path, toy_dataset):
+    ds = toy_dataset
+    path = tmp_path / "f64.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"] = ds.observations.astype(np.float64) / 3
+        f["next_observations"] = ds.next_observations.astype(np.float64) / 3
+        f["actions"] = ds.actions.astype(np.float64)
+        f["rewards"] = ds.rewards.astype(np.float64)[:, None]  # (N, 1)
+        f["terminals"] = ds.terminations.astype(np.float64)[:, None]
+        f["timeouts"] = ds.truncations.astype(np.int64)[:, None]
+        f.attrs["env_id"] = "Pendulum-v1"
+    back = from_d4rl_hdf5(path)
+    np.testing.assert_array_equal(
+        back.observations, (ds.observations.astype(np.float64) / 3).astype(np.float32)
+    )
+    np.testing.assert_array_equal(back.rewards, ds.rewards)
+    np.testing.assert_array_equal(back.terminations, ds.terminations)
+    np.testing.assert_array_equal(back.truncations, ds.truncations)
+    np.testing.assert_array_equal(back.episode_lengths, ds.episode_lengths)
+    assert back.observations.dtype == np.float32 and back.rewards.shape == (12,)
+
+
+def test_hdf5_without_next_observations_says_what_it_kept(tmp_path, make_episodes):
+    eps = make_episodes(lengths=(4, 3), ends=("term", "term"))
+    ds = TrajectoryDataset.from_episodes(eps)
+    path = tmp_path / "terms.hdf5"
+    _write_d4rl(path, ds, next_obs=False, env_id="Pendulum-v1")
+    with pytest.warns(UserWarning, match=r"kept 2 terminal row\(s\).*own observation.*next_obs_"):
+        back = from_d4rl_hdf5(path)
+    np.testing.assert_array_equal(back.episode_lengths, [4, 3])  # nothing dropped
+    np.testing.assert_array_equal(np.flatnonzero(back.extras["next_obs_missing"]), [3, 6])
+
+
+# -- summaries of augmented datasets -------------------------------------------------------
+def test_summary_counts_imagined_segments_apart(toy_dataset):
+    # episodes 0 and 1 are real; episode 2 is a segment (a real prefix, then imagined steps)
+    imagined = np.zeros(12, bool)
+    imagined[9:] = True
+    rewards = np.r_[np.full(5, 10.0), np.full(3, 20.0), np.full(4, 100.0)].astype(np.float32)
+    ds = toy_dataset.replace(
+        rewards=rewards, extras={"imagined": imagined}, ref_min_score=0.0, ref_max_score=100.0
+    )
+    s = ds.summary()
+    assert (s["episodes"], s["imagined_segments"], s["imagined_steps"]) == (2, 1, 3)
+    assert (s["return_min"], s["return_mean"], s["return_max"]) == (50.0, 55.0, 60.0)
+    assert s["normalized_mean"] == pytest.approx(55.0) and s["returns_of"] == "real episodes"
+    assert s["steps"] == 12
+    plain = toy_dataset.summary()
+    assert plain["episodes"] == 3 and "imagined_segments" not in plain
+
+
 # -- npz ----------------------------------------------------------------------------------
 def test_npz_round_trip(tmp_path, toy_dataset):
     ds = toy_dataset.replace(
@@ -349,7 +465,7 @@ def test_load_dataset_picks_the_loader(tmp_path, minari_store, toy_dataset):
 
 
 def test_info_on_minari_hopper_dataset(minari_store, make_episodes):
-    from ipd_plugins.cli import main
+    from ipd_plugins.commands import main
 
     ds = _hopper_dataset(make_episodes)
     to_minari(ds, "mujoco/hop/tiny-v0")
@@ -374,7 +490,7 @@ def test_info_on_minari_hopper_dataset(minari_store, make_episodes):
 
 
 def test_info_on_hdf5_json(tmp_path, make_episodes):
-    from ipd_plugins.cli import main
+    from ipd_plugins.commands import main
 
     ds = _hopper_dataset(make_episodes, returns=(10.0, 50.0, 30.0))
     path = tmp_path / "hop.hdf5"
@@ -391,7 +507,7 @@ def test_info_on_hdf5_json(tmp_path, make_episodes):
 
 
 def test_info_without_reference_scores_and_unknown_source(tmp_path, minari_store, toy_dataset):
-    from ipd_plugins.cli import main
+    from ipd_plugins.commands import main
 
     no_refs = toy_dataset.replace(env_id=None, ref_min_score=None, ref_max_score=None)
     save_npz(no_refs, tmp_path / "t.npz")

@@ -24,7 +24,7 @@ import numpy as np
 
 from ipd_plugins.data import envs
 from ipd_plugins.data.dataset import DatasetError, TrajectoryDataset
-from ipd_plugins.data.validate import enforce_action_bounds, named_source
+from ipd_plugins.data.validate import conform_to_environment, named_source, resolve_environment
 
 if TYPE_CHECKING:
     import minari
@@ -135,11 +135,8 @@ def to_minari(
     buffers = _episode_buffers(ds)
     kwargs: dict[str, Any] = {}
     if envs.env_registered(ds.env_id):
-        env = envs.make_env(ds.env_id)
-        try:
-            obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
-        finally:
-            env.close()
+        spaces = envs.env_spaces(ds.env_id)  # built once per id (cached)
+        obs_shape, act_shape = (spaces.obs_dim,), (spaces.act_dim,)
         if obs_shape != (ds.obs_dim,) or act_shape != (ds.act_dim,):
             raise DatasetError(
                 f"env_id '{ds.env_id}' has observations {obs_shape} and actions {act_shape} but "
@@ -199,13 +196,18 @@ def _open(dataset: str | minari.MinariDataset) -> minari.MinariDataset:
 
 
 def from_minari(
-    dataset: str | minari.MinariDataset, *, clip_actions: bool = False
+    dataset: str | minari.MinariDataset,
+    *,
+    env_id: str | None = None,
+    clip_actions: bool = False,
 ) -> TrajectoryDataset:
     """Read a Minari dataset (an id in the local store, or an open ``MinariDataset``).
 
-    Each episode's ``T+1`` observations give its own s_t and s'_t. ``env_id`` comes from the
-    dataset's env spec, reference scores from its metadata (else the shipped D4RL table), the
-    action bounds from its Box action space. Actions outside that space are an error unless
+    Each episode's ``T+1`` observations give its own s_t and s'_t. ``env_id`` (else the
+    dataset's env spec) names the environment the dims and actions are checked against (a
+    given id overrides the spec's, with a warning when they differ); reference scores come
+    from the metadata (else the shipped D4RL table); the action bounds are the environment's,
+    else the dataset's Box action space. Actions outside are an error unless
     ``clip_actions=True``.
     """
     import gymnasium as gym
@@ -248,7 +250,8 @@ def from_minari(
     arrays = {k: np.concatenate(v) for k, v in cols.items() if not k.startswith("extra:")}
     extras = {k[6:]: np.concatenate(v) for k, v in cols.items() if k.startswith("extra:")}
 
-    env_id = mds.env_spec.id if mds.env_spec is not None else meta.get("ipd_env_id")
+    file_env_id = mds.env_spec.id if mds.env_spec is not None else meta.get("ipd_env_id")
+    env_id, spaces = resolve_environment(env_id, file_env_id, source)
     ref = (meta.get("ref_min_score"), meta.get("ref_max_score"))
     if ref[0] is None or ref[1] is None:
         ref = envs.ref_scores(env_id) or (None, None)
@@ -256,10 +259,16 @@ def from_minari(
     low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         low = high = None
-    arrays["actions"], _ = enforce_action_bounds(
-        arrays["actions"], low, high, clip_actions=clip_actions, source=source
-    )
     with named_source(source):
+        arrays["actions"], low, high = conform_to_environment(
+            arrays["observations"],
+            arrays["actions"],
+            env_id=env_id,
+            spaces=spaces,
+            declared=(low, high),
+            clip_actions=clip_actions,
+            source=source,
+        )
         return TrajectoryDataset.from_arrays(
             arrays,
             np.asarray(lengths, np.int64),

@@ -5,6 +5,10 @@ Layout: the arrays under their field names (``observations``, ``actions``, ``rew
 ``action_low``/``action_high``), each extra column as ``extras.<key>``, and the scalar metadata
 as a JSON string under ``meta_json``. Nothing is pickled: files load with
 ``allow_pickle=False``. Writes go to a temporary file that is renamed into place.
+
+Files written elsewhere load too when they hold the seven fields (``np.savez`` of plain
+arrays; ``meta_json`` and the bounds are optional). The environment (the file's ``env_id`` or
+the one passed in) supplies the dims and the action bounds the data is checked against.
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ import numpy as np
 
 from ipd_plugins.data import envs
 from ipd_plugins.data.dataset import DatasetError, TrajectoryDataset
-from ipd_plugins.data.validate import enforce_action_bounds, named_source, require_keys
+from ipd_plugins.data.validate import (
+    conform_to_environment,
+    named_source,
+    require_keys,
+    resolve_environment,
+)
 
 __all__ = ["save_npz", "load_npz", "NPZ_KEYS", "NPZ_FORMAT"]
 
@@ -67,11 +76,15 @@ def save_npz(ds: TrajectoryDataset, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_npz(path: str | os.PathLike, *, clip_actions: bool = False) -> TrajectoryDataset:
-    """Read a file written by :func:`save_npz` (``allow_pickle=False``).
+def load_npz(
+    path: str | os.PathLike, *, env_id: str | None = None, clip_actions: bool = False
+) -> TrajectoryDataset:
+    """Read an ipd ``.npz`` file (``allow_pickle=False``).
 
-    Missing fields are errors naming the key and the file; actions outside ``action_low``/
-    ``action_high`` are an error unless ``clip_actions=True``.
+    Missing fields are errors naming the key and the file. ``env_id`` overrides the file's
+    (warning when they differ); the dims are checked against that environment's spaces and the
+    actions against its action space (else against ``action_low``/``action_high`` stored in
+    the file): outside it is an error unless ``clip_actions=True``.
     """
     path = Path(path)
     src = str(path)
@@ -80,23 +93,30 @@ def load_npz(path: str | os.PathLike, *, clip_actions: bool = False) -> Trajecto
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
         raise DatasetError(f"{src}: not a readable npz file without pickle ({err})") from None
     require_keys(data, NPZ_KEYS, src, "an ipd npz file")
-    meta = {}
-    if "meta_json" in data:
-        meta = json.loads(str(data["meta_json"]))
-    env_id = meta.get("env_id")
+    meta = _meta(data, src)
+    env_id, spaces = resolve_environment(env_id, meta.get("env_id"), src)
     ref = (meta.get("ref_min_score"), meta.get("ref_max_score"))
     if ref[0] is None or ref[1] is None:
         ref = envs.ref_scores(env_id) or (None, None)
-    low, high = data.get("action_low"), data.get("action_high")
     arrays = {k: data[k] for k in NPZ_KEYS if k != "episode_lengths"}
-    if arrays["actions"].ndim == 2:
-        arrays["actions"], _ = enforce_action_bounds(
-            arrays["actions"], low, high, clip_actions=clip_actions, source=src
-        )
+    if arrays["actions"].ndim == 1:
+        arrays["actions"] = arrays["actions"].reshape(-1, 1)
     with named_source(src):
+        for key in ("observations", "actions"):
+            if arrays[key].dtype.kind not in "biuf":
+                raise DatasetError(f"{key}: dtype {arrays[key].dtype} is not a real number type")
+        arrays["actions"], low, high = conform_to_environment(
+            arrays["observations"],
+            arrays["actions"],
+            env_id=env_id,
+            spaces=spaces,
+            declared=(data.get("action_low"), data.get("action_high")),
+            clip_actions=clip_actions,
+            source=src,
+        )
         return TrajectoryDataset.from_arrays(
             arrays,
             data["episode_lengths"],
@@ -108,3 +128,16 @@ def load_npz(path: str | os.PathLike, *, clip_actions: bool = False) -> Trajecto
             action_high=high,
             extras={k[len(_EXTRA) :]: v for k, v in data.items() if k.startswith(_EXTRA)},
         )
+
+
+def _meta(data: dict[str, np.ndarray], src: str) -> dict:
+    """The ``meta_json`` entry as a dict ({} without one); a malformed one is an error."""
+    if "meta_json" not in data:
+        return {}
+    try:
+        meta = json.loads(str(data["meta_json"]))
+    except ValueError as err:
+        raise DatasetError(f"{src}: meta_json is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{src}: meta_json is not a JSON object")
+    return meta
