@@ -132,6 +132,13 @@ def enforce_action_bounds(
     if low is None or high is None:
         return actions, 0
     actions = np.asarray(actions)
+    if actions.dtype.kind == "f":
+        bad = ~np.isfinite(actions)
+        if bad.any():  # never clipped into the space: inf is not a large action
+            raise DatasetError(
+                f"{source}: actions: {int(bad.sum())} NaN/inf value(s), first at step "
+                f"{int(np.argwhere(bad)[0][0])}"
+            )
     low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
     if actions.ndim != 2 or actions.shape[1:] != low.shape or low.shape != high.shape:
         raise DatasetError(
