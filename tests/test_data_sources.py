@@ -74,7 +74,7 @@ def hopper_file(request, tmp_path):
 
 def test_named_environment_checks_the_actions(hopper_file):
     path, arrays = hopper_file
-    with pytest.warns(UserWarning, match="no environment named"):
+    with pytest.warns(UserWarning, match="no environment: the data names none"):
         unchecked = load_dataset(path)  # nothing to check against: loaded as it is
     assert unchecked.env_id is None and unchecked.actions.max() == pytest.approx(5.1)
     with pytest.raises(DatasetError) as err:

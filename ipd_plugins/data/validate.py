@@ -195,18 +195,25 @@ def as_flags(values: np.ndarray, key: str) -> np.ndarray:
     if arr.dtype.kind == "f":
         nan = np.isnan(arr)
         if nan.any():
+            first = _first(nan)
             raise DatasetError(
-                f"{key}: {int(nan.sum())} NaN value(s), first at step "
-                f"{int(np.argwhere(nan)[0][0])}; a flag must be 0/1 (or true/false)"
+                f"{key}: {int(nan.sum())} NaN value(s), first at step {first[0] if first else 0}"
+                "; a flag must be 0/1 (or true/false)"
             )
     odd = (arr != 0) & (arr != 1)
     if odd.any():
-        first = tuple(int(i) for i in np.argwhere(odd)[0])
+        first = _first(odd)
         raise DatasetError(
-            f"{key}: {int(odd.sum())} value(s) neither 0 nor 1, first at step {first[0]} "
-            f"(value {arr[first].item():g}); a flag must be 0/1 (or true/false)"
+            f"{key}: {int(odd.sum())} value(s) neither 0 nor 1, first at step "
+            f"{first[0] if first else 0} (value {arr[first].item():g}); a flag must be 0/1 "
+            "(or true/false)"
         )
     return arr.astype(bool)
+
+
+def _first(mask: np.ndarray) -> tuple[int, ...]:
+    """Index of the first True of ``mask`` (``()`` for a 0-d mask)."""
+    return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
 def resolve_environment(
@@ -232,9 +239,9 @@ def resolve_environment(
         return env_id, envs.env_spaces(env_id)
     if file_env_id is None:
         warnings.warn(
-            f"{source}: no environment named (the data names none): the dims and the action "
-            "bounds are not checked against one and there are no reference scores unless the "
-            "data has its own; name it with env_id (--env)",
+            f"{source}: no environment: the data names none and none was given, so its dims "
+            "and action bounds are not checked against one, and there are no reference scores "
+            "unless the data has its own; name one with env_id (--env)",
             stacklevel=3,
         )
         return None, None
