@@ -28,17 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
-
 __all__ = [
     "Variant",
     "planner_variants",
     "n_aug_variants",
     "rtg_variants",
     "parse_targets",
+    "ablation_cells",
     "run_ablation",
     "AblationResult",
-    "ablate",
 ]
 
 KINDS = ("planner", "n-aug", "rtg")
@@ -113,49 +111,62 @@ def _merge(base: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]) ->
     return out
 
 
+def ablation_cells(
+    variants: Sequence[Variant],
+    run: dict[str, Any],
+    seeds: Sequence[int | None],
+    overrides: Sequence[str] = (),
+) -> list[tuple[Variant, Any]]:
+    """Every (variant, resolved run config) of the grid, seed-major, every option checked.
+
+    ``run`` holds :class:`~ipd_plugins.run_config.RunSettings` values (None: the default).
+    """
+    from ipd_plugins.run_config import parse_overrides, resolve_config
+
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"two variants share a label: {labels}")
+    if not seeds:
+        raise ValueError("no seeds given")
+    user = parse_overrides(list(overrides))
+    return [
+        (v, resolve_config(components=v.components, run={**run, "seed": s}, overrides=o))
+        for s in seeds
+        for v, o in ((v, _merge(user, v.overrides)) for v in variants)
+    ]
+
+
 def run_ablation(
     kind: str,
-    variants: Sequence[Variant],
-    dataset: str | None,
-    seeds: Sequence[int],
-    profile: str | None = None,
-    out_dir: str | None = None,
-    overrides: Sequence[str] = (),
+    cells: Sequence[tuple[Variant, Any]],
     echo: Callable[[str], None] = print,
     progress: bool = False,
     reps: int = 2000,
 ) -> AblationResult:
-    """Run every variant for every seed (seed-major: the cache reuses value + world model),
-    label the results, and write the comparison table and plot."""
+    """Run every cell of :func:`ablation_cells` (seed-major: the cache reuses value + world
+    model), label the results, and write the comparison table and plot."""
     from ipd_plugins.compare import bar_chart, line_chart, load_records, summarise, to_markdown
-    from ipd_plugins.runner import Pipeline, parse_overrides, resolve_config, write_json
+    from ipd_plugins.files import write_json
+    from ipd_plugins.pipeline import run_pipeline
 
     if kind not in KINDS:
         raise ValueError(f"unknown ablation '{kind}'; ablations: {', '.join(KINDS)}")
+    variants = list({v.label: v for v, _ in cells}.values())
     labels = [v.label for v in variants]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"ablation '{kind}': two variants share a label: {labels}")
-    user = parse_overrides(list(overrides))
     run_dirs: list[Path] = []
     settings = None
-    for seed in seeds:
-        for v in variants:
-            cfg = resolve_config(
-                components=v.components,
-                run={"dataset": dataset, "seed": seed, "profile": profile, "out_dir": out_dir},
-                overrides=_merge(user, v.overrides),
-            )
-            settings = cfg.run
-            path = cfg.run_dir / "results.json"
-            if path.exists():
-                echo(f"[ablate {kind}] {v.label}, seed {seed}: finished earlier ({cfg.run_dir})")
-            else:
-                echo(f"[ablate {kind}] {v.label}, seed {seed} -> {cfg.run_dir}")
-                Pipeline(cfg, echo=echo, progress=progress).run()
-            results = json.loads(path.read_text())
-            results.update(label=v.label, ablation={"kind": kind, "x": v.x})
-            write_json(path, results)
-            run_dirs.append(cfg.run_dir)
+    for v, cfg in cells:
+        settings, seed = cfg.run, cfg.run.seed
+        path = cfg.run_dir / "results.json"
+        if path.exists():
+            echo(f"[ablate {kind}] {v.label}, seed {seed}: finished earlier ({cfg.run_dir})")
+        else:
+            echo(f"[ablate {kind}] {v.label}, seed {seed} -> {cfg.run_dir}")
+            run_pipeline(cfg, echo=echo, progress=progress)
+        results = json.loads(path.read_text())
+        results.update(label=v.label, ablation={"kind": kind, "x": v.x})
+        write_json(path, results)
+        run_dirs.append(cfg.run_dir)
     assert settings is not None, "no seeds given"
     cmp = summarise(load_records(run_dirs), reps=reps, order=labels)
     slug = settings.dataset.replace("/", "_").replace(".", "_").strip("_")
@@ -175,118 +186,3 @@ def run_ablation(
     else:
         bar_chart(cmp, png, title=titles[kind])
     return AblationResult(md, png, run_dirs, cmp)
-
-
-# -- `ipd ablate` ------------------------------------------------------------------------------
-def _common(f: Callable) -> Callable:
-    opts = [
-        click.option("--dataset", help="dataset source (default: the profile's)"),
-        click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds"),
-        click.option(
-            "--profile",
-            type=click.Choice(["quick", "default", "paper"]),
-            help="step counts and sizes (default quick)",
-        ),
-        click.option("--out", "out_dir", help="run folders + stage cache (default runs)"),
-        click.option(
-            "--set",
-            "overrides",
-            multiple=True,
-            metavar="SECTION.KEY=VALUE",
-            help="extra overrides for every variant, e.g. --set run.threads=2",
-        ),
-        click.option(
-            "--reps",
-            type=int,
-            default=2000,
-            show_default=True,
-            help="bootstrap replicates for the IQM CI",
-        ),
-        click.option("--quiet", is_flag=True, help="no progress bars"),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-def _echo(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
-def _finish(kind, variants, dataset, seeds, profile, out_dir, overrides, quiet, reps) -> None:
-    from ipd_plugins.run_cli import parse_seeds
-
-    try:
-        seed_list = parse_seeds(None, seeds)
-        res = run_ablation(
-            kind, variants, dataset, seed_list, profile, out_dir, overrides, _echo, not quiet, reps
-        )
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        raise click.UsageError(str(err.args[0] if isinstance(err, KeyError) else err)) from err
-    click.echo(res.markdown.read_text())
-    click.echo(f"wrote {res.markdown} and {res.plot}", err=True)
-
-
-@click.group()
-def ablate() -> None:
-    """The paper's ablations as one command each: planner, n-aug, rtg (paper section 4.3).
-
-    Every variant is an `ipd run` in its own run folder; variants run seed by seed so the stage
-    cache trains the value function and world model once per seed. Finished variants are not
-    re-run. The table (D4RL-normalised x100, last checkpoint, mean ± std over seeds, IQM with a
-    bootstrap CI) and a plot go to <out>/ablations/<kind>__<dataset>.md/.png.
-
-    \b
-    Examples:
-      ipd ablate planner --dataset walker2d-medium-replay --seeds 0,1,2 --profile default
-      ipd ablate n-aug --dataset hopper-medium --values 0,0.5,1,2
-      ipd ablate rtg --dataset halfcheetah-medium-replay --targets 0.5x,1x,1.5x,6000
-    """
-
-
-@ablate.command("planner")
-@_common
-def ablate_planner(dataset, seeds, profile, out_dir, overrides, reps, quiet) -> None:
-    """MPC vs greedy imaginary augmentation (paper fig. 2)."""
-    _finish("planner", planner_variants(), dataset, seeds, profile, out_dir, overrides, quiet, reps)
-
-
-@ablate.command("n-aug")
-@_common
-@click.option(
-    "--values",
-    default="0,0.5,1,2",
-    show_default=True,
-    help="N_aug values (eq. 21; 0 = no augmentation)",
-)
-def ablate_n_aug(dataset, seeds, profile, out_dir, overrides, reps, quiet, values) -> None:
-    """Augmentation volume N_aug vs score (the scaling claim; a line plot)."""
-    try:
-        vals = [float(v) for v in values.split(",") if v.strip()]
-        variants = n_aug_variants(vals)
-    except ValueError as err:
-        raise click.UsageError(f"--values: {err}") from err
-    _finish("n-aug", variants, dataset, seeds, profile, out_dir, overrides, quiet, reps)
-
-
-@ablate.command("rtg")
-@_common
-@click.option(
-    "--targets",
-    default="0.5x,1x,1.5x",
-    show_default=True,
-    help="return-to-go targets of the dt policy: returns, or Fx = min + F (max - min) of the "
-    "dataset's episode returns",
-)
-def ablate_rtg(dataset, seeds, profile, out_dir, overrides, reps, quiet, targets) -> None:
-    """V(s) conditioning (ipd-dt) vs hand-set return-to-go targets (dt) (paper fig. 3)."""
-    from ipd_plugins.profiles import DEFAULT_DATASET
-    from ipd_plugins.runner import resolve_dataset
-
-    try:
-        source = dataset or DEFAULT_DATASET[profile or "quick"]
-        returns = resolve_dataset(source, echo=_echo).episode_returns()
-        variants = rtg_variants(parse_targets(targets, returns))
-    except (ValueError, FileNotFoundError) as err:
-        raise click.UsageError(str(err)) from err
-    _finish("rtg", variants, source, seeds, profile, out_dir, overrides, quiet, reps)

@@ -7,7 +7,8 @@
    has it: we use it everywhere so the two returns are n-step returns of the same kind). Per
    trajectory the top K = min(floor(N_aug |tau| / H_I), #candidates) states are selected.
 2. **Rollout** (Alg. 1). From every selected state, H_I planner steps in the world model; a
-   step is kept only while U(s, a) < kappa (eq. 12) and the rollout ends at a predicted
+   step is kept only while U(s, a) < kappa (eq. 12, kappa from
+   :mod:`ipd_plugins.uncertainty.reliable`) and the rollout ends at a predicted
    termination. Each rollout with at least one kept step becomes a new trajectory: the real
    H_con steps before s_t followed by the imagined steps (rewards from the reward model).
 
@@ -36,7 +37,6 @@ __all__ = [
     "AugmentConfig",
     "AugmentResult",
     "augment",
-    "calibrate_kappa",
     "candidate_states",
     "select_top_k",
 ]
@@ -58,7 +58,6 @@ class AugmentConfig:
     context: int = 10  # H_con (table 3)
     gamma: float = 0.99  # discount in eq. 17-18
     chunk_size: int = 4096  # states per batched chunk; larger is faster until memory runs out
-    calibration_pairs: int = 50_000  # dataset (s, a) pairs used to choose kappa
     require_improvement: bool = False  # keep only states with R_imagine > R_real (paper: off)
     max_episodes: int | None = None  # augment a random subset of episodes (CPU budget); None: all
 
@@ -66,7 +65,19 @@ class AugmentConfig:
         if self.n_aug < 0:
             raise ValueError(f"augment.n_aug must be >= 0, got {self.n_aug}")
         if self.horizon < 1 or self.context < 0:
-            raise ValueError("augment.horizon must be >= 1 and augment.context >= 0")
+            raise ValueError(
+                f"augment.horizon must be >= 1 and augment.context >= 0, got {self.horizon} "
+                f"and {self.context}"
+            )
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"augment.gamma must be in (0, 1], got {self.gamma}")
+        if self.chunk_size < 1:
+            raise ValueError(f"augment.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.max_episodes is not None and self.max_episodes < 1:
+            raise ValueError(
+                f"augment.max_episodes must be >= 1 (or none: every episode), "
+                f"got {self.max_episodes}"
+            )
 
 
 @dataclass
@@ -78,35 +89,6 @@ class AugmentResult:
 
 def _t(x: np.ndarray, device: str) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x, np.float32), device=device)
-
-
-# -- kappa ---------------------------------------------------------------------------------
-@torch.inference_mode()
-def calibrate_kappa(
-    dataset: TrajectoryDataset,
-    world_model: WorldModel,
-    uncertainty: UncertaintyMetric,
-    n_pairs: int = 50_000,
-    chunk_size: int = 8192,
-    seed: int = 0,
-    device: str = "cpu",
-) -> tuple[float, dict[str, float]]:
-    """kappa from U(s, a) on (a random subset of) the dataset's own pairs, and U's percentiles."""
-    rng = np.random.default_rng(seed)
-    n = min(n_pairs, dataset.n_steps)
-    idx = np.sort(rng.choice(dataset.n_steps, n, replace=False))
-    us = []
-    for lo in range(0, n, chunk_size):
-        rows = idx[lo : lo + chunk_size]
-        step = world_model.step(
-            _t(dataset.observations[rows], device), _t(dataset.actions[rows], device)
-        )
-        us.append(uncertainty(step.member_mean, step.member_var).float().cpu())
-    u = torch.cat(us)
-    kappa = float(uncertainty.calibrate(u))
-    q = torch.quantile(u, torch.tensor([0.5, 0.9, 0.99]))
-    stats = {"u_p50": float(q[0]), "u_p90": float(q[1]), "u_p99": float(q[2]), "kappa": kappa}
-    return kappa, stats
 
 
 # -- identification (eq. 17-22) -------------------------------------------------------------
@@ -315,7 +297,7 @@ def _rollout(
         a = planner.plan(s, ctx)
         step = ctx.world_model.step(s, a, generator=ctx.generator)
         simulated += len(active)
-        ok = ctx.uncertainty(step.member_mean, step.member_var) < ctx.kappa
+        ok = ctx.reliable(step)
         if act is None:
             act = torch.zeros(h, n_rows, a.shape[1], device=device)
         keep = active[ok]

@@ -10,4 +10,5 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ipd_plugins.world_models.pe",
     "ipd_plugins.uncertainty.gjs",
     "ipd_plugins.uncertainty.alternatives",
+    "ipd_plugins.baselines.configs",
 )

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 __all__ = [
@@ -45,7 +44,6 @@ __all__ = [
     "line_chart",
     "dataset_label",
     "method_label",
-    "compare",
 ]
 
 NOTE = (
@@ -130,7 +128,7 @@ def dataset_label(dataset: dict[str, Any]) -> str:
 
 def method_label(results: dict[str, Any]) -> str:
     """The results' ``label``/``method``, else ``ipd`` or ``ipd[kind=name,...]``."""
-    from ipd_plugins.runner import DEFAULT_COMPONENTS
+    from ipd_plugins.run_config import DEFAULT_COMPONENTS
 
     for key in ("label", "method"):
         if results.get(key):
@@ -359,50 +357,3 @@ def line_chart(
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-# -- `ipd compare` -------------------------------------------------------------------------
-@click.command("compare")
-@click.argument("runs", nargs=-1, required=True)
-@click.option(
-    "--out",
-    "out_file",
-    default="compare.md",
-    show_default=True,
-    help="Markdown file to write; the bar chart goes next to it as .png",
-)
-@click.option(
-    "--actor",
-    type=click.Choice(["policy", "qop"]),
-    default="policy",
-    show_default=True,
-    help="which actor's score: the final policy, or IPD's value learner's own pi_QOP",
-)
-@click.option("--reps", type=int, default=2000, show_default=True, help="bootstrap replicates")
-@click.option("--seed", type=int, default=0, show_default=True, help="bootstrap seed")
-@click.option("--title", default="Scores", show_default=True)
-def compare(runs, out_file, actor, reps, seed, title) -> None:
-    """Table of normalised scores of finished runs: per dataset and method, and IQM with CIs.
-
-    RUNS are run folders, seed folders, whole --out folders or globs (quote them to let ipd
-    expand them), from `ipd run` and `ipd baseline` alike. Scores are D4RL-normalised x100 of
-    the last checkpoint; per dataset the mean ± std over seeds, per method the interquartile
-    mean over all its runs with a 95% stratified bootstrap CI (rliable's recommendation).
-
-    \b
-    Examples:
-      ipd compare runs/                       # everything under runs/
-      ipd compare 'runs/hopper-medium__*' --out hopper.md
-    """
-    try:
-        records = load_records(runs, actor=actor)
-        cmp = summarise(records, reps=reps, seed=seed, order=["ipd"])
-    except (FileNotFoundError, ValueError) as err:
-        raise click.UsageError(str(err)) from err
-    text = to_markdown(cmp, title)
-    click.echo(text)
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    bar_chart(cmp, out.with_suffix(".png"))
-    click.echo(f"wrote {out} and {out.with_suffix('.png')}", err=True)

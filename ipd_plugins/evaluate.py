@@ -22,7 +22,11 @@ import torch
 from ipd_plugins.data.envs import make_env
 from registry.protocols import Actor
 
-__all__ = ["EvalResult", "evaluate", "normalized_scores", "CallableActor"]
+__all__ = ["EvalResult", "evaluate", "score", "normalized_scores", "CallableActor", "EVAL_SEED"]
+
+#: Evaluation episodes of a run with seed k start from ``env.reset(seed=EVAL_SEED + k + i)``:
+#: the same episodes for every method trained with that seed, none of them a training seed.
+EVAL_SEED = 100_000
 
 
 def normalized_scores(returns: np.ndarray, ref_min: float, ref_max: float) -> np.ndarray:
@@ -182,3 +186,17 @@ def _run_wave(
                 running[j] = False
         actor.observe(torch.from_numpy(reward))
     return ret.tolist(), length.tolist()
+
+
+def score(actor: Actor, env_id: str, episodes: int, seed: int, dataset: Any = None) -> EvalResult:
+    """What every run reports: ``episodes`` of ``actor`` in ``env_id`` from the evaluation
+    seeds of training seed ``seed``, normalised with the dataset's reference scores (else the
+    shipped D4RL table's for ``env_id``)."""
+    from ipd_plugins.data.envs import ref_scores
+
+    refs = None
+    if dataset is not None and dataset.ref_min_score is not None:
+        if dataset.ref_max_score is not None:
+            refs = (dataset.ref_min_score, dataset.ref_max_score)
+    refs = refs or ref_scores(env_id)
+    return evaluate(actor, env_id, n_episodes=episodes, seed=EVAL_SEED + seed, ref_scores=refs)

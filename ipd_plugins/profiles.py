@@ -32,7 +32,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "run": {"eval_episodes": 5},
         "value": {"n_steps": 3_000, "hidden": 128},
         "world_model": {"n_steps": 2_000, "hidden": 128, "n_hidden": 2},
-        "augment": {"n_aug": 1.0, "calibration_pairs": 5_000},
+        "uncertainty": {"calibration_pairs": 5_000},
+        "augment": {"n_aug": 1.0},
         "policy": {
             "n_steps": 1_500,
             "n_layer": 2,

@@ -1,25 +1,21 @@
-"""Training plumbing shared by plugins: seeding, tensor-side sampling, safe resumable checkpoints.
+"""Training plumbing shared by plugins: seeding, tensor-side sampling, resumable checkpoints.
 
-Checkpoints hold only tensors and plain values and are read back with
-``torch.load(weights_only=True)``: a checkpoint file can never run code. Every write goes to a
-temporary file that is then renamed over the target, so a crash never leaves half a file.
+Checkpoints are written and read with :mod:`ipd_plugins.files` (atomic, weights-only).
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ipd_plugins.files import atomic_save, safe_load
+
 __all__ = [
     "seed_everything",
-    "atomic_save",
-    "safe_load",
     "Checkpointer",
     "TransitionSampler",
 ]
@@ -31,35 +27,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def safe_load(path: str | Path) -> Any:
-    """Load a file written by :func:`atomic_save` without unpickling arbitrary objects."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError for unsafe content
-        raise ValueError(
-            f"{path} is not a weights-only checkpoint (refusing to unpickle it): {err}"
-        ) from err
 
 
 def _rng_state() -> dict[str, Any]:

@@ -1,6 +1,14 @@
 """The ipd plugin system: hookspecs, the registry, component protocols and configs."""
 
-from registry.config import KINDS, ComponentConfig, added_later, config_hash, identity_dict
+from registry.config import (
+    ALL_KINDS,
+    KINDS,
+    ComponentConfig,
+    added_later,
+    config_hash,
+    identity_dict,
+    renamed,
+)
 from registry.hookspecs import hookimpl, hookspec
 from registry.manager import (
     PluginRegistry,
@@ -24,6 +32,7 @@ from registry.protocols import (
 )
 
 __all__ = [
+    "ALL_KINDS",
     "KINDS",
     "Actor",
     "BuildContext",
@@ -47,4 +56,5 @@ __all__ = [
     "hookspec",
     "identity_dict",
     "names",
+    "renamed",
 ]

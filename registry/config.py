@@ -20,9 +20,12 @@ from registry.protocols import BuildContext
 __all__ = [
     "ComponentConfig",
     "added_later",
+    "renamed",
+    "moved",
     "config_hash",
     "identity_dict",
     "KINDS",
+    "ALL_KINDS",
     "coerce_value",
     "dataclass_from_dict",
     "dataclass_to_dict",
@@ -30,8 +33,11 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: The component kinds, in pipeline order.
+#: The component kinds of IPD's pipeline, in pipeline order.
 KINDS: tuple[str, ...] = ("value", "world_model", "uncertainty", "planner", "policy")
+
+#: Every registered kind: the pipeline's, then the baselines ``ipd baseline`` runs.
+ALL_KINDS: tuple[str, ...] = (*KINDS, "baseline")
 
 
 @dataclasses.dataclass
@@ -39,7 +45,7 @@ class ComponentConfig(ABC):
     """Base of every plugin config.
 
     Subclasses are ``@dataclass`` es that set the class variables ``kind`` (one of
-    :data:`KINDS`) and ``name`` (the registry key used in the CLI and in run files), and
+    :data:`ALL_KINDS`) and ``name`` (the registry key used in the CLI and in run files), and
     implement :meth:`create`.
     """
 
@@ -50,6 +56,18 @@ class ComponentConfig(ABC):
     def create(self, ctx: BuildContext) -> Any:
         """Build the component for the spaces and device described by ``ctx``."""
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field when a value is out of its range.
+
+        Called when the config is made (so when a run config is resolved, before any stage
+        trains) and again before the component is built. Override it; the default accepts
+        everything.
+        """
+        return None
+
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain Python values (JSON/TOML friendly)."""
@@ -58,7 +76,9 @@ class ComponentConfig(ABC):
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None = None) -> ComponentConfig:
         """Build a config from ``values``; unknown keys fail with the list of valid ones."""
-        return dataclass_from_dict(cls, values, f"{cls.kind} '{cls.name}'")
+        config = dataclass_from_dict(cls, values, f"{cls.kind} '{cls.name}'")
+        config.validate()
+        return config
 
     def replace(self, **changes: Any) -> ComponentConfig:
         """A copy with ``changes`` applied (validated like :meth:`from_dict`)."""
@@ -74,6 +94,12 @@ def dataclass_from_dict(cls: type[T], values: dict[str, Any] | None, label: str)
     """
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for f in fields.values():  # old names of renamed fields (see `renamed`)
+        old = f.metadata.get(WAS)
+        if old is not None and old in values:
+            if f.name in values:
+                raise ValueError(f"{label}: give {f.name} or its old name {old}, not both")
+            values[f.name] = values.pop(old)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(
@@ -112,16 +138,49 @@ def added_later(default: Any, *, before: Any = _SAME) -> Any:
     )
 
 
+#: dataclass-field metadata key of :func:`renamed`: the field's old name
+WAS = "ipd_old_name"
+
+
+def renamed(default: Any, *, was: str) -> Any:
+    """Declare a config field renamed from ``was`` (a ``dataclasses.field``).
+
+    Config files, ``--set`` and saved run configs may still use the old name (it is read as
+    the new one), and :func:`identity_dict` hashes the field under its old name, so the rename
+    changes no run-folder name or stage-cache key::
+
+        tau: float = renamed(0.7, was="expectile")
+    """
+    return dataclasses.field(default=default, metadata={WAS: was})
+
+
+#: dataclass-field metadata key of :func:`moved`: the section whose hash the field belongs to
+HASHED_WITH = "ipd_hashed_with_section"
+
+
+def moved(default: Any, *, hashed_with: str) -> Any:
+    """Declare a config field that moved here from the section ``hashed_with``.
+
+    :func:`identity_dict` leaves it out; the run config hashes it with that section instead
+    (``RunConfig.hashed_sections``), so the move changes no run-folder name or cache key::
+
+        calibration_pairs: int = moved(50_000, hashed_with="augment")
+    """
+    return dataclasses.field(default=default, metadata={HASHED_WITH: hashed_with})
+
+
 def identity_dict(obj: Any) -> dict[str, Any]:
     """What makes dataclass ``obj`` the config it is: the values that are hashed.
 
     :func:`dataclass_to_dict` without the :func:`added_later` fields at their old-behaviour
-    value, so an old config and today's one at the same behaviour give the same dict.
+    value, so an old config and today's one at the same behaviour give the same dict; a
+    :func:`renamed` field appears under its old name.
     """
     return {
-        f.name: _plain(getattr(obj, f.name))
+        f.metadata.get(WAS, f.name): _plain(getattr(obj, f.name))
         for f in dataclasses.fields(obj)
         if not (BEFORE in f.metadata and getattr(obj, f.name) == f.metadata[BEFORE])
+        and HASHED_WITH not in f.metadata
     }
 
 
@@ -171,7 +230,10 @@ def coerce_value(value: Any, hint: Any, label: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
-            number = float(value)  # accepts "100000" and "1e5"
+            try:
+                number = float(value)  # accepts "100000" and "1e5"
+            except ValueError:
+                raise ValueError(f"{label}: expected an integer, got {value!r}") from None
             if not number.is_integer():
                 raise ValueError(f"{label}: expected an integer, got {value!r}")
             return int(number)
@@ -181,7 +243,10 @@ def coerce_value(value: Any, hint: Any, label: str) -> Any:
     if hint is float:
         if isinstance(value, bool):
             raise ValueError(f"{label}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{label}: expected a number, got {value!r}") from None
     if hint is str:
         if not isinstance(value, str):
             raise ValueError(f"{label}: expected a string, got {value!r}")

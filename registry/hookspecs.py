@@ -65,3 +65,12 @@ def ipd_register_policy() -> list[type[ComponentConfig]]:
 
     A sequence policy implements :class:`registry.protocols.SequencePolicy`.
     """
+
+
+@hookspec
+def ipd_register_baseline() -> list[type[ComponentConfig]]:
+    """Called when the registry is built; returns baseline config classes (``ipd baseline``).
+
+    A baseline config's ``create(ctx)`` returns a trainer with ``fit(dataset, work_dir, log)``,
+    ``actor()``, ``save(path)`` and ``load(path)`` (see ``ipd_plugins.baselines.trainer``).
+    """

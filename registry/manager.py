@@ -22,7 +22,7 @@ from typing import Any
 import pluggy
 
 from registry import hookspecs
-from registry.config import KINDS, ComponentConfig
+from registry.config import ALL_KINDS, ComponentConfig
 from registry.protocols import BuildContext
 
 __all__ = ["PluginRegistry", "Registration", "get_registry", "create", "names", "config_class"]
@@ -68,8 +68,8 @@ class PluginRegistry:
         return f"{dist.project_name} {dist.version}" if dist is not None else "built-in"
 
     def _collect(self) -> dict[str, dict[str, Registration]]:
-        by_kind: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
-        for kind in KINDS:
+        by_kind: dict[str, dict[str, Registration]] = {kind: {} for kind in ALL_KINDS}
+        for kind in ALL_KINDS:
             caller = getattr(self.pm.hook, f"ipd_register_{kind}")
             for impl in caller.get_hookimpls():
                 source = self._source(impl.plugin)
@@ -99,7 +99,7 @@ class PluginRegistry:
     # -- lookup ----------------------------------------------------------------------------
     def _table(self, kind: str) -> dict[str, Registration]:
         if kind not in self._by_kind:
-            raise KeyError(f"unknown component kind '{kind}'; kinds: {', '.join(KINDS)}")
+            raise KeyError(f"unknown component kind '{kind}'; kinds: {', '.join(ALL_KINDS)}")
         return self._by_kind[kind]
 
     def names(self, kind: str) -> list[str]:
@@ -126,6 +126,7 @@ class PluginRegistry:
         if isinstance(values, ComponentConfig):
             if not isinstance(values, cls):
                 raise TypeError(f"config {type(values).__name__} is not for {kind} '{name}'")
+            values.validate()
             return values
         return cls.from_dict(values)
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-if TYPE_CHECKING:
-    from ipd_plugins.data.dataset import TrajectoryDataset
+#: The in-memory dataset components train on (``ipd_plugins.data.TrajectoryDataset``); named
+#: here without importing it, so that ``registry`` depends on nothing of ``ipd_plugins``.
+TrajectoryDataset = Any
 
 __all__ = [
     "BuildContext",
@@ -134,6 +135,10 @@ class PlanningContext:
     uncertainty: UncertaintyMetric
     kappa: float
     generator: torch.Generator | None = None
+
+    def reliable(self, step: WorldModelStep) -> torch.Tensor:
+        """(B,) bool: the imagined step is in the reliable set U(s, a) < kappa (eq. 12)."""
+        return self.uncertainty(step.member_mean, step.member_var) < self.kappa
 
 
 @runtime_checkable

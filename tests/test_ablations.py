@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from tiny import TINY_IPD as TINY
 
 from ipd_plugins.ablations import n_aug_variants, parse_targets, rtg_variants
-from ipd_plugins.cli import main
+from ipd_plugins.commands import main
 
 
 def _invoke(*args: str, check: bool = True):
@@ -97,7 +97,7 @@ def test_rtg_ablation_compares_value_conditioning_with_hand_set_targets(store, t
     out = tmp_path / "runs"
     _ablate("rtg", out, "--seeds", "0", "--targets", "1x,-300", "--set", "augment.n_aug=0.5")
     runs = {r["label"]: r for r in _results(out)}
-    from ipd_plugins.runner import resolve_dataset
+    from ipd_plugins.data.sources import resolve_dataset
 
     best = float(resolve_dataset("pendulum-medium-replay").episode_returns().max())  # 1x
     assert set(runs) == {"V(s) ipd-dt", f"RTG={best:.4g}", "RTG=-300"}

@@ -10,17 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from ipd_plugins.augment import (
-    AugmentConfig,
-    augment,
-    calibrate_kappa,
-    candidate_states,
-    select_top_k,
-)
+from ipd_plugins.augment import AugmentConfig, augment, candidate_states, select_top_k
 from ipd_plugins.data import TrajectoryDataset
 from ipd_plugins.planners.greedy import GreedyConfig
 from ipd_plugins.planners.mpc import MPCConfig
 from ipd_plugins.returns import discounted_return
+from ipd_plugins.uncertainty.reliable import calibrate_kappa
 from registry import BuildContext, PlanningContext, WorldModelStep
 
 CTX = BuildContext(obs_dim=1, act_dim=1, act_low=(-1.0,), act_high=(1.0,))

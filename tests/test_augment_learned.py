@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from ipd_plugins.augment import AugmentConfig, augment, calibrate_kappa
+from ipd_plugins.augment import AugmentConfig, augment
 from ipd_plugins.data.make import generate
-from ipd_plugins.runner import context_for
+from ipd_plugins.pipeline import context_for
 from ipd_plugins.training import seed_everything
+from ipd_plugins.uncertainty.reliable import calibrate_kappa
 from registry import create
 
 H_CON = 10

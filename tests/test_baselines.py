@@ -11,13 +11,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from ipd_plugins.baselines import (
-    BASELINES,
-    D3rlpyBaseline,
-    DTBaselineConfig,
-    resolve_baseline,
-)
-from ipd_plugins.cli import main
+from ipd_plugins.baselines import D3rlpyBaseline, DTBaselineConfig, resolve_baseline
+from ipd_plugins.commands import main
+from registry import names
+
+BASELINES = names("baseline")
 
 TINY = [
     "baseline.n_steps=60",
@@ -75,8 +73,8 @@ def test_each_baseline_trains_and_is_scored_like_ipd_run(store, tmp_path, algo):
 
     # the saved weights, loaded into a fresh learner, act exactly as evaluated
     stages = json.loads((run_dir / "stages.json").read_text())
+    from ipd_plugins.data.sources import resolve_dataset
     from ipd_plugins.evaluate import evaluate
-    from ipd_plugins.runner import resolve_dataset
     from registry import BuildContext
 
     ds = resolve_dataset("pendulum-medium-replay")
@@ -103,14 +101,14 @@ def test_same_seed_same_result_and_the_cache_is_reused(store, tmp_path):
     assert ra["scores"]["policy"]["returns"] == rb["scores"]["policy"]["returns"]
     assert ra["train"]["critic_loss"] == rb["train"]["critic_loss"]
     log = _baseline("td3+bc", a).output
-    assert "[td3+bc] reusing" in log
+    assert "[baseline] reusing" in log
     again = json.loads((_seed_dir(a, "td3+bc") / "results.json").read_text())
     assert again["stage_reused"] == {"train": True}
     assert again["scores"]["policy"]["returns"] == ra["scores"]["policy"]["returns"]
 
 
 def test_interrupted_training_resumes_to_the_same_weights(store, tmp_path, monkeypatch):
-    import ipd_plugins.runner as runner
+    import ipd_plugins.stages as runner
 
     _baseline("iql", tmp_path / "a")
     ref = json.loads((_seed_dir(tmp_path / "a", "iql") / "results.json").read_text())
@@ -124,11 +122,11 @@ def test_interrupted_training_resumes_to_the_same_weights(store, tmp_path, monke
 
     monkeypatch.setattr(runner.CurveLogger, "__call__", crash)
     with pytest.raises(RuntimeError, match="killed mid-training"):
-        _baseline("iql", tmp_path / "b")
+        _baseline("iql", tmp_path / "b", "--debug")
     assert not (_seed_dir(tmp_path / "b", "iql") / "results.json").exists()
     monkeypatch.setattr(runner.CurveLogger, "__call__", original)
     log = _baseline("iql", tmp_path / "b").output
-    assert "[iql] resuming" in log
+    assert "[baseline] resuming" in log
     resumed = json.loads((_seed_dir(tmp_path / "b", "iql") / "results.json").read_text())
     # killed in the log call at step 40 (before its checkpoint): resumes from step 20
     assert resumed["train"]["steps_trained"] == 40.0
@@ -205,9 +203,9 @@ def test_budgets_follow_the_profile_and_dt_targets():
 def test_bad_options_fail_with_a_sentence(store, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["baseline", "sac", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "'iql'" in result.output
+    assert result.exit_code == 2 and "is not one of bc, cql, dt, iql, td3+bc" in result.output
     result = _baseline("iql", tmp_path, "--set", "planner.n_mpc=3", check=False)
-    assert result.exit_code == 2 and "sections 'baseline' and 'run'" in result.output
+    assert result.exit_code == 2 and "sections: run, baseline" in result.output
     result = _baseline("iql", tmp_path, "--set", "baseline.nope=3", check=False)
     assert result.exit_code == 2 and "valid options" in result.output
     result = _baseline("iql", tmp_path, "--seed", "1", "--seeds", "0,1", check=False)

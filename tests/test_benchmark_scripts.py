@@ -16,7 +16,7 @@ import yaml
 from ipd_plugins.baselines import load_trained_baseline
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import evaluate
-from ipd_plugins.runner import resolve_config
+from ipd_plugins.run_config import resolve_config
 
 
 def _script(name: str):
@@ -209,7 +209,7 @@ def test_dt_crosscheck_copies_d3rlpys_dt_exactly_and_both_loops_act_alike(store,
     # a tiny d3rlpy DT on the pendulum data (actions in [-2, 2]: the action scaling is checked)
     from click.testing import CliRunner
 
-    from ipd_plugins.cli import main
+    from ipd_plugins.commands import main
 
     out = tmp_path / "runs"
     args = ["baseline", "dt", "--dataset", "pendulum-medium-replay", "--out", str(out)]

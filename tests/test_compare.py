@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ipd_plugins.cli import main
+from ipd_plugins.commands import main
 from ipd_plugins.compare import (
     iqm,
     load_records,
@@ -18,7 +18,7 @@ from ipd_plugins.compare import (
     summarise,
     to_markdown,
 )
-from ipd_plugins.runner import DEFAULT_COMPONENTS
+from ipd_plugins.run_config import DEFAULT_COMPONENTS
 
 
 # -- maths against hand computations ------------------------------------------------------

@@ -107,7 +107,7 @@ def test_make_dataset_writes_a_minari_dataset(store):
 
 
 def test_cli_make_and_list(store):
-    from ipd_plugins.cli import main
+    from ipd_plugins.commands import main
 
     runner = CliRunner()
     out = runner.invoke(main, ["data", "make", "pendulum-medium-replay", "--steps", "600"])
@@ -124,7 +124,7 @@ def test_cli_make_and_list(store):
 
 
 def test_cli_make_says_whether_it_made_the_reference_realisation(store, monkeypatch):
-    from ipd_plugins.cli import main
+    from ipd_plugins.commands import main
     from ipd_plugins.data import make as make_module
     from ipd_plugins.data.minari_io import from_minari
 
@@ -197,7 +197,7 @@ def test_mujoco_datasets_from_a_snapshot_folder(store, tmp_path, monkeypatch):
 
 
 def test_missing_behaviour_says_how_to_train(tmp_path, monkeypatch, store):
-    from ipd_plugins.cli import main
+    from ipd_plugins.commands import main
 
     monkeypatch.setenv("IPD_BEHAVIOR_DIR", str(tmp_path / "nothing"))
     with pytest.raises(BehaviorMissingError, match="train_behavior.py"):

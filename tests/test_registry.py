@@ -157,7 +157,7 @@ def test_every_hook_is_documented_and_tested():
     readme = (ROOT / "README.md").read_text()
     tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
     hooks = [n for n, f in vars(specs).items() if n.startswith("ipd_register_") and callable(f)]
-    assert len(hooks) == len(registry.KINDS)
+    assert len(hooks) == len(registry.ALL_KINDS)
     for hook in hooks:
         fn = getattr(specs, hook)
         assert inspect.getdoc(fn), hook
@@ -187,6 +187,31 @@ def test_hook_ipd_register_planner():
 
 def test_hook_ipd_register_policy():
     assert {"ipd-dt", "dt"} <= set(_kind_registered("policy"))
+
+
+def test_hook_ipd_register_baseline():
+    """Built-in baselines come through the hook, and a plugin's baseline is their peer."""
+    from ipd_plugins.baselines import BaselineConfig
+
+    assert {"iql", "cql", "td3+bc", "bc", "dt"} <= set(_kind_registered("baseline"))
+
+    @dataclass
+    class ConstantBaseline(BaselineConfig):
+        name = "constant"
+
+    plugin = types.ModuleType("ipd_constant_baseline")
+
+    @hookimpl
+    def ipd_register_baseline():
+        return [ConstantBaseline]
+
+    plugin.ipd_register_baseline = ipd_register_baseline
+    reg = PluginRegistry(builtins=(*_builtin_modules(), plugin), entry_points=False)
+    assert "constant" in reg.names("baseline") and "iql" in reg.names("baseline")
+    built = reg.create("baseline", "constant", {"n_steps": 3})
+    assert built.config.n_steps == 3
+    with pytest.raises(ValueError, match="n_steps must be >= 1"):
+        reg.config("baseline", "constant", {"n_steps": 0})
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +254,7 @@ def test_entry_point_discovery_finds_example_plugin(installed_example, monkeypat
 def test_ipd_plugins_cli_lists_builtins_and_example(installed_example):
     env_path = f"{installed_example}"
     out = subprocess.run(
-        [sys.executable, "-c", "from ipd_plugins.cli import main; main()", "plugins"],
+        [sys.executable, "-c", "from ipd_plugins.commands import main; main()", "plugins"],
         env={**__import__("os").environ, "PYTHONPATH": env_path},
         capture_output=True,
         text=True,
@@ -242,7 +267,7 @@ def test_ipd_plugins_cli_lists_builtins_and_example(installed_example):
 
 
 def test_plugins_cli_in_process():
-    from ipd_plugins.cli import main
+    from ipd_plugins.commands import main
 
     result = CliRunner().invoke(main, ["plugins"])
     assert result.exit_code == 0, result.output
@@ -250,7 +275,7 @@ def test_plugins_cli_in_process():
 
 
 def test_plugins_cli_shows_one_components_options_and_names_bad_ones():
-    from ipd_plugins.cli import main
+    from ipd_plugins.commands import main
 
     result = CliRunner().invoke(main, ["plugins", "value", "qov"])
     assert result.exit_code == 0, result.output

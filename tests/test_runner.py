@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 from tiny import TINY_IPD as TINY
 
-from ipd_plugins.cli import main
+from ipd_plugins.commands import main
 
 
 def _run(out: Path, *extra: str) -> str:
@@ -77,7 +77,7 @@ def test_run_writes_every_artifact_and_reuses_stages(store, tmp_path):
 
 
 def test_interrupted_stage_resumes_to_the_same_result(store, tmp_path, monkeypatch):
-    import ipd_plugins.runner as runner
+    import ipd_plugins.stages as runner
 
     _run(tmp_path / "a")
     reference = json.loads((_run_dir(tmp_path / "a") / "results.json").read_text())
@@ -91,7 +91,7 @@ def test_interrupted_stage_resumes_to_the_same_result(store, tmp_path, monkeypat
 
     monkeypatch.setattr(runner.CurveLogger, "__call__", crash_in_policy)
     with pytest.raises(RuntimeError, match="killed mid-stage"):
-        _run(tmp_path / "b")
+        _run(tmp_path / "b", "--debug")  # --debug: the error propagates instead of `Error:`
     run_dir = _run_dir(tmp_path / "b")
     assert not (run_dir / "results.json").exists()
     monkeypatch.setattr(runner.CurveLogger, "__call__", original)

@@ -17,7 +17,6 @@ from ipd_plugins.uncertainty.alternatives import (
     max_aleatoric_std,
     mean_disagreement,
 )
-from ipd_plugins.uncertainty.base import percentile_kappa
 from ipd_plugins.uncertainty.gjs import (
     GJSConfig,
     geometric_mean_gaussian,
@@ -25,6 +24,7 @@ from ipd_plugins.uncertainty.gjs import (
     kl_diag_gaussians,
     pairwise_gjs,
 )
+from ipd_plugins.uncertainty.reliable import percentile_kappa
 from registry.manager import PluginRegistry
 from registry.protocols import BuildContext, UncertaintyMetric
 

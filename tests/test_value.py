@@ -360,7 +360,20 @@ def test_d3rlpy_iql_trains_answers_and_round_trips(tmp_path, chain):
     assert torch.equal(other.v(obs), learner.v(obs))
     assert torch.equal(other.act(obs), learner.act(obs))
     with pytest.raises(ValueError, match="expectile"):
-        D3rlpyIQLConfig(expectile=0.0)
+        D3rlpyIQLConfig.from_dict({"expectile": 0.0})  # d3rlpy's name, read as tau
+
+
+def test_d3rlpy_iql_takes_the_paper_names_and_its_old_ones():
+    """tau/beta as in qov; d3rlpy's expectile/weight_temp still read, and hashed as before."""
+    from registry.config import identity_dict
+
+    old = D3rlpyIQLConfig.from_dict({"expectile": 0.8, "weight_temp": 2.0})
+    new = D3rlpyIQLConfig.from_dict({"tau": 0.8, "beta": 2.0})
+    assert (old.tau, old.beta) == (0.8, 2.0) and old == new
+    ident = identity_dict(new)
+    assert ident["expectile"] == 0.8 and ident["weight_temp"] == 2.0 and "tau" not in ident
+    with pytest.raises(ValueError, match="not both"):
+        D3rlpyIQLConfig.from_dict({"tau": 0.8, "expectile": 0.7})
 
 
 def _episodes_with_rewards(*per_episode: list[float]) -> TrajectoryDataset:

@@ -36,7 +36,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import torch
 
@@ -65,8 +64,8 @@ __all__ = [
     "pendulum_policy",
     "generate",
     "make_dataset",
-    "make",
-    "list_datasets",
+    "store_size",
+    "makeable",
 ]
 
 SNAPSHOT_DIR_ENV = "IPD_BEHAVIOR_DIR"  # a folder with <task>/index.json overriding the shipped one
@@ -377,7 +376,7 @@ def make_dataset(
     return spec.dataset_id
 
 
-def _store_size(dataset_id_: str) -> int | None:
+def store_size(dataset_id_: str) -> int | None:
     from minari.storage import get_dataset_path
 
     path = Path(get_dataset_path(dataset_id_))
@@ -386,72 +385,5 @@ def _store_size(dataset_id_: str) -> int | None:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _available(spec: DatasetSpec) -> bool:
+def makeable(spec: DatasetSpec) -> bool:
     return spec.family == "pendulum" or (behavior_dir(spec.task) / "index.json").exists()
-
-
-# -- the commands --------------------------------------------------------------------------
-def _with_store(store: str | None) -> None:
-    if store:
-        os.environ["MINARI_DATASETS_PATH"] = str(Path(store).expanduser().resolve())
-
-
-@click.command("make")
-@click.argument("name", type=click.Choice(list(CATALOGUE)))
-@click.option("--steps", type=int, default=None, help="Total steps (default: the catalogue's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Fixes the whole dataset.")
-@click.option("--overwrite", is_flag=True, help="Replace the dataset if the store has it.")
-@click.option(
-    "--store",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Minari store folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets).",
-)
-def make(name: str, steps: int | None, seed: int, overwrite: bool, store: str | None) -> None:
-    """Make dataset NAME and write it into the local Minari store."""
-    from ipd_plugins.data.minari_io import minari_local_ids
-
-    _with_store(store)
-    spec = CATALOGUE[name]
-    if spec.dataset_id in minari_local_ids() and not overwrite:
-        raise click.ClickException(
-            f"'{spec.dataset_id}' is already in the store; pass --overwrite to make it again"
-        )
-    try:
-        mid = make_dataset(name, steps=steps, seed=seed, overwrite=overwrite, progress=True)
-    except BehaviorMissingError as err:
-        raise click.ClickException(str(err)) from err
-    from ipd_plugins.data.minari_io import from_minari
-
-    ds = from_minari(mid)
-    returns = ds.episode_returns()
-    line = (
-        f"{mid}: {ds.n_steps} steps, {ds.n_episodes} episodes, return {returns.mean():.1f} "
-        f"+- {returns.std():.1f}"
-    )
-    if ds.ref_min_score is not None and ds.ref_max_score is not None:
-        line += f", normalised {float(ds.normalized_score(returns.mean())):.1f}"
-    click.echo(line)
-    if steps is None and seed == 0:  # the catalogue's dataset: is it the reference one?
-        click.echo(realisation_note(name, ds.content_hash()))
-
-
-@click.command("list")
-@click.option(
-    "--store",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Minari store folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets).",
-)
-def list_datasets(store: str | None) -> None:
-    """What `ipd data make` can make, and what the local Minari store already holds."""
-    _with_store(store)
-    click.echo(f"{'name':<26} {'minari id':<32} {'makeable':<9} {'in store':<9} size")
-    for spec in CATALOGUE.values():
-        size = _store_size(spec.dataset_id)
-        avail = "yes" if _available(spec) else "train"
-        click.echo(
-            f"{spec.name:<26} {spec.dataset_id:<32} {avail:<9} "
-            f"{'yes' if size is not None else 'no':<9} "
-            f"{'' if size is None else f'{size / 1e6:.1f} MB'}"
-        )

@@ -40,8 +40,9 @@ from ipd_plugins.data.behavior import (
     tanh_gaussian_sample,
 )
 from ipd_plugins.data.envs import make_env
+from ipd_plugins.files import atomic_save, safe_load
 from ipd_plugins.nn import EnsembleMLP
-from ipd_plugins.training import Checkpointer, atomic_save, safe_load, seed_everything
+from ipd_plugins.training import Checkpointer, seed_everything
 
 __all__ = [
     "SACConfig",

@@ -77,8 +77,7 @@ class MPCPlanner:
             if k > 0:
                 a = ctx.value.act(s, deterministic=True)
             step = ctx.world_model.step(s, a, generator=ctx.generator)
-            u = ctx.uncertainty(step.member_mean, step.member_var)  # (B*N,)
-            ok = u < ctx.kappa
+            ok = ctx.reliable(step)  # (B*N,)
             # A terminated rollout cannot leave the reliable set any more.
             ended = alive[-1] == 0
             still_reliable &= ok | ended

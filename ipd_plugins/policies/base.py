@@ -22,10 +22,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ipd_plugins.files import atomic_save, safe_load
 from ipd_plugins.nn import Normalizer
 from ipd_plugins.policies.gpt import POSITIONS, TOKEN_LAYOUTS, DecisionModel
 from ipd_plugins.policies.sequence_data import SequenceSampler
-from ipd_plugins.training import Checkpointer, atomic_save, safe_load
+from ipd_plugins.training import Checkpointer
 from registry.config import ComponentConfig, added_later
 from registry.protocols import BuildContext, Logger, ValueLearner
 
@@ -123,11 +124,21 @@ class SequencePolicyConfig(ComponentConfig):
                 f"{self.kind} '{self.name}': n_embd={self.n_embd} must be divisible by "
                 f"n_head={self.n_head}"
             )
-        for key in ("context", "n_layer", "n_embd", "n_head", "batch_size", "max_timestep"):
+        positive = ("context", "n_layer", "n_embd", "n_head", "batch_size", "max_timestep")
+        for key in (*positive, "n_steps", "checkpoint_every", "log_every"):
             if getattr(self, key) < 1:
-                raise ValueError(f"{self.kind} '{self.name}': {key} must be >= 1")
+                raise ValueError(
+                    f"{self.kind} '{self.name}': {key} must be >= 1, got {getattr(self, key)}"
+                )
+        if self.warmup_steps < 0 or not self.learning_rate > 0 or not self.grad_clip > 0:
+            raise ValueError(
+                f"{self.kind} '{self.name}': warmup_steps must be >= 0, learning_rate and "
+                f"grad_clip > 0; got {self.warmup_steps}, {self.learning_rate}, {self.grad_clip}"
+            )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{self.kind} '{self.name}': dropout must be in [0, 1)")
+            raise ValueError(
+                f"{self.kind} '{self.name}': dropout must be in [0, 1), got {self.dropout}"
+            )
         if self.position_init_std is not None and not self.position_init_std > 0:
             raise ValueError(
                 f"{self.kind} '{self.name}': position_init_std must be > 0 or None, "

@@ -3,11 +3,13 @@
 ``gjs`` is the paper's metric; ``disagreement``, ``aleatoric`` and ``none`` are ablations.
 """
 
-from ipd_plugins.uncertainty.base import (
-    ThresholdMetric,
-    UncertaintyConfig,
-    dataset_uncertainty,
-    percentile_kappa,
-)
+from ipd_plugins.uncertainty.base import ThresholdMetric, UncertaintyConfig
+from ipd_plugins.uncertainty.reliable import calibrate_kappa, percentile_kappa, reliable
 
-__all__ = ["ThresholdMetric", "UncertaintyConfig", "dataset_uncertainty", "percentile_kappa"]
+__all__ = [
+    "ThresholdMetric",
+    "UncertaintyConfig",
+    "calibrate_kappa",
+    "percentile_kappa",
+    "reliable",
+]

@@ -57,8 +57,8 @@ class DisagreementConfig(UncertaintyConfig):
     # how to reduce the per-dim spread: "max" flags any single diverging dim; "norm" sums them
     reduce: str = "max"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
+        super().validate()
         if self.reduce not in _REDUCTIONS:
             raise ValueError(
                 f"disagreement.reduce must be one of {_REDUCTIONS}, got {self.reduce!r}"

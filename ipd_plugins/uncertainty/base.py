@@ -1,48 +1,19 @@
-"""Shared parts of the uncertainty metrics: the data-driven threshold kappa (paper eq. 12).
+"""Shared parts of the uncertainty metrics: the config fields that choose kappa (eq. 12).
 
-The reliable set is ``{(s, a) : U(s, a) < kappa}`` (eq. 12). The paper does not give kappa;
-here it is chosen from the data: the ``percentile``-th percentile of ``U`` over the dataset's own
-(s, a) pairs, so that (100 - percentile)% of real transitions would count as unreliable. A
-fixed ``kappa`` overrides it.
+How kappa is chosen and used lives in :mod:`ipd_plugins.uncertainty.reliable`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-import numpy as np
 import torch
 
-from registry.config import ComponentConfig
+from ipd_plugins.uncertainty.reliable import DEFAULT_CALIBRATION_PAIRS, percentile_kappa
+from registry.config import ComponentConfig, moved
 
-if TYPE_CHECKING:
-    from ipd_plugins.data.dataset import TrajectoryDataset
-    from registry.protocols import UncertaintyMetric, WorldModel
-
-__all__ = [
-    "UncertaintyConfig",
-    "ThresholdMetric",
-    "percentile_kappa",
-    "check_members",
-    "dataset_uncertainty",
-]
-
-
-def percentile_kappa(u_data: torch.Tensor, percentile: float) -> float:
-    """kappa = the ``percentile``-th percentile (0-100) of ``u_data`` (eq. 12's threshold).
-
-    Non-finite values are an error: a NaN in U means the world model or the metric is broken.
-    """
-    if not 0.0 < percentile <= 100.0:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-    u = torch.as_tensor(u_data).detach().reshape(-1).float().cpu().numpy()
-    if u.size == 0:
-        raise ValueError("cannot calibrate kappa on an empty set of uncertainties")
-    if not np.isfinite(u).all():
-        bad = int((~np.isfinite(u)).sum())
-        raise ValueError(f"{bad} of {u.size} uncertainty values are NaN/inf; cannot pick kappa")
-    return float(np.percentile(u, percentile))
+__all__ = ["UncertaintyConfig", "ThresholdMetric", "check_members"]
 
 
 def check_members(member_mean: torch.Tensor, member_var: torch.Tensor) -> None:
@@ -61,6 +32,8 @@ class UncertaintyConfig(ComponentConfig):
     Args:
         percentile: kappa is this percentile of U over the dataset's own (s, a) pairs.
         kappa: a fixed kappa; overrides ``percentile`` when set.
+        calibration_pairs: dataset (s, a) pairs U is measured on to choose kappa (before
+            2026-12-03 ``augment.calibration_pairs``, still accepted there).
     """
 
     kind: ClassVar[str] = "uncertainty"
@@ -70,10 +43,19 @@ class UncertaintyConfig(ComponentConfig):
     percentile: float = 99.0
     # fixed kappa (overrides the percentile); None -> calibrate from the data
     kappa: float | None = None
+    # dataset (s, a) pairs U is measured on to choose kappa; more -> a steadier percentile
+    calibration_pairs: int = moved(DEFAULT_CALIBRATION_PAIRS, hashed_with="augment")
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not 0.0 < self.percentile <= 100.0:
-            raise ValueError(f"{self.name}: percentile must be in (0, 100], got {self.percentile}")
+            raise ValueError(
+                f"uncertainty '{self.name}': percentile must be in (0, 100], got {self.percentile}"
+            )
+        if self.calibration_pairs < 1:
+            raise ValueError(
+                f"uncertainty '{self.name}': calibration_pairs must be >= 1, "
+                f"got {self.calibration_pairs}"
+            )
 
 
 class ThresholdMetric:
@@ -90,25 +72,3 @@ class ThresholdMetric:
         if self.config.kappa is not None:
             return float(self.config.kappa)
         return percentile_kappa(u_data, self.config.percentile)
-
-
-def dataset_uncertainty(
-    world_model: WorldModel,
-    metric: UncertaintyMetric,
-    dataset: TrajectoryDataset,
-    batch_size: int = 8192,
-    device: str = "cpu",
-) -> torch.Tensor:
-    """(N,) U(s, a) on every (s, a) of ``dataset``, batched (for :meth:`calibrate`).
-
-    Uses only the protocols: ``world_model.step`` for the member Gaussians, then ``metric``.
-    """
-    obs = torch.as_tensor(dataset.observations, dtype=torch.float32)
-    act = torch.as_tensor(dataset.actions, dtype=torch.float32)
-    out = []
-    with torch.inference_mode():
-        for start in range(0, obs.shape[0], batch_size):
-            sl = slice(start, start + batch_size)
-            step = world_model.step(obs[sl].to(device), act[sl].to(device))
-            out.append(metric(step.member_mean, step.member_var).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)

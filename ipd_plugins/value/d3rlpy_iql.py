@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ipd_plugins.files import atomic_save, safe_load
 from ipd_plugins.returns import reward_factor
-from ipd_plugins.training import Checkpointer, atomic_save, safe_load
+from ipd_plugins.training import Checkpointer
 from registry import hookimpl
-from registry.config import ComponentConfig
+from registry.config import ComponentConfig, renamed
 from registry.protocols import BuildContext, Logger
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ class D3rlpyIQLConfig(ComponentConfig):
     rewards multiplied (``MultiplyRewardScaler``); Q and V are reported in the dataset's units.
 
     Args:
-        expectile: :math:`\tau` (0.7). weight_temp: :math:`\beta` (3). max_weight: :math:`w_{max}`.
+        tau: :math:`\tau` (0.7). beta: :math:`\beta` (3); the same names as ``qov`` (d3rlpy's
+            ``expectile``/``weight_temp`` are accepted). max_weight: :math:`w_{max}`.
         gamma, tau_target, n_critics: discount, soft target rate, size of the Q ensemble.
         hidden, n_layers: the MLP encoders of the actor, critics and value (2 x 256).
         actor_lr, critic_lr: Adam learning rates; ``cosine_actor_lr`` anneals the actor's over
@@ -72,10 +74,12 @@ class D3rlpyIQLConfig(ComponentConfig):
     kind: ClassVar[str] = "value"
     name: ClassVar[str] = "d3rlpy-iql"
 
-    # expectile of V over Q: 0.5 = behaviour value, -> 1 = best in-support action. IQL: 0.7.
-    expectile: float = 0.7
-    # AWR inverse temperature beta: 0 -> behaviour cloning, larger -> greedier. IQL: 3.
-    weight_temp: float = 3.0
+    # tau, the expectile of V over Q (d3rlpy: `expectile`, still accepted): 0.5 = behaviour
+    # value, -> 1 = best in-support action. IQL: 0.7.
+    tau: float = renamed(0.7, was="expectile")
+    # beta, the AWR inverse temperature (d3rlpy: `weight_temp`, still accepted): 0 -> behaviour
+    # cloning, larger -> greedier. IQL: 3.
+    beta: float = renamed(3.0, was="weight_temp")
     # clip of the AWR weights (d3rlpy's default 100).
     max_weight: float = 100.0
     # discount.
@@ -107,8 +111,8 @@ class D3rlpyIQLConfig(ComponentConfig):
             if not ok:
                 raise ValueError(f"value 'd3rlpy-iql': {what}")
 
-        need(0.0 < self.expectile < 1.0, f"expectile must be in (0, 1), got {self.expectile}")
-        need(self.weight_temp >= 0.0, f"weight_temp must be >= 0, got {self.weight_temp}")
+        need(0.0 < self.tau < 1.0, f"tau (the expectile) must be in (0, 1), got {self.tau}")
+        need(self.beta >= 0.0, f"beta (AWR inverse temperature) must be >= 0, got {self.beta}")
         need(self.max_weight > 0.0, f"max_weight must be > 0, got {self.max_weight}")
         need(0.0 <= self.gamma < 1.0, f"gamma must be in [0, 1), got {self.gamma}")
         need(0.0 < self.tau_target <= 1.0, f"tau_target must be in (0, 1], got {self.tau_target}")
@@ -122,7 +126,7 @@ class D3rlpyIQLConfig(ComponentConfig):
             f"learning rates must be > 0, got {self.actor_lr}, {self.critic_lr}",
         )
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(self.n_steps >= 0, f"n_steps must be >= 0, got {self.n_steps}")
+        need(self.n_steps >= 1, f"n_steps must be >= 1, got {self.n_steps}")
         need(self.reward_scale > 0.0, f"reward_scale must be > 0, got {self.reward_scale}")
         need(
             self.checkpoint_every >= 1 and self.log_every >= 1,
@@ -194,8 +198,8 @@ class D3rlpyIQLLearner:
             gamma=cfg.gamma,
             tau=cfg.tau_target,
             n_critics=cfg.n_critics,
-            expectile=cfg.expectile,
-            weight_temp=cfg.weight_temp,
+            expectile=cfg.tau,
+            weight_temp=cfg.beta,
             max_weight=cfg.max_weight,
         )
         device = str(ctx.device)

@@ -33,9 +33,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ipd_plugins.files import atomic_save, safe_load
 from ipd_plugins.nn import EnsembleMLP, Normalizer, mlp
 from ipd_plugins.returns import reward_factor
-from ipd_plugins.training import Checkpointer, TransitionSampler, atomic_save, safe_load
+from ipd_plugins.training import Checkpointer, TransitionSampler
 from ipd_plugins.value.losses import (
     PercentileWindow,
     awr_loss,
@@ -193,7 +194,7 @@ class QOVConfig(ComponentConfig):
             f"log_std_min ({self.log_std_min}) must be below log_std_max ({self.log_std_max})",
         )
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(self.n_steps >= 0, f"n_steps must be >= 0, got {self.n_steps}")
+        need(self.n_steps >= 1, f"n_steps must be >= 1, got {self.n_steps}")
         need(self.reward_scale > 0.0, f"reward_scale must be > 0, got {self.reward_scale}")
         need(
             self.checkpoint_every >= 1,

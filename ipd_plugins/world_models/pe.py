@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ipd_plugins.files import atomic_save, safe_load
 from ipd_plugins.nn import EnsembleMLP, Normalizer
-from ipd_plugins.training import Checkpointer, TransitionSampler, atomic_save, safe_load
+from ipd_plugins.training import Checkpointer, TransitionSampler
 from ipd_plugins.world_models.losses import (
     ensemble_mean_cov,
     gamma_exp,

@@ -1,0 +1,235 @@
+"""``ipd baseline``'s run: one seed of a baseline on IPD's data, stage cache and evaluator.
+
+The baseline trains on the very :class:`~ipd_plugins.data.dataset.TrajectoryDataset` ``ipd run``
+uses (checked by the same :func:`~ipd_plugins.pipeline.prepare`), in one stage of the same cache
+(``<out>/cache/baseline/<key>/``, keyed by the dataset hash, the config, the env and the seed),
+and is scored by the same :func:`~ipd_plugins.evaluate.score` (same episodes, same
+normalisation, last checkpoint). The run folder ``<out>/<name>/seed_<k>/`` has the same files as
+an IPD run's, so ``ipd compare`` reads both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ipd_plugins.baselines.configs import BaselineConfig
+from ipd_plugins.baselines.trainer import D3rlpyBaseline
+from ipd_plugins.evaluate import score
+from ipd_plugins.files import atomic_write_text, write_json
+from ipd_plugins.pipeline import Prepared, prepare
+from ipd_plugins.provenance import run_meta
+from ipd_plugins.run_config import RunSettings, resolve_config
+from ipd_plugins.stages import StageCache
+from registry import get_registry
+from registry.config import config_hash, dataclass_from_dict, dataclass_to_dict, identity_dict
+
+__all__ = [
+    "SECTIONS",
+    "resolve_baseline",
+    "baseline_identity",
+    "baseline_run_name",
+    "baseline_key",
+    "resolve_settings",
+    "run_baseline",
+    "TrainedBaseline",
+    "load_trained_baseline",
+]
+
+#: Config-file / ``--set`` sections of an ``ipd baseline`` run.
+SECTIONS = ("run", "baseline")
+
+
+def resolve_baseline(
+    algo: str,
+    profile: str,
+    file: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> BaselineConfig:
+    """Its defaults < the profile's ``baseline`` section (shared keys, then its ``algo``
+    sub-section) < a config file's ``baseline`` section < ``--set baseline.KEY=VALUE``."""
+    from ipd_plugins.profiles import PROFILES
+
+    names = get_registry().names("baseline")
+    if algo not in names:
+        raise ValueError(f"unknown baseline '{algo}'; baselines: {', '.join(names)}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile '{profile}'; profiles: {', '.join(PROFILES)}")
+    cls = get_registry().config_class("baseline", algo)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    section = PROFILES[profile].get("baseline", {})
+    values = {k: v for k, v in section.items() if k in fields and not isinstance(v, dict)}
+    values.update({k: v for k, v in section.get(algo, {}).items() if k in fields})
+    values.update(file or {})
+    values.update(overrides or {})
+    config = dataclass_from_dict(cls, values, f"baseline '{algo}'")
+    config.validate()
+    return config
+
+
+def _slug(source: str) -> str:
+    return source.replace("/", "_").replace(".", "_").strip("_") or "dataset"
+
+
+def baseline_identity(settings: RunSettings, config: BaselineConfig) -> dict[str, Any]:
+    """What a baseline's run-folder hash covers (cf. ``RunConfig.identity_dict``)."""
+    return {
+        "baseline": {"algo": config.name, **identity_dict(config)},
+        "run": settings.identity_dict(),
+    }
+
+
+def baseline_run_name(settings: RunSettings, config: BaselineConfig) -> str:
+    """``<dataset>__baseline-<algo>__<hash of the config and run settings except seed>``."""
+    if settings.name:
+        return settings.name
+    body = baseline_identity(settings, config)
+    return f"{_slug(settings.dataset)}__baseline-{config.name}__{config_hash(body)[:8]}"
+
+
+def baseline_key(config: BaselineConfig, data_hash: str, env_id: str | None, seed: int) -> str:
+    """The stage-cache key of a baseline's trained weights."""
+    return config_hash("baseline", config.name, data_hash, identity_dict(config), env_id, seed)
+
+
+def resolve_settings(
+    algo: str, run: dict[str, Any] | None, overrides: dict[str, dict[str, Any]], file: dict
+) -> tuple[RunSettings, BaselineConfig]:
+    """The run settings and the baseline's config of one seed, every value checked."""
+    unknown = (set(overrides) | set(file)) - set(SECTIONS)
+    if unknown:
+        raise ValueError(
+            f"ipd baseline takes the sections {', '.join(SECTIONS)}; got "
+            + ", ".join(sorted(unknown))
+        )
+    run_values = {**file.get("run", {}), **{k: v for k, v in (run or {}).items() if v is not None}}
+    run_values.update(overrides.get("run", {}))
+    file_baseline = dict(file.get("baseline", {}))
+    file_algo = file_baseline.pop("algo", algo)
+    if file_algo != algo:
+        raise ValueError(f"the config file is for baseline '{file_algo}', not '{algo}'")
+    settings = resolve_config(run=run_values).run  # the run settings, profile defaults included
+    bconf = resolve_baseline(algo, settings.profile, file_baseline, overrides.get("baseline"))
+    return settings, bconf
+
+
+def run_baseline(
+    algo: str,
+    run: dict[str, Any] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    file: dict[str, Any] | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train (or resume / reuse) and evaluate one seed of a baseline; returns ``results.json``.
+
+    ``run`` holds :class:`~ipd_plugins.run_config.RunSettings` values (``None`` = default);
+    ``overrides`` the parsed ``--set`` options (sections ``run`` and ``baseline``); ``file`` a
+    config file (the same sections; a baseline run's ``config.yaml`` replays it).
+    """
+    t_start = time.perf_counter()
+    settings, bconf = resolve_settings(algo, run, dict(overrides or {}), dict(file or {}))
+    run_dir = Path(settings.out_dir) / baseline_run_name(settings, bconf) / f"seed_{settings.seed}"
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    p = _prepare(settings, echo)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_out = {
+        "run": dataclass_to_dict(settings),
+        "baseline": {"algo": algo, **bconf.to_dict()},
+        "meta": run_meta(p.data_hash, f"ipd baseline {algo} --config {run_dir / 'config.yaml'}"),
+    }
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_out, sort_keys=False))
+    echo(f"run folder: {run_dir}")
+
+    baseline = D3rlpyBaseline(bconf, p.ctx, p.dataset)
+    cache = StageCache(settings.out_dir, echo, tb_dir=run_dir / "tb")
+    key = baseline_key(bconf, p.data_hash, p.ctx.env_id, settings.seed)
+    echo(f"[baseline] {algo}, {bconf.n_steps} steps")
+    record = cache.fit(
+        "baseline",
+        key,
+        baseline,
+        lambda folder, log: baseline.fit(p.dataset, work_dir=folder, log=log),
+        settings.seed,
+    )
+    cache.records = {"train": record}
+    cache.write(run_dir / "stages.json")
+
+    n = settings.eval_episodes
+    echo(f"[evaluate] {n} episodes of {p.ctx.env_id}")
+    assert p.ctx.env_id is not None
+    scores = {"policy": score(baseline.actor(), p.ctx.env_id, n, settings.seed, p.dataset)}
+    scores = {k: v.to_dict() for k, v in scores.items()}
+    write_json(run_dir / "eval.json", scores)
+    results = {
+        "dataset": {"source": settings.dataset, "hash": p.data_hash, **p.dataset.summary()},
+        "method": algo,
+        "label": algo,
+        "components": {"baseline": algo},
+        "seed": settings.seed,
+        "scores": scores,
+        "target_return": baseline.target_return,
+        "train": record.metrics,
+        "stage_seconds": {"train": record.seconds},
+        "stage_reused": {"train": record.reused},
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    write_json(run_dir / "results.json", results)
+    return results
+
+
+def _prepare(settings: RunSettings, echo: Callable[[str], None]) -> Prepared:
+    return prepare(
+        settings.dataset,
+        env_id=settings.env_id,
+        clip_actions=settings.clip_actions,
+        seed=settings.seed,
+        device=settings.device,
+        out_dir=settings.out_dir,
+        echo=echo,
+    )
+
+
+@dataclass
+class TrainedBaseline:
+    """A finished baseline run folder reloaded: its settings, data and trained model."""
+
+    settings: RunSettings
+    prepared: Prepared
+    baseline: D3rlpyBaseline
+
+    @property
+    def dataset(self) -> Any:
+        return self.prepared.dataset
+
+    @property
+    def ctx(self) -> Any:
+        return self.prepared.ctx
+
+
+def load_trained_baseline(run_dir: str | Path) -> TrainedBaseline:
+    """Rebuild the baseline of a finished ``ipd baseline`` seed folder with its trained weights
+    (the counterpart of :func:`ipd_plugins.data.runs.load_trained` for IPD runs)."""
+    from ipd_plugins.data.runs import read_stages
+    from ipd_plugins.run_config import load_config_file
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise ValueError(f"{run_dir} is not an `ipd baseline` run folder (no config.yaml)")
+    conf = load_config_file(run_dir / "config.yaml")
+    if "baseline" not in conf:
+        raise ValueError(f"{run_dir} is not an `ipd baseline` run folder (no baseline section)")
+    stages = read_stages(run_dir)
+    algo = conf["baseline"].get("algo")
+    settings, bconf = resolve_settings(algo, None, {}, conf)
+    p = _prepare(settings, lambda m: None)
+    baseline = D3rlpyBaseline(bconf, p.ctx, p.dataset)
+    baseline.load(Path(stages["train"]["path"]) / "weights.pt")
+    return TrainedBaseline(settings, p, baseline)

@@ -1,0 +1,264 @@
+"""A d3rlpy algorithm behind ipd's plumbing: resumable training, weights-only saves, acting.
+
+Training drives d3rlpy's own ``update`` on its own minibatch samplers (what ``fit`` does each
+step) so it can checkpoint and resume: every ``checkpoint_every`` steps the impl's modules and
+optimisers (state dicts), the step and the RNG state go to ``train_state.pt``; a re-run loads
+them weights-only and continues. Saved weights never use d3rlpy's pickles.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ipd_plugins.baselines.configs import BaselineConfig, DTBaselineConfig
+from ipd_plugins.files import atomic_save, safe_load
+from ipd_plugins.training import Checkpointer
+from registry.protocols import BuildContext, Logger
+
+if TYPE_CHECKING:
+    from ipd_plugins.data.dataset import TrajectoryDataset
+
+__all__ = ["D3rlpyBaseline", "DTActor"]
+
+_FORMAT = "ipd.baseline/1"
+
+
+class DTActor:
+    """:class:`registry.protocols.Actor` over B envs: one d3rlpy stateful DT wrapper per env.
+
+    d3rlpy's ``StatefulTransformerWrapper`` keeps one episode's rolling context and its
+    return-to-go (``target_return`` minus the rewards so far); ``observe`` passes each env's
+    last reward to its wrapper on the next ``act``.
+    """
+
+    def __init__(self, algo: Any, target_return: float):
+        self.algo, self.target_return = algo, float(target_return)
+        self.wrappers: list[Any] = []
+        self.last_reward = np.zeros(0, np.float64)
+
+    def reset(self, obs: torch.Tensor) -> None:
+        B = int(obs.shape[0])
+        self.wrappers = [
+            self.algo.as_stateful_wrapper(target_return=self.target_return) for _ in range(B)
+        ]
+        self.last_reward = np.zeros(B, np.float64)
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        # a copy: d3rlpy's wrapper keeps the rows it is given as its context, so a view of the
+        # caller's buffer would turn every past observation into the newest one
+        x = np.array(torch.as_tensor(obs).detach().cpu().numpy(), np.float32, copy=True)  # (B, O)
+        assert x.shape[0] == len(self.wrappers), (
+            f"DTActor.act got {x.shape[0]} observations for {len(self.wrappers)} envs; call reset"
+        )
+        out = [w.predict(x[i], float(self.last_reward[i])) for i, w in enumerate(self.wrappers)]
+        return torch.as_tensor(np.stack(out), dtype=torch.float32)  # (B, A)
+
+    def observe(self, reward: torch.Tensor) -> None:
+        self.last_reward = np.asarray(torch.as_tensor(reward).cpu().numpy(), np.float64).reshape(-1)
+
+
+class D3rlpyBaseline:
+    """A d3rlpy algorithm for a dataset: ``fit`` (resumable), ``actor``, ``save``, ``load``."""
+
+    def __init__(
+        self,
+        config: BaselineConfig,
+        ctx: BuildContext,
+        dataset: TrajectoryDataset | None = None,
+    ):
+        low, high = np.asarray(ctx.act_low, float), np.asarray(ctx.act_high, float)
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+            raise ValueError(
+                f"baseline '{config.name}' needs finite action bounds with high > low; got "
+                f"act_low={ctx.act_low}, act_high={ctx.act_high}"
+            )
+        self.config, self.ctx = config, ctx
+        self.is_dt = isinstance(config, DTBaselineConfig)
+        self.step = 0
+        self.algo: Any = None
+        self.target_return: float | None = None
+        if dataset is not None:
+            self.prepare(dataset)
+
+    def prepare(self, dataset: TrajectoryDataset) -> None:
+        """Take the scalings from ``dataset`` (observation statistics, reward factor, DT's
+        target return) and build d3rlpy's networks for them."""
+        config, ctx = self.config, self.ctx
+        if (dataset.obs_dim, dataset.act_dim) != (ctx.obs_dim, ctx.act_dim):
+            raise ValueError(
+                f"baseline '{config.name}': dataset has obs_dim={dataset.obs_dim}, act_dim="
+                f"{dataset.act_dim}; the context says {ctx.obs_dim}, {ctx.act_dim}"
+            )
+        obs = dataset.observations.astype(np.float64)
+        self.obs_mean = obs.mean(0).astype(np.float32)
+        self.obs_std = obs.std(0).astype(np.float32)
+        self.reward_multiplier = float(config.reward_multiplier(dataset))
+        if isinstance(config, DTBaselineConfig):
+            self.target_return = config.resolved_target(dataset, ctx.env_id)
+            if int(dataset.episode_lengths.max()) > config.max_timestep:
+                raise ValueError(
+                    f"baseline 'dt': episodes of {int(dataset.episode_lengths.max())} steps "
+                    f"exceed max_timestep={config.max_timestep}"
+                )
+        self._build()
+
+    def _build(self) -> None:
+        from d3rlpy.preprocessing import (
+            MinMaxActionScaler,
+            MultiplyRewardScaler,
+            StandardObservationScaler,
+        )
+
+        ctx = self.ctx
+        scalers = dict(
+            observation_scaler=StandardObservationScaler(mean=self.obs_mean, std=self.obs_std),
+            action_scaler=MinMaxActionScaler(
+                minimum=np.asarray(ctx.act_low, np.float32),
+                maximum=np.asarray(ctx.act_high, np.float32),
+            ),
+            reward_scaler=MultiplyRewardScaler(multiplier=self.reward_multiplier),
+        )
+        device = "cpu:0" if str(ctx.device) == "cpu" else str(ctx.device)
+        with torch.random.fork_rng(devices=[]):  # seeded init, the caller's RNG untouched
+            torch.manual_seed(ctx.seed)
+            self.algo = self.config.d3rlpy_config(scalers).create(device=device)
+            self.algo.create_impl((ctx.obs_dim,), ctx.act_dim)
+        self.impl = self.algo.impl
+        self.modules = self.impl.modules
+
+    def _state(self) -> dict[str, Any]:
+        """name -> d3rlpy module / optimiser wrapper (each has state_dict/load_state_dict)."""
+        return dict(self.modules.create_checkpointer(self.impl.device).modules)
+
+    # acting
+    def actor(self) -> Any:
+        """The evaluator's :class:`~registry.protocols.Actor` for this algorithm."""
+        from ipd_plugins.evaluate import CallableActor
+
+        if self.algo is None:
+            raise RuntimeError(f"baseline '{self.config.name}': fit or load it before acting")
+        self.modules.set_eval()
+        if self.is_dt:
+            return DTActor(self.algo, self.target_return)
+        return CallableActor(self.algo.predict, as_numpy=True)
+
+    # persistence
+    def save(self, path: Path) -> None:
+        """Module state dicts and scalings, weights-only (never d3rlpy's pickle)."""
+        atomic_save(
+            {
+                "format": _FORMAT,
+                "algo": self.config.name,
+                "obs_dim": self.ctx.obs_dim,
+                "act_dim": self.ctx.act_dim,
+                "step": self.step,
+                "config": self.config.to_dict(),
+                "obs_mean": torch.from_numpy(self.obs_mean),
+                "obs_std": torch.from_numpy(self.obs_std),
+                "reward_multiplier": self.reward_multiplier,
+                "target_return": self.target_return,
+                "state": {k: m.state_dict() for k, m in self.modules.get_torch_modules().items()},
+            },
+            path,
+        )
+
+    def load(self, path: Path) -> None:
+        blob = safe_load(path)
+        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not an ipd baseline checkpoint (format {_FORMAT})")
+        if blob["algo"] != self.config.name:
+            raise ValueError(f"{path} holds a '{blob['algo']}' baseline, not '{self.config.name}'")
+        dims = (blob["obs_dim"], blob["act_dim"])
+        if dims != (self.ctx.obs_dim, self.ctx.act_dim):
+            raise ValueError(f"{path} was trained for obs_dim, act_dim = {dims}")
+        self.obs_mean, self.obs_std = blob["obs_mean"].numpy(), blob["obs_std"].numpy()
+        self.reward_multiplier = float(blob["reward_multiplier"])
+        self.target_return = blob.get("target_return")
+        self._build()
+        try:
+            for name, module in self.modules.get_torch_modules().items():
+                module.load_state_dict(blob["state"][name])
+        except (RuntimeError, KeyError) as err:
+            raise ValueError(f"{path} does not fit this baseline's networks: {err}") from err
+        self.modules.set_eval()
+        self.step = int(blob.get("step", 0))
+
+    # training
+    def fit(
+        self, dataset: TrajectoryDataset, work_dir: Path | None = None, log: Logger | None = None
+    ) -> dict[str, float]:
+        """``n_steps`` of d3rlpy's update on ``dataset``; resumes from ``work_dir``'s checkpoint."""
+        from ipd_plugins.data.d3rlpy_io import to_d3rlpy
+
+        self.prepare(dataset)
+        buffer = to_d3rlpy(dataset)
+        np_state = np.random.get_state()  # d3rlpy samples with the global numpy RNG
+        try:
+            with torch.random.fork_rng(devices=[]):
+                np.random.seed(self.ctx.seed % 2**32)
+                torch.manual_seed(self.ctx.seed)
+                return self._loop(buffer, work_dir, log)
+        finally:
+            np.random.set_state(np_state)
+
+    def _sample(self, buffer: Any) -> Any:
+        cfg = self.config
+        if self.is_dt:
+            return buffer.sample_trajectory_batch(cfg.batch_size, length=cfg.context)  # type: ignore[attr-defined]
+        return buffer.sample_transition_batch(cfg.batch_size)
+
+    def _loop(self, buffer: Any, work_dir: Path | None, log: Logger | None) -> dict[str, float]:
+        cfg = self.config
+        ckpt = Checkpointer(work_dir, every=cfg.checkpoint_every, name="train_state")
+        objects = self._state()
+        start = ckpt.restore(objects)
+        self.step = start
+        self.algo._grad_step = start  # TD3+BC's delayed actor updates count d3rlpy's grad steps
+        self.modules.set_train()
+        sums: dict[str, float] = {}
+        count, last = 0, {}
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=cfg.n_steps,
+            initial=min(start, cfg.n_steps),
+            desc=cfg.name,
+            disable=None,
+            leave=False,
+        )
+        try:
+            for step in range(start + 1, cfg.n_steps + 1):
+                metrics = self.algo.update(self._sample(buffer))
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+                self.step = step
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.n_steps:
+                    last = {k: v / count for k, v in sums.items()}
+                    sums, count = {}, 0
+                    if not all(math.isfinite(v) for v in last.values()):
+                        raise FloatingPointError(
+                            f"baseline '{cfg.name}': non-finite losses at step {step}: {last}"
+                        )
+                    if log is not None:
+                        log(step, dict(last))
+                if step % cfg.checkpoint_every == 0 or step == cfg.n_steps:
+                    ckpt.maybe_save(step, objects, force=True)
+        finally:
+            bar.close()
+            self.modules.set_eval()
+        elapsed = time.perf_counter() - t0
+        trained = max(0, cfg.n_steps - start)
+        return {
+            **last,
+            "steps": float(self.step),
+            "steps_trained": float(trained),
+            "steps_per_sec": trained / elapsed if trained and elapsed > 0 else 0.0,
+        }

@@ -1,0 +1,36 @@
+"""The ``ipd`` command line (click). Nothing outside this package imports click.
+
+One module per command family: ``run`` (``ipd run``, ``ipd eval``), ``baseline``, ``compare``
+(``ipd compare``, ``ipd ablate``), ``data`` (``ipd data ...``), ``plugins``; shared options and
+the clean-error handling in ``options``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ipd_plugins import __version__
+from ipd_plugins.commands.baseline import baseline
+from ipd_plugins.commands.compare import ablate, compare
+from ipd_plugins.commands.data import data
+from ipd_plugins.commands.options import IpdGroup, debug_option
+from ipd_plugins.commands.plugins import plugins
+from ipd_plugins.commands.run import eval_run, run
+
+__all__ = ["main"]
+
+
+@click.group(cls=IpdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ipd")
+@debug_option
+def main() -> None:
+    """ipd: Imaginary Planning Distillation for offline RL, built from swappable plugins.
+
+    Components of five kinds (value, world_model, uncertainty, planner, policy) and the
+    baselines are pluggy plugins; `ipd plugins` lists them. Errors print one `Error:` line;
+    `--debug` (here or on any command) shows the traceback.
+    """
+
+
+for command in (run, eval_run, baseline, compare, ablate, data, plugins):
+    main.add_command(command)

@@ -1,0 +1,76 @@
+"""Files that survive crashes and never run code: atomic writes and weights-only loading.
+
+Every write goes to a temporary file in the target's folder that is then renamed over the
+target, so a crash never leaves half a file. Checkpoints hold only tensors and plain values and
+are read back with ``torch.load(weights_only=True)``: a checkpoint file can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+__all__ = ["atomic_write", "atomic_write_text", "write_json", "atomic_save", "safe_load"]
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(f)`` on a temporary binary file next to ``path``, then rename it over."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` atomically (see the module docstring)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def safe_load(path: str | Path) -> Any:
+    """Load a file written by :func:`atomic_save` without unpickling arbitrary objects.
+
+    A file that is truncated, corrupted or holds pickled objects raises :class:`ValueError`
+    naming the file (the stage cache then retrains the stage that wrote it).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for unsafe content, RuntimeError when truncated
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path} cannot be read as a weights-only checkpoint (truncated, corrupted or not "
+            f"written by ipd; it is never unpickled): {first}"
+        ) from err

@@ -1,0 +1,343 @@
+"""IPD's pipeline, Algorithm 1: value -> world model -> augment -> distill -> evaluate.
+
+:func:`run_pipeline` runs one seed of a resolved :class:`~ipd_plugins.run_config.RunConfig`.
+:func:`prepare` makes every check that can fail before anything trains (dataset, environment,
+device, output folder); then each stage is one function, one call of the stage cache
+(:mod:`ipd_plugins.stages`), keyed by :func:`stage_keys`. Components are built from the registry
+and used only through their protocols (:mod:`registry.protocols`).
+
+The run folder ``<out>/<name>/seed_<seed>/`` gets ``config.yaml`` (the resolved config and its
+provenance; ``ipd run --config`` replays it), ``stages.json``, ``results.json``, ``eval.json``
+and TensorBoard events (``tb/``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ipd_plugins.augment import augment
+from ipd_plugins.data.dataset import TrajectoryDataset
+from ipd_plugins.evaluate import CallableActor, score
+from ipd_plugins.files import atomic_write_text, write_json
+from ipd_plugins.provenance import run_meta
+from ipd_plugins.run_config import RunConfig
+from ipd_plugins.stages import StageCache
+from ipd_plugins.uncertainty.reliable import DEFAULT_CALIBRATION_PAIRS, calibrate_kappa
+from registry import KINDS, BuildContext, config_hash, get_registry
+
+__all__ = [
+    "Prepared",
+    "prepare",
+    "context_for",
+    "stage_keys",
+    "fit_value",
+    "fit_world_model",
+    "imagine",
+    "distill",
+    "evaluate_actors",
+    "run_pipeline",
+    "SEGMENTS_FORMAT",
+]
+
+#: Part of the augment stage's cache key: bumped when ``segments.npz`` gains or changes a
+#: column, so that older caches are recomputed instead of read without it (2: ``timestep``).
+SEGMENTS_FORMAT = 2
+
+Echo = Callable[[str], None]
+
+
+def context_for(
+    ds: TrajectoryDataset, seed: int = 0, device: str = "cpu", env_id: str | None = None
+) -> BuildContext:
+    """What a component is built for on ``ds``: its dims, action bounds, env, seed and device."""
+    low, high = ds.action_bounds
+    return BuildContext(
+        obs_dim=ds.obs_dim,
+        act_dim=ds.act_dim,
+        act_low=tuple(float(x) for x in low),
+        act_high=tuple(float(x) for x in high),
+        device=device,
+        seed=seed,
+        env_id=env_id or ds.env_id,
+    )
+
+
+@dataclass
+class Prepared:
+    """What every stage needs: the checked dataset, the build context and the data's hash."""
+
+    dataset: TrajectoryDataset
+    ctx: BuildContext
+    data_hash: str
+
+
+def check_device(device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"run.device: {device!r} is not a torch device ({err})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"run.device is {device!r} but torch sees no CUDA GPU (torch {torch.__version__}, "
+            "a CPU build?); use --device cpu"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"run.device is {device!r} but MPS is not available; use --device cpu")
+
+
+def check_out_dir(out_dir: str | Path) -> None:
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".ipd-write-test-{time.time_ns()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+
+
+def prepare(
+    source: str,
+    *,
+    env_id: str | None = None,
+    clip_actions: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+    out_dir: str | Path = "runs",
+    echo: Echo = print,
+) -> Prepared:
+    """Every check that can fail before training: device, output folder, dataset, environment.
+
+    The dataset is loaded (made first if it is an `ipd data make` name not made yet) and checked
+    against the environment's observation and action spaces; the environment must build.
+    """
+    from ipd_plugins.data.envs import check_environment
+    from ipd_plugins.data.sources import resolve_dataset
+
+    check_device(device)
+    check_out_dir(out_dir)
+    ds = resolve_dataset(source, env_id=env_id, clip_actions=clip_actions, echo=echo)
+    ctx = context_for(ds, seed=seed, device=device, env_id=env_id)
+    if ctx.env_id is None:
+        raise ValueError(
+            f"dataset '{ds.name}' does not name its environment: pass --env ENV_ID "
+            "(e.g. --env Hopper-v5)"
+        )
+    check_environment(ctx.env_id)
+    return Prepared(ds, ctx, ds.content_hash())
+
+
+def stage_keys(cfg: RunConfig, data_hash: str, env_id: str | None) -> dict[str, str]:
+    """The stage-cache key of each stage: the hash of the data and every config it depends on.
+
+    Runs that share a key share that stage's artifact (e.g. a planner ablation shares the value
+    and world-model keys).
+    """
+    seed = cfg.run.seed
+    value = config_hash("value", data_hash, cfg.hash_part("value"), seed)
+    world_model = config_hash("world_model", data_hash, cfg.hash_part("world_model"), env_id, seed)
+    aug = config_hash(
+        "augment",
+        value,
+        world_model,
+        cfg.hash_part("uncertainty"),
+        cfg.hash_part("planner"),
+        cfg.hash_part("augment"),
+        seed,
+        SEGMENTS_FORMAT,
+    )
+    policy = config_hash("policy", aug, value, cfg.hash_part("policy"), seed)
+    return {"value": value, "world_model": world_model, "augment": aug, "policy": policy}
+
+
+def _build(cfg: RunConfig, kind: str, ctx: BuildContext) -> Any:
+    return get_registry().create(kind, cfg.components[kind], cfg.configs[kind], ctx)
+
+
+# -- the stages ------------------------------------------------------------------------------
+def fit_value(cache: StageCache, cfg: RunConfig, p: Prepared, key: str) -> Any:
+    """1. Q, V and pi_QOP (sec. 3.1, eq. 1-5)."""
+    value = _build(cfg, "value", p.ctx)
+    cache.fit(
+        "value",
+        key,
+        value,
+        lambda folder, log: value.fit(p.dataset, work_dir=folder, log=log),
+        cfg.run.seed,
+    )
+    return value
+
+
+def fit_world_model(cache: StageCache, cfg: RunConfig, p: Prepared, key: str) -> Any:
+    """2. The ensemble dynamics and reward model (sec. 3.2, eq. 13-16)."""
+    world_model = _build(cfg, "world_model", p.ctx)
+    cache.fit(
+        "world_model",
+        key,
+        world_model,
+        lambda folder, log: world_model.fit(p.dataset, work_dir=folder, log=log),
+        cfg.run.seed + 1,
+    )
+    return world_model
+
+
+def imagine(
+    cache: StageCache,
+    cfg: RunConfig,
+    p: Prepared,
+    key: str,
+    value: Any,
+    world_model: Any,
+    progress: bool = True,
+) -> tuple[TrajectoryDataset, dict[str, Any]]:
+    """3-4. kappa (eq. 12), then identification and planned rollouts (eq. 17-25, Alg. 1).
+
+    Returns the policy's training data (the dataset, then the kept segments) and the report.
+    """
+    from ipd_plugins.data.npz_io import load_npz, save_npz
+    from ipd_plugins.training import seed_everything
+
+    seed, device = cfg.run.seed, p.ctx.device
+    uncertainty, planner = _build(cfg, "uncertainty", p.ctx), _build(cfg, "planner", p.ctx)
+    n_pairs = getattr(cfg.configs["uncertainty"], "calibration_pairs", DEFAULT_CALIBRATION_PAIRS)
+
+    def train(folder: Path) -> dict[str, Any]:
+        seed_everything(seed + 2)
+        kappa, u_stats = calibrate_kappa(
+            p.dataset, world_model, uncertainty, n_pairs, seed=seed, device=device
+        )
+        cache.echo(f"[augment] reliable set U < kappa = {kappa:.4g} ({u_stats})")
+        result = augment(
+            p.dataset,
+            value,
+            world_model,
+            uncertainty,
+            planner,
+            kappa,
+            cfg.augment,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
+        if result.segments is not None:
+            save_npz(result.segments, folder / "segments.npz")
+        report = {**result.report, "uncertainty": u_stats}
+        write_json(folder / "report.json", report)
+        return report
+
+    def load(folder: Path) -> None:
+        if (folder / "segments.npz").exists():
+            load_npz(folder / "segments.npz")  # a corrupted file fails here, and retrains
+
+    record = cache.run("augment", key, train, load)
+    folder = Path(record.path)
+    report = record.metrics
+    train_ds = p.dataset
+    if (folder / "segments.npz").exists():
+        train_ds = TrajectoryDataset.concatenate([p.dataset, load_npz(folder / "segments.npz")])
+    cache.echo(
+        f"[augment] {report.get('selected', 0)} states selected, "
+        f"{report.get('imagined_steps_kept', 0)} imagined steps kept "
+        f"({report.get('cut_by_uncertainty', 0)} cut by uncertainty, "
+        f"{report.get('ended_by_termination', 0)} ended by termination)"
+    )
+    return train_ds, report
+
+
+def distill(
+    cache: StageCache,
+    cfg: RunConfig,
+    p: Prepared,
+    key: str,
+    train_ds: TrajectoryDataset,
+    value: Any,
+) -> Any:
+    """5. The sequence policy on real + imagined data (sec. 3.4, eq. 26)."""
+    policy = _build(cfg, "policy", p.ctx)
+    every = cfg.run.eval_every
+
+    def fit(folder: Path, log: Any) -> dict[str, float]:
+        def log_with_eval(step: int, values: dict[str, float]) -> None:
+            log(step, values)
+            if every and step > 0 and step % every == 0:
+                res = score(policy.actor(value), p.ctx.env_id, 3, cfg.run.seed, p.dataset)
+                log(step, {"eval_normalized": res.normalized_mean or res.mean_return})
+
+        return policy.fit(train_ds, value, work_dir=folder, log=log_with_eval)
+
+    cache.fit("policy", key, policy, fit, cfg.run.seed + 3)
+    return policy
+
+
+def evaluate_actors(
+    cfg: RunConfig, p: Prepared, policy: Any, value: Any, echo: Echo = print
+) -> dict[str, Any]:
+    """6-7. The last checkpoint acting with V(s_t) at every step, and pi_QOP; normalised."""
+    n, env_id = cfg.run.eval_episodes, p.ctx.env_id
+    assert env_id is not None
+    echo(f"[evaluate] {n} episodes of {env_id}")
+    scores = {"policy": score(policy.actor(value), env_id, n, cfg.run.seed, p.dataset).to_dict()}
+    if cfg.run.eval_qop:
+        qop = CallableActor(lambda obs: value.act(obs, deterministic=True))
+        scores["qop"] = score(qop, env_id, n, cfg.run.seed, p.dataset).to_dict()
+    write_json(cfg.run_dir / "eval.json", scores)
+    return scores
+
+
+# -- the run ---------------------------------------------------------------------------------
+def write_run_config(cfg: RunConfig, data_hash: str) -> None:
+    data = cfg.to_dict()
+    data["meta"] = run_meta(data_hash, f"ipd run --config {cfg.run_dir / 'config.yaml'}")
+    atomic_write_text(cfg.run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume, or reuse) every stage of one seed; returns ``results.json``'s content."""
+    t_start = time.perf_counter()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    run = cfg.run
+    p = prepare(
+        run.dataset,
+        env_id=run.env_id,
+        clip_actions=run.clip_actions,
+        seed=run.seed,
+        device=run.device,
+        out_dir=run.out_dir,
+        echo=echo,
+    )
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(cfg, p.data_hash)
+    echo(f"run folder: {cfg.run_dir}")
+    keys = stage_keys(cfg, p.data_hash, p.ctx.env_id)
+    cache = StageCache(run.out_dir, echo, tb_dir=cfg.run_dir / "tb")
+
+    value = fit_value(cache, cfg, p, keys["value"])
+    world_model = fit_world_model(cache, cfg, p, keys["world_model"])
+    train_ds, aug_report = imagine(
+        cache, cfg, p, keys["augment"], value, world_model, progress=progress
+    )
+    policy = distill(cache, cfg, p, keys["policy"], train_ds, value)
+    cache.write(cfg.run_dir / "stages.json")
+    scores = evaluate_actors(cfg, p, policy, value, echo)
+
+    records = cache.records
+    results = {
+        "dataset": {"source": run.dataset, "hash": p.data_hash, **p.dataset.summary()},
+        "components": {k: cfg.components[k] for k in KINDS},
+        "seed": run.seed,
+        "scores": scores,
+        "augment": aug_report,
+        "stage_seconds": {k: r.seconds for k, r in records.items()},
+        "stage_reused": {k: r.reused for k, r in records.items()},
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    write_json(cfg.run_dir / "results.json", results)
+    return results

@@ -1,0 +1,285 @@
+"""A run's configuration: paper defaults < profile < config file < flags < ``--set``.
+
+:func:`resolve_config` builds a :class:`RunConfig` and validates every option of every section
+(run settings, each component's config, the augmentation) before anything trains: a bad value
+fails here, naming the field and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ipd_plugins.augment import AugmentConfig
+from ipd_plugins.profiles import DEFAULT_DATASET, PROFILES
+from registry import KINDS, ComponentConfig, config_hash, get_registry
+from registry.config import (
+    HASHED_WITH,
+    dataclass_from_dict,
+    dataclass_to_dict,
+    identity_dict,
+)
+
+__all__ = [
+    "DEFAULT_COMPONENTS",
+    "SECTIONS",
+    "RunSettings",
+    "RunConfig",
+    "load_config_file",
+    "parse_overrides",
+    "resolve_config",
+    "MOVED_OPTIONS",
+]
+
+#: The paper's pipeline: what ``ipd run`` uses when no component flag is given.
+DEFAULT_COMPONENTS: dict[str, str] = {
+    "value": "qov",
+    "world_model": "pe",
+    "uncertainty": "gjs",
+    "planner": "mpc",
+    "policy": "ipd-dt",
+}
+
+#: Config-file / ``--set`` sections of an ``ipd run``.
+SECTIONS: tuple[str, ...] = ("run", *KINDS, "augment")
+
+#: Options that moved to another section; the old place is still read (saved configs replay).
+MOVED_OPTIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("augment", "calibration_pairs"): ("uncertainty", "calibration_pairs"),
+}
+
+
+@dataclass
+class RunSettings:
+    """What a run is about, besides its components."""
+
+    dataset: str = ""  # a Minari id, a .hdf5/.h5/.npz path or an `ipd data make` name
+    seed: int = 0  # fixes training, augmentation and evaluation
+    profile: str = "quick"  # quick | default | paper (step counts and sizes, see README)
+    device: str = "cpu"  # torch device for every component
+    threads: int | None = None  # torch CPU threads; None: torch's default (1 on a busy machine!)
+    eval_episodes: int = 10  # evaluation episodes of the final policy (last checkpoint)
+    eval_every: int = 0  # policy steps between periodic evaluations in the learning curve; 0: off
+    eval_qop: bool = True  # also score the value learner's own policy pi_QOP (IQL-style)
+    env_id: str | None = None  # the gymnasium env of the data (overrides the file's; --env)
+    clip_actions: bool = False  # clip dataset actions into the action space instead of failing
+    out_dir: str = "runs"  # where run folders and the stage cache live
+    name: str | None = None  # run folder name; default: dataset + components + config hash
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(
+                f"run.profile: unknown profile '{self.profile}'; profiles: {', '.join(PROFILES)}"
+            )
+        if self.seed < 0:
+            raise ValueError(f"run.seed must be >= 0, got {self.seed}")
+        if self.eval_episodes < 1:
+            raise ValueError(f"run.eval_episodes must be >= 1, got {self.eval_episodes}")
+        if self.eval_every < 0:
+            raise ValueError(f"run.eval_every must be >= 0 (0: off), got {self.eval_every}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(
+                f"run.threads must be >= 1 (or none: torch's default), got {self.threads}"
+            )
+        if not self.out_dir:
+            raise ValueError("run.out_dir must name a folder")
+
+    def identity_dict(self) -> dict[str, Any]:
+        """The settings a run-folder hash covers: all but the seed and where the run is written
+        (:func:`~registry.config.identity_dict`)."""
+        ident = identity_dict(self)
+        return {k: v for k, v in ident.items() if k not in ("seed", "out_dir", "name")}
+
+
+@dataclass
+class RunConfig:
+    """A fully resolved run: settings, component names, their configs and the augmentation."""
+
+    run: RunSettings
+    components: dict[str, str]
+    configs: dict[str, ComponentConfig]
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "run": dataclass_to_dict(self.run),
+            "components": dict(self.components),
+        }
+        for kind in KINDS:
+            out[kind] = self.configs[kind].to_dict()
+        out["augment"] = dataclass_to_dict(self.augment)
+        return out
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run_name / f"seed_{self.run.seed}"
+
+    @property
+    def run_name(self) -> str:
+        if self.run.name:
+            return self.run.name
+        slug = self.run.dataset.replace("/", "_").replace(".", "_").strip("_") or "dataset"
+        comps = "-".join(self.components[k] for k in KINDS)
+        return f"{slug}__{comps}__{config_hash(self.identity_dict())[:8]}"
+
+    def hashed_sections(self) -> dict[str, dict[str, Any]]:
+        """Each section's :func:`~registry.config.identity_dict`, a field declared with
+        :func:`~registry.config.moved` hashed with the section it came from."""
+        out: dict[str, dict[str, Any]] = {k: identity_dict(self.configs[k]) for k in KINDS}
+        out["augment"] = identity_dict(self.augment)
+        for kind in KINDS:
+            config = self.configs[kind]
+            for f in dataclasses.fields(config):
+                if HASHED_WITH in f.metadata:
+                    out[f.metadata[HASHED_WITH]][f.name] = getattr(config, f.name)
+        return out
+
+    def hash_part(self, section: str) -> dict[str, Any]:
+        """``section`` as :func:`~registry.config.config_hash` has always seen it (cache keys)."""
+        ident = self.hashed_sections()[section]
+        if section == "augment":
+            return {"type": type(self.augment).__name__, "config": ident}
+        config = self.configs[section]
+        return {"kind": config.kind, "name": config.name, "config": ident}
+
+    def identity_dict(self) -> dict[str, Any]:
+        """What the run-folder hash covers: every section's identity, without the seed and
+        where the run is written."""
+        out: dict[str, Any] = {
+            "run": self.run.identity_dict(),
+            "components": dict(self.components),
+        }
+        out.update(self.hashed_sections())
+        return out
+
+
+# -- reading configs ---------------------------------------------------------------------------
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a run config (YAML or TOML; a run folder or its ``config.yaml`` replays that run).
+
+    Only plain data is read (``yaml.safe_load``: a ``!!python`` tag is refused, never run).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no config file at {path}")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path} is not valid TOML: {err}") from None
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.constructor.ConstructorError as err:
+            raise ValueError(
+                f"{path}: refusing a YAML tag that would build a Python object "
+                f"({err.problem}, {err.problem_mark}); config files hold plain values only"
+            ) from None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            what = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(
+                f"{path} is not valid YAML: {what}{f' ({where})' if where else ''}"
+            ) from None
+    else:
+        raise ValueError(f"{path}: config files must end in .yaml, .yml or .toml")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    data.pop("meta", None)  # provenance written by a previous run; not an input
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{path}: section '{section}' must be a mapping of options, "
+                f"got {type(values).__name__} ({values!r})"
+            )
+    return data
+
+
+def parse_overrides(
+    pairs: list[str] | tuple[str, ...], sections: tuple[str, ...] = SECTIONS
+) -> dict[str, dict[str, Any]]:
+    """``["planner.n_mpc=8", "run.seed=1"]`` -> ``{"planner": {"n_mpc": "8"}, "run": {...}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"--set expects SECTION.KEY=VALUE, got {pair!r}")
+        if section not in sections:
+            raise ValueError(
+                f"--set {pair!r}: unknown section '{section}'; sections: {', '.join(sections)}"
+            )
+        out.setdefault(section, {})[name.strip()] = value.strip()
+    return out
+
+
+def _move_options(values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Read options from the places :data:`MOVED_OPTIONS` says they used to be."""
+    values = {k: dict(v) for k, v in values.items()}
+    for (old_section, old), (new_section, new) in MOVED_OPTIONS.items():
+        if old in values.get(old_section, {}):
+            values.setdefault(new_section, {}).setdefault(new, values[old_section].pop(old))
+    return values
+
+
+def resolve_config(
+    file: dict[str, Any] | None = None,
+    components: dict[str, str | None] | None = None,
+    run: dict[str, Any] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> RunConfig:
+    """Paper defaults < profile < config file < command-line flags < ``--set`` overrides.
+
+    Every value is checked here (types, ranges, component names), before any stage trains.
+    """
+    file = _move_options(dict(file or {}))
+    overrides = _move_options(dict(overrides or {}))
+    unknown = set(file) - {*SECTIONS, "components"}
+    if unknown:
+        raise ValueError(
+            f"config file has unknown section(s) {', '.join(sorted(unknown))}; "
+            f"sections: components, {', '.join(SECTIONS)}"
+        )
+    run_values = {**file.get("run", {}), **{k: v for k, v in (run or {}).items() if v is not None}}
+    run_values.update(overrides.get("run", {}))
+    profile_name = str(run_values.get("profile", RunSettings.profile))
+    if profile_name not in PROFILES:
+        raise ValueError(f"unknown profile '{profile_name}'; profiles: {', '.join(PROFILES)}")
+    profile = _move_options(PROFILES[profile_name])
+    settings = dataclass_from_dict(
+        RunSettings, {**profile.get("run", {}), **run_values}, "run settings"
+    )
+    if not settings.dataset:
+        settings.dataset = DEFAULT_DATASET[profile_name]
+
+    names = dict(DEFAULT_COMPONENTS)
+    names.update(file.get("components", {}))
+    names.update({k: v for k, v in (components or {}).items() if v})
+    reg = get_registry()
+    configs: dict[str, ComponentConfig] = {}
+    for kind in KINDS:
+        cls = reg.config_class(kind, names[kind])
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in profile.get(kind, {}).items() if k in fields}
+        # a file's section configures the component the file names; a flag that swaps the
+        # component (e.g. --planner greedy over a replayed mpc run) starts from its defaults
+        if file.get("components", {}).get(kind, DEFAULT_COMPONENTS[kind]) == names[kind]:
+            values.update(file.get(kind, {}))
+        values.update(overrides.get(kind, {}))
+        configs[kind] = cls.from_dict(values)
+    aug_values = {
+        **profile.get("augment", {}),
+        **file.get("augment", {}),
+        **overrides.get("augment", {}),
+    }
+    aug = dataclass_from_dict(AugmentConfig, aug_values, "augment settings")
+    return RunConfig(settings, names, configs, aug)

@@ -1,0 +1,283 @@
+"""The stage cache: every trained artifact once, keyed by what it depends on.
+
+A stage (the value function, the world model, the augmentation, the policy, a baseline) writes
+into ``<out>/cache/<stage>/<key>/``, where ``key`` hashes the dataset and every config the
+artifact depends on, and marks the folder complete with ``done.json``, written last with a
+SHA-256 of each artifact. So:
+
+- a later run that needs the same artifact reuses it (an ablation that changes only the planner
+  retrains neither the value function nor the world model);
+- an interrupted stage resumes from the periodic checkpoint its component keeps in the folder;
+- two runs that need one stage at once do not both train it: the second waits on the stage's
+  lock file (``<key>/.lock``), then reuses what the first made;
+- a cached artifact that no longer matches its checksum, or fails to load, is set aside as
+  ``<file>.corrupt`` and its stage retrains, saying so.
+
+Training curves go to the stage folder's ``log.csv`` and to TensorBoard; when stderr is not a
+terminal (output to a file, a CI log), a progress line is printed every ``progress_seconds``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ipd_plugins.files import write_json
+from ipd_plugins.training import seed_everything
+from registry.protocols import Logger
+
+try:  # POSIX advisory locks; without them (Windows) concurrent runs are not coordinated
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["StageCache", "StageRecord", "CurveLogger", "file_sha256", "stage_lock"]
+
+#: Exceptions that mean "this cached artifact cannot be used" when a component loads it.
+LOAD_ERRORS = (ValueError, RuntimeError, KeyError, EOFError, OSError)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def stage_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing); ``on_wait`` if we must wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class CurveLogger:
+    """Training curves of one stage: ``log.csv`` in the stage folder + TensorBoard scalars.
+
+    With ``echo`` and ``progress_seconds`` set, also prints ``[stage] step N: key=value ...`` at
+    most every ``progress_seconds`` (for logs that are not terminals, where bars are off).
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        stage_dir: Path,
+        tb_dir: Path | None,
+        echo: Callable[[str], None] | None = None,
+        progress_seconds: float | None = None,
+    ):
+        self.stage = stage
+        self.path = stage_dir / "log.csv"
+        self.echo, self.progress_seconds = echo, progress_seconds
+        self._last_echo = time.monotonic()
+        self.writer = None
+        if tb_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(tb_dir / stage))
+
+    def __call__(self, step: int, values: dict[str, float]) -> None:
+        new = not self.path.exists()
+        now = time.time()
+        with self.path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "key", "value", "time"])
+            for k, v in values.items():
+                w.writerow([step, k, float(v), now])
+                if self.writer is not None:
+                    self.writer.add_scalar(f"{self.stage}/{k}", float(v), step)
+        if self.echo is not None and self.progress_seconds is not None:
+            if time.monotonic() - self._last_echo >= self.progress_seconds:
+                self._last_echo = time.monotonic()
+                shown = " ".join(f"{k}={float(v):.4g}" for k, v in list(values.items())[:6])
+                self.echo(f"[{self.stage}] step {step}: {shown}")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@dataclass
+class StageRecord:
+    """What ``stages.json`` says of one stage: its cache folder and how it got there."""
+
+    key: str
+    path: str
+    reused: bool
+    seconds: float | None = None
+    finished: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+
+
+class StageCache:
+    """Runs or reuses stages under ``<out>/cache``; :attr:`records` is the run's ``stages.json``.
+
+    Args:
+        out_dir: the folder holding ``cache/`` (``--out``).
+        echo: where one-line messages go.
+        tb_dir: TensorBoard folder of the run (None: no TensorBoard).
+        progress_seconds: seconds between progress lines; None picks 60 when stderr is not a
+            terminal, else off (bars show progress there).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        echo: Callable[[str], None] = print,
+        tb_dir: Path | None = None,
+        progress_seconds: float | None = None,
+    ):
+        self.root = Path(out_dir) / "cache"
+        self.echo, self.tb_dir = echo, tb_dir
+        if progress_seconds is None and not sys.stderr.isatty():
+            progress_seconds = 60.0
+        self.progress_seconds = progress_seconds
+        self.records: dict[str, StageRecord] = {}
+
+    def folder(self, stage: str, key: str) -> Path:
+        return (self.root / stage / key).resolve()
+
+    def logger(self, stage: str, folder: Path) -> CurveLogger:
+        return CurveLogger(stage, folder, self.tb_dir, self.echo, self.progress_seconds)
+
+    def run(
+        self,
+        stage: str,
+        key: str,
+        train: Callable[[Path], dict[str, Any] | None],
+        load: Callable[[Path], None],
+    ) -> StageRecord:
+        """Reuse the stage's artifact (``load(folder)``) or make it (``train(folder)``).
+
+        ``train`` writes the artifact files into ``folder`` and returns metrics; ``load`` reads
+        them back into the caller's component (called only on reuse). Every file ``train``
+        leaves in the folder is checksummed in ``done.json``.
+        """
+        folder = self.folder(stage, key)
+        lock = folder / ".lock"
+
+        def waiting() -> None:
+            self.echo(f"[{stage}] another run is making {folder}; waiting for it")
+
+        with stage_lock(lock, on_wait=waiting):
+            record = self._reuse(stage, key, folder, load)
+            if record is None:
+                record = self._train(stage, key, folder, train)
+        self.records[stage] = record
+        return record
+
+    def fit(
+        self,
+        stage: str,
+        key: str,
+        component: Any,
+        fit: Callable[[Path, Logger], dict[str, float] | None],
+        seed: int,
+    ) -> StageRecord:
+        """A trainable component's stage: seed, ``fit(folder, log)``, ``weights.pt``; or reuse."""
+
+        def train(folder: Path) -> dict[str, Any]:
+            seed_everything(seed)
+            log = self.logger(stage, folder)
+            try:
+                metrics = fit(folder, log)
+            finally:
+                log.close()
+            component.save(folder / "weights.pt")
+            return dict(metrics or {})
+
+        return self.run(stage, key, train, lambda folder: component.load(folder / "weights.pt"))
+
+    def write(self, path: Path) -> None:
+        """Write :attr:`records` as ``stages.json``."""
+        write_json(path, {k: asdict(v) for k, v in self.records.items()})
+
+    # -- internals ----------------------------------------------------------------------
+    def _reuse(
+        self, stage: str, key: str, folder: Path, load: Callable[[Path], None]
+    ) -> StageRecord | None:
+        done = folder / "done.json"
+        if not done.exists():
+            return None
+        try:
+            info = json.loads(done.read_text())
+            for name, digest in info.get("artifacts", {}).items():
+                if file_sha256(folder / name) != digest:
+                    raise ValueError(f"{name} does not match the checksum in done.json")
+            load(folder)
+        except (*LOAD_ERRORS, json.JSONDecodeError) as err:
+            self._set_aside(stage, folder, err)
+            return None
+        self.echo(f"[{stage}] reusing {folder} (trained {info.get('finished', '?')})")
+        return StageRecord(
+            key=key,
+            path=str(folder),
+            reused=True,
+            seconds=info.get("seconds"),
+            finished=info.get("finished"),
+            metrics=info.get("metrics", {}),
+            artifacts=info.get("artifacts", {}),
+        )
+
+    def _set_aside(self, stage: str, folder: Path, err: BaseException) -> None:
+        """Rename the artifacts and ``done.json`` to ``*.corrupt`` (kept, never deleted)."""
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        self.echo(f"[{stage}] the cached artifact in {folder} is unusable ({first}); retraining")
+        for path in folder.iterdir():
+            if path.is_file() and not path.name.endswith(".corrupt"):
+                path.replace(path.with_name(path.name + ".corrupt"))
+
+    def _train(
+        self, stage: str, key: str, folder: Path, train: Callable[[Path], dict[str, Any] | None]
+    ) -> StageRecord:
+        resumed = any(not _scratch(p) or p.name.startswith("train_state") for p in folder.iterdir())
+        folder.mkdir(parents=True, exist_ok=True)
+        self.echo(f"[{stage}] {'resuming' if resumed else 'running'} -> {folder}")
+        t0 = time.perf_counter()
+        metrics = dict(train(folder) or {})
+        artifacts = {
+            p.name: file_sha256(p)
+            for p in sorted(folder.iterdir())
+            if p.is_file() and p.name not in ("done.json", "log.csv") and not _scratch(p)
+        }
+        record = StageRecord(
+            key=key,
+            path=str(folder),
+            reused=False,
+            seconds=time.perf_counter() - t0,
+            finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+            metrics=metrics,
+            artifacts=artifacts,
+        )
+        info = {k: v for k, v in asdict(record).items() if k not in ("key", "path", "reused")}
+        write_json(folder / "done.json", info)
+        return record
+
+
+def _scratch(path: Path) -> bool:
+    """Files that are not the artifact: set-aside copies, temporaries, resume checkpoints."""
+    name = path.name
+    return name.endswith((".corrupt", ".tmp")) or name.startswith((".", "train_state"))
