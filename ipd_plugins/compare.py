@@ -127,7 +127,9 @@ def dataset_label(dataset: dict[str, Any]) -> str:
 
 
 def method_label(results: dict[str, Any]) -> str:
-    """The results' ``label``/``method``, else ``ipd`` or ``ipd[kind=name,...]``."""
+    """The results' ``label``/``method``, else ``ipd``, or ``ipd[kind=name,...,section.key=v]``
+    with the components and the options (``results["options"]``) that differ from the paper's
+    pipeline at its profile."""
     from ipd_plugins.run_config import DEFAULT_COMPONENTS
 
     for key in ("label", "method"):
@@ -135,6 +137,7 @@ def method_label(results: dict[str, Any]) -> str:
             return str(results[key])
     comps = results.get("components", {})
     diff = [f"{k}={v}" for k, v in comps.items() if DEFAULT_COMPONENTS.get(k) != v]
+    diff += list(results.get("options", []))
     return "ipd" if not diff else "ipd[" + ",".join(diff) + "]"
 
 
@@ -321,7 +324,9 @@ def bar_chart(cmp: Comparison, path: str | Path, title: str = "") -> None:
     ax.set_xticks(x, cmp.datasets, rotation=20, ha="right")
     ax.set_ylabel("normalised score x100" if cmp.normalized else "return")
     ax.set_title("mean ± std over seeds (last checkpoint)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(  # below the axes, never over the bars
+        fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(n_m, 3)
+    )
     if title:
         fig.suptitle(title, fontsize=11)
     iqms = np.array([m.iqm for m in cmp.methods])
@@ -331,7 +336,7 @@ def bar_chart(cmp: Comparison, path: str | Path, title: str = "") -> None:
     ax2.set_title("IQM, 95% CI", fontsize=10)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

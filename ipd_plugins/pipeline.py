@@ -27,7 +27,7 @@ from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import CallableActor, score
 from ipd_plugins.files import atomic_write_text, write_json
 from ipd_plugins.provenance import run_meta
-from ipd_plugins.run_config import RunConfig
+from ipd_plugins.run_config import RunConfig, changed_options
 from ipd_plugins.stages import StageCache
 from ipd_plugins.uncertainty.reliable import DEFAULT_CALIBRATION_PAIRS, calibrate_kappa
 from registry import KINDS, BuildContext, config_hash, get_registry
@@ -108,6 +108,7 @@ def prepare(
     *,
     env_id: str | None = None,
     clip_actions: bool = False,
+    episode_length: int | None = None,
     seed: int = 0,
     device: str = "cpu",
     out_dir: str | Path = "runs",
@@ -123,7 +124,13 @@ def prepare(
 
     check_device(device)
     check_out_dir(out_dir)
-    ds = resolve_dataset(source, env_id=env_id, clip_actions=clip_actions, echo=echo)
+    ds = resolve_dataset(
+        source,
+        env_id=env_id,
+        clip_actions=clip_actions,
+        episode_length=episode_length,
+        echo=echo,
+    )
     ctx = context_for(ds, seed=seed, device=device, env_id=env_id)
     if ctx.env_id is None:
         raise ValueError(
@@ -308,6 +315,7 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
         run.dataset,
         env_id=run.env_id,
         clip_actions=run.clip_actions,
+        episode_length=run.episode_length,
         seed=run.seed,
         device=run.device,
         out_dir=run.out_dir,
@@ -332,6 +340,7 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
     results = {
         "dataset": {"source": run.dataset, "hash": p.data_hash, **p.dataset.summary()},
         "components": {k: cfg.components[k] for k in KINDS},
+        "options": changed_options(cfg),
         "seed": run.seed,
         "scores": scores,
         "augment": aug_report,

@@ -19,6 +19,7 @@ from ipd_plugins.profiles import DEFAULT_DATASET, PROFILES
 from registry import KINDS, ComponentConfig, config_hash, get_registry
 from registry.config import (
     HASHED_WITH,
+    added_later,
     dataclass_from_dict,
     dataclass_to_dict,
     identity_dict,
@@ -32,6 +33,7 @@ __all__ = [
     "load_config_file",
     "parse_overrides",
     "resolve_config",
+    "changed_options",
     "MOVED_OPTIONS",
 ]
 
@@ -67,6 +69,8 @@ class RunSettings:
     eval_qop: bool = True  # also score the value learner's own policy pi_QOP (IQL-style)
     env_id: str | None = None  # the gymnasium env of the data (overrides the file's; --env)
     clip_actions: bool = False  # clip dataset actions into the action space instead of failing
+    # steps per episode of a D4RL HDF5 file without 'timeouts'/'terminals' (--episode-length)
+    episode_length: int | None = added_later(None)
     out_dir: str = "runs"  # where run folders and the stage cache live
     name: str | None = None  # run folder name; default: dataset + components + config hash
 
@@ -85,6 +89,8 @@ class RunSettings:
             raise ValueError(
                 f"run.threads must be >= 1 (or none: torch's default), got {self.threads}"
             )
+        if self.episode_length is not None and self.episode_length < 1:
+            raise ValueError(f"run.episode_length must be >= 1, got {self.episode_length}")
         if not self.out_dir:
             raise ValueError("run.out_dir must name a folder")
 
@@ -283,3 +289,17 @@ def resolve_config(
     }
     aug = dataclass_from_dict(AugmentConfig, aug_values, "augment settings")
     return RunConfig(settings, names, configs, aug)
+
+
+def changed_options(cfg: RunConfig) -> list[str]:
+    """``SECTION.KEY=VALUE`` for every component and augmentation option that differs from
+    what the profile gives these components: how a ``--set`` variant is labelled in tables."""
+    base = resolve_config(components=cfg.components, run={"profile": cfg.run.profile})
+    mine, theirs = cfg.hashed_sections(), base.hashed_sections()
+    out = []
+    for section in (*KINDS, "augment"):
+        a, b = mine[section], theirs[section]
+        out += [
+            f"{section}.{k}={a.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+        ]
+    return out

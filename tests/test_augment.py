@@ -1,7 +1,6 @@
-"""Imaginary augmentation (Alg. 1) and the planners, on a 1-d system with an exact model.
+"""Imaginary augmentation (Alg. 1) on the 1-d system with an exact model of ``tests/fakes.py``.
 
-The system: s' = clip(s + a, -5, 5), r = -s'^2, actions in [-1, 1]. The "learned" models are
-exact, so imagined returns are true returns and every check is about the algorithm itself.
+Imagined returns are true returns there, so every check is about the algorithm itself.
 """
 
 from __future__ import annotations
@@ -9,89 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fakes import CTX, ExactModel, FakeValue, VarUncertainty, one_d_dataset, run_augment
 
 from ipd_plugins.augment import AugmentConfig, augment, candidate_states, select_top_k
-from ipd_plugins.data import TrajectoryDataset
 from ipd_plugins.planners.greedy import GreedyConfig
 from ipd_plugins.planners.mpc import MPCConfig
 from ipd_plugins.returns import discounted_return
 from ipd_plugins.uncertainty.reliable import calibrate_kappa
-from registry import BuildContext, PlanningContext, WorldModelStep
-
-CTX = BuildContext(obs_dim=1, act_dim=1, act_low=(-1.0,), act_high=(1.0,))
-
-
-class ExactModel:
-    """World model of the 1-d system; member variance = |s| so uncertainty grows with |s|."""
-
-    def step(self, obs, act, generator=None):
-        nxt = (obs + act).clamp(-5, 5)
-        var = obs.abs().expand(3, *obs.shape).clone() + 1e-3
-        return WorldModelStep(
-            nxt,
-            -(nxt[:, 0] ** 2),
-            torch.zeros(len(obs), dtype=torch.bool),
-            nxt.expand(3, *nxt.shape),
-            var,
-        )
-
-
-class FakeValue:
-    """pi_QOP(s) = -0.3 s (cautious), samples add N(0, 0.6^2); V(s) = -2 s^2."""
-
-    gamma = 0.99
-
-    def v(self, obs):
-        return -2.0 * obs[:, 0] ** 2
-
-    def act(self, obs, deterministic=True):
-        a = -0.3 * obs
-        if not deterministic:
-            a = a + 0.6 * torch.randn_like(a)
-        return a.clamp(-1, 1)
-
-
-class VarUncertainty:
-    """U = mean member variance (= |s| for ExactModel)."""
-
-    def __call__(self, mean, var):
-        return var.mean(dim=(0, 2))
-
-    def calibrate(self, u):
-        return float(torch.quantile(u, 0.99))
-
-
-def _dataset(n_episodes=6, length=40, seed=0) -> TrajectoryDataset:
-    """Episodes of a poor behaviour policy (random actions) starting near 0."""
-    rng = np.random.default_rng(seed)
-    eps = []
-    for _ in range(n_episodes):
-        s = rng.uniform(-1, 1, size=1)
-        obs, acts, rews = [s], [], []
-        for _ in range(length):
-            a = rng.uniform(-1, 1, size=1)
-            s = np.clip(s + a, -5, 5)
-            obs.append(s), acts.append(a), rews.append(-(s[0] ** 2))
-        eps.append(
-            dict(
-                observations=np.array(obs),
-                actions=np.array(acts),
-                rewards=np.array(rews),
-                terminations=np.zeros(length),
-                truncations=np.eye(length)[-1],
-            )
-        )
-    return TrajectoryDataset.from_episodes(
-        eps, action_low=np.array([-1.0]), action_high=np.array([1.0])
-    )
-
-
-def _true_return(s0, actions, gamma):
-    s, total = s0, 0.0
-    for k, a in enumerate(actions):
-        s = float(np.clip(s + a, -5, 5))
-        total += gamma**k * -(s**2)
-    return total
+from registry import WorldModelStep
 
 
 def test_candidate_states_window():
@@ -123,24 +47,9 @@ def test_discounted_return_matches_loop():
         assert out[b] == pytest.approx(float(ref), abs=1e-6)
 
 
-def _run(planner_cfg, ds, kappa=1e9, n_aug=1.0, seed=0):
-    torch.manual_seed(seed)
-    return augment(
-        ds,
-        FakeValue(),
-        ExactModel(),
-        VarUncertainty(),
-        planner_cfg.create(CTX),
-        kappa,
-        AugmentConfig(n_aug=n_aug, horizon=5, context=3),
-        seed=seed,
-        progress=False,
-    )
-
-
 def test_augment_structure_and_provenance():
-    ds = _dataset()
-    res = _run(MPCConfig(), ds)
+    ds = one_d_dataset()
+    res = run_augment(MPCConfig(), ds)
     seg, rep = res.segments, res.report
     assert rep["candidates"] == 6 * (40 - 3 - 5 + 1)
     assert rep["selected"] == 6 * (40 // 5)
@@ -167,29 +76,16 @@ def test_augment_structure_and_provenance():
 
 
 def test_selected_states_are_the_worst_logged_ones():
-    ds = _dataset()
-    res = _run(GreedyConfig(), ds)
+    ds = one_d_dataset()
+    res = run_augment(GreedyConfig(), ds)
     assert res.report["gap_mean_selected"] > res.report["gap_mean_candidates"] > 0
     assert res.report["gap_mean_augmented"] > 0  # imagined continuations beat the logged steps
 
 
-def test_mpc_beats_greedy_on_the_same_states_in_the_true_system():
-    ds = _dataset()
-    returns = {}
-    for cfg in (MPCConfig(n_mpc=8, horizon=5), GreedyConfig()):
-        seg = _run(cfg, ds).segments
-        totals = []
-        for i in range(seg.n_episodes):
-            ep = seg.episode(i)
-            totals.append(_true_return(float(ep.observations[3, 0]), ep.actions[3:, 0], 0.99))
-        returns[cfg.name] = np.mean(totals)
-    assert returns["mpc"] > returns["greedy"] + 0.1, returns
-
-
 def test_uncertainty_cut_stops_rollouts_leaving_the_data():
-    ds = _dataset()
+    ds = one_d_dataset()
     # |s| < 0.5 is "reliable": rollouts that start or wander outside are cut there
-    res = _run(GreedyConfig(), ds, kappa=0.5 + 1e-3)
+    res = run_augment(GreedyConfig(), ds, kappa=0.5 + 1e-3)
     rep = res.report
     assert rep["cut_by_uncertainty"] > 0
     assert rep["imagined_steps_kept"] < rep["selected"] * 5
@@ -209,7 +105,7 @@ def test_termination_ends_rollouts_and_no_bootstrap():
                 out.member_var,
             )
 
-    ds = _dataset()
+    ds = one_d_dataset()
     res = augment(
         ds,
         FakeValue(),
@@ -225,19 +121,8 @@ def test_termination_ends_rollouts_and_no_bootstrap():
     assert res.segments.terminations.sum() == res.segments.n_episodes
 
 
-def test_mpc_discards_candidates_that_leave_the_reliable_set():
-    planner = MPCConfig(n_mpc=4, horizon=3).create(CTX)
-    obs = torch.full((256, 1), 0.2)
-    torch.manual_seed(0)
-    ctx = PlanningContext(FakeValue(), ExactModel(), VarUncertainty(), kappa=0.45)
-    acts = planner.plan(obs, ctx)
-    # a first action taking |s| past 0.45 makes the candidate unreliable at step 2: never chosen
-    # while the mean action (-0.06 -> s = 0.14) stays reliable
-    assert ((obs + acts).abs() <= 0.45).all()
-
-
 def test_calibrate_kappa_uses_dataset_pairs():
-    ds = _dataset()
+    ds = one_d_dataset()
     kappa, stats = calibrate_kappa(ds, ExactModel(), VarUncertainty(), n_pairs=10_000)
     u = np.abs(ds.observations[:, 0]) + 1e-3
     assert kappa == pytest.approx(np.quantile(u, 0.99), rel=1e-4)
@@ -245,6 +130,6 @@ def test_calibrate_kappa_uses_dataset_pairs():
 
 
 def test_zero_n_aug_returns_the_dataset_unchanged():
-    ds = _dataset()
-    res = _run(MPCConfig(), ds, n_aug=0.0)
+    ds = one_d_dataset()
+    res = run_augment(MPCConfig(), ds, n_aug=0.0)
     assert res.segments is None and res.dataset is ds and res.report["selected"] == 0

@@ -159,6 +159,8 @@ def test_labels_name_swapped_components_and_never_pool_different_configs(tmp_pat
     assert method_label({"components": greedy}) == "ipd[planner=greedy]"
     assert method_label({"components": dict(DEFAULT_COMPONENTS)}) == "ipd"
     assert method_label({"label": "N_aug=2", "components": {}}) == "N_aug=2"
+    options = {"components": greedy, "options": ["policy.alpha=0.5"]}
+    assert method_label(options) == "ipd[planner=greedy,policy.alpha=0.5]"
     _fake_run(out, "hopper-medium__qov-pe-gjs-greedy-ipd-dt__11112222", 0, "hopper-medium", 1.0,
               components=greedy)  # fmt: skip
     # two run folders with the default components but different --set options

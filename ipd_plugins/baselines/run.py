@@ -190,6 +190,7 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None]) -> Prepared:
         settings.dataset,
         env_id=settings.env_id,
         clip_actions=settings.clip_actions,
+        episode_length=settings.episode_length,
         seed=settings.seed,
         device=settings.device,
         out_dir=settings.out_dir,

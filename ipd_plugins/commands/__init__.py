@@ -30,6 +30,27 @@ def main() -> None:
     baselines are pluggy plugins; `ipd plugins` lists them. Errors print one `Error:` line;
     `--debug` (here or on any command) shows the traceback.
     """
+    quiet_third_party_output()
+
+
+def quiet_third_party_output() -> None:
+    """Keep d3rlpy's chatter out of ipd's output: the legacy ``gym`` package's banner (printed
+    when d3rlpy imports it) and d3rlpy's info-level structlog lines; warnings still show."""
+    import contextlib
+    import io
+    import logging
+
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            import gym  # noqa: F401
+        except ImportError:
+            pass
+    try:
+        import structlog
+
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    except ImportError:
+        pass
 
 
 for command in (run, eval_run, baseline, compare, ablate, data, plugins):

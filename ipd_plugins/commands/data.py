@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ipd_plugins.commands.options import debug_option, echo, fail
+from ipd_plugins.commands.options import debug_option, echo, episode_length_option, fail
 
 __all__ = ["data", "info", "make", "list_datasets", "export", "dataset_info"]
 
@@ -46,8 +46,15 @@ def dataset_info(ds: Any, source: str | None = None) -> dict[str, Any]:
     is_flag=True,
     help="Clip actions outside the action space (and say how many) instead of failing.",
 )
+@episode_length_option
 @debug_option
-def info(source: str, env_id: str | None, as_json: bool, clip_actions: bool) -> None:
+def info(
+    source: str,
+    env_id: str | None,
+    as_json: bool,
+    clip_actions: bool,
+    episode_length: int | None,
+) -> None:
     """Describe SOURCE: a Minari id, an `ipd data make` name, a D4RL .hdf5/.h5 or an .npz file.
 
     Prints episodes, steps, dims and the episode return min/mean/max, and the D4RL-normalised
@@ -57,7 +64,13 @@ def info(source: str, env_id: str | None, as_json: bool, clip_actions: bool) -> 
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = resolve_dataset(source, env_id=env_id, clip_actions=clip_actions, echo=echo)
+        ds = resolve_dataset(
+            source,
+            env_id=env_id,
+            clip_actions=clip_actions,
+            episode_length=episode_length,
+            echo=echo,
+        )
     for w in caught:
         if issubclass(w.category, UserWarning):
             echo(f"note: {w.message}")
@@ -158,9 +171,18 @@ def list_datasets(store: str | None) -> None:
 @click.argument("source")
 @click.argument("dataset_id")
 @click.option("--env", "env_id", metavar="ENV_ID", help="the data's gymnasium id (e.g. Hopper-v5)")
+@click.option("--clip-actions", is_flag=True, help="clip actions into the action space")
+@episode_length_option
 @click.option("--overwrite", is_flag=True, help="replace an existing dataset with this id")
 @debug_option
-def export(source: str, dataset_id: str, env_id: str | None, overwrite: bool) -> None:
+def export(
+    source: str,
+    dataset_id: str,
+    env_id: str | None,
+    clip_actions: bool,
+    episode_length: int | None,
+    overwrite: bool,
+) -> None:
     """Write SOURCE (a dataset source or an `ipd run` seed folder) as Minari DATASET_ID.
 
     A run folder exports the data its policy was trained on: the original episodes, then the
@@ -185,7 +207,13 @@ def export(source: str, dataset_id: str, env_id: str | None, overwrite: bool) ->
             f"ipd augmented dataset of run {path} (augment stage {stages['augment']['key']})"
         )
     else:
-        ds = resolve_dataset(source, env_id=env_id, echo=echo)
+        ds = resolve_dataset(
+            source,
+            env_id=env_id,
+            clip_actions=clip_actions,
+            episode_length=episode_length,
+            echo=echo,
+        )
         description = f"exported by ipd from {source}"
     to_minari(ds, dataset_id, description=description, overwrite=overwrite)
     imagined = int(ds.extras["imagined"].sum()) if "imagined" in ds.extras else 0

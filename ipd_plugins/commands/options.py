@@ -15,6 +15,7 @@ __all__ = [
     "echo",
     "usage_errors",
     "debug_option",
+    "episode_length_option",
     "run_options",
     "RUN_OPTION_FIELDS",
     "parse_seeds",
@@ -27,6 +28,7 @@ RUN_OPTION_FIELDS = (
     "dataset",
     "env_id",
     "clip_actions",
+    "episode_length",
     "profile",
     "out_dir",
     "name",
@@ -79,6 +81,15 @@ def debug_option(f: Callable) -> Callable:
     )(f)
 
 
+episode_length_option = click.option(
+    "--episode-length",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="steps per episode of a D4RL HDF5 file that has no 'timeouts' (or neither "
+    "'timeouts' nor 'terminals'): its episodes end every N steps.",
+)
+
+
 def _options(f: Callable, opts: list[Any]) -> Callable:
     for opt in reversed(opts):
         f = opt(f)
@@ -123,6 +134,7 @@ def run_options(what: str) -> Callable[[Callable], Callable]:
                     help="clip dataset actions into the environment's action space (and say "
                     "how many) instead of failing.",
                 ),
+                episode_length_option,
                 click.option("--seed", type=int, help=f"seed of {what} (default 0)"),
                 click.option(
                     "--seeds",

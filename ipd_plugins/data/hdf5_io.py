@@ -173,8 +173,9 @@ def _episode_flags(
     if not has_term and not has_time and episode_length is None:
         raise DatasetError(
             f"{src}: neither 'terminals' nor 'timeouts' is in the file, so where episodes end is "
-            "unknown; pass episode_length=N to take them as consecutive episodes of N steps "
-            "(the last one possibly shorter), each ending in a time limit"
+            "unknown; pass --episode-length N (episode_length=N in Python) to take them as "
+            "consecutive episodes of N steps (the last one possibly shorter), each ending in a "
+            "time limit"
         )
     with named_source(src):
         terminals = (
@@ -189,7 +190,7 @@ def _episode_flags(
     if not has_time and episode_length is None:
         notes.append(
             "no 'timeouts' in the file: episodes end only at terminals and at the end of the "
-            "file (pass episode_length=N if they also end at a time limit)"
+            "file (pass --episode-length N if they also end at a time limit)"
         )
     elif not has_time:
         # a time limit: N steps after the start of each episode (a terminal starts a new one)

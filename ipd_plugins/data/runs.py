@@ -65,6 +65,7 @@ def load_trained(
         run.dataset,
         env_id=run.env_id,
         clip_actions=run.clip_actions,
+        episode_length=run.episode_length,
         seed=run.seed,
         device=run.device,
         out_dir=run.out_dir,
@@ -87,7 +88,13 @@ def load_augmented(run_dir: str | Path) -> TrajectoryDataset:
     from ipd_plugins.data.sources import resolve_dataset
 
     cfg, stages = load_run(run_dir)
-    ds = resolve_dataset(cfg.run.dataset, env_id=cfg.run.env_id, clip_actions=cfg.run.clip_actions)
+    run = cfg.run
+    ds = resolve_dataset(
+        run.dataset,
+        env_id=run.env_id,
+        clip_actions=run.clip_actions,
+        episode_length=run.episode_length,
+    )
     segments = Path(stages["augment"]["path"]) / "segments.npz"
     if not segments.exists():
         return ds  # nothing was kept (N_aug 0, or every rollout was cut)

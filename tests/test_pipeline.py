@@ -1,0 +1,146 @@
+"""The pipeline's stages and checks: what is shared between runs, and what fails before training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+from click.testing import CliRunner
+from tiny import TINY_IPD as TINY
+
+from ipd_plugins.commands import main
+from ipd_plugins.pipeline import prepare, stage_keys
+from ipd_plugins.run_config import parse_overrides, resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _keys(*pairs: str, components: dict | None = None, seed: int = 0) -> dict[str, str]:
+    cfg = resolve_config(
+        components=components, run={"seed": seed}, overrides=parse_overrides(list(pairs))
+    )
+    return stage_keys(cfg, "data-hash", "Pendulum-v1")
+
+
+def test_stage_keys_share_exactly_what_a_change_leaves_alone():
+    base = _keys()
+    planner = _keys(components={"planner": "greedy"})
+    assert planner["value"] == base["value"] and planner["world_model"] == base["world_model"]
+    assert planner["augment"] != base["augment"] and planner["policy"] != base["policy"]
+    policy = _keys("policy.alpha=0.5")
+    assert policy["augment"] == base["augment"] and policy["policy"] != base["policy"]
+    value = _keys("value.beta=1")
+    assert value["world_model"] == base["world_model"] and value["value"] != base["value"]
+    assert value["augment"] != base["augment"]  # pi_QOP drives identification and MPC
+    assert all(_keys(seed=1)[k] != base[k] for k in base)  # every stage is per seed
+    assert _keys("run.eval_episodes=3") == base  # evaluation is not a stage
+
+
+def _d4rl_file(path: Path, scale: float = 1.0, with_env: bool = False) -> Path:
+    """The tiny pendulum data as a D4RL-style HDF5 file, actions times ``scale``."""
+    from ipd_plugins.data.sources import resolve_dataset
+
+    ds = resolve_dataset("pendulum-medium-replay")
+    with h5py.File(path, "w") as f:
+        f["observations"] = ds.observations
+        f["next_observations"] = ds.next_observations
+        f["actions"] = ds.actions * scale
+        f["rewards"] = ds.rewards
+        f["terminals"] = ds.terminations
+        f["timeouts"] = ds.truncations
+        if with_env:
+            f.attrs["env_id"] = "Pendulum-v1"
+    return path
+
+
+def _run(out: Path, *extra: str, tiny: bool = True):
+    args = ["run", "--out", str(out), "--quiet"]
+    for item in TINY if tiny else []:
+        args += ["--set", item]
+    return CliRunner().invoke(main, [*args, *extra])
+
+
+def test_env_on_the_command_line_reaches_the_loader_and_the_results(store, tmp_path):
+    data = _d4rl_file(tmp_path / "expert.hdf5", scale=1.25)  # actions up to 2.5 > Pendulum's 2
+    out = tmp_path / "runs"
+    refused = _run(out, "--dataset", str(data), "--env", "Pendulum-v1")
+    assert refused.exit_code == 1 and "--clip-actions" in refused.output
+    assert "Traceback" not in refused.output and not (out / "cache").exists()
+    result = _run(out, "--dataset", str(data), "--env", "Pendulum-v1", "--clip-actions")
+    assert result.exit_code == 0, result.output
+    (results_path,) = out.glob("*/seed_0/results.json")
+    results = json.loads(results_path.read_text())
+    assert results["dataset"]["env_id"] == "Pendulum-v1"
+    assert results["scores"]["policy"]["normalized_mean"] is not None
+    config = (results_path.parent / "config.yaml").read_text()
+    assert "env_id: Pendulum-v1" in config and "clip_actions: true" in config
+
+
+def test_what_cannot_work_fails_before_training_with_one_line(store, tmp_path):
+    data = _d4rl_file(tmp_path / "plain.hdf5")
+    out = tmp_path / "runs"
+    cases = [
+        (["--dataset", str(data)], "--env ENV_ID"),  # the file does not name its environment
+        (["--dataset", str(data), "--env", "AdroitHandDoor-v1"], "gymnasium-robotics"),
+        (["--dataset", str(data), "--env", "Hopper-v5"], "Hopper-v5's is"),  # dims differ
+        (["--dataset", str(data), "--env", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+        (["--dataset", "pendulum-medium-replay", "--device", "cuda"], "CUDA"),
+        (["--dataset", str(tmp_path / "missing.npz")], "missing.npz"),
+    ]
+    for args, words in cases:
+        result = _run(out, *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.output.count("Error:") == 1 and words in result.output, result.output
+        assert "Traceback" not in result.output
+        assert not (out / "cache").exists(), args
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    result = _run(blocked / "runs", "--dataset", "pendulum-medium-replay")
+    assert result.exit_code == 1 and "cannot write there" in result.output
+    debug = _run(out, "--dataset", str(data), "--debug")
+    assert debug.exit_code == 1 and debug.exception is not None  # --debug: the real exception
+
+
+def test_prepare_checks_the_data_against_the_environment(store):
+    p = prepare("pendulum-medium-replay", seed=3)
+    assert p.ctx.env_id == "Pendulum-v1" and p.ctx.obs_dim == 3 and p.ctx.seed == 3
+    assert p.data_hash == p.dataset.content_hash()
+
+
+def test_two_runs_on_one_out_folder_train_each_stage_once(store, tmp_path):
+    """Started together, one run trains each stage; the other waits for it and reuses it."""
+    out = tmp_path / "runs"
+    args = [sys.executable, "-m", "ipd_plugins.commands", "run", "--out", str(out), "--quiet"]
+    args += ["--dataset", "pendulum-medium-replay"]
+    for item in TINY:
+        args += ["--set", item]
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(store)}
+    procs = [
+        subprocess.Popen(args, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    logs = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    both = "".join(logs)
+    for stage in ("value", "world_model", "augment", "policy"):
+        assert both.count(f"[{stage}] running") == 1, both
+        assert both.count(f"[{stage}] reusing") == 1, both
+        assert len([p for p in (out / "cache" / stage).iterdir() if p.is_dir()]) == 1
+
+
+def test_a_file_without_episode_ends_needs_episode_length(store, tmp_path):
+    """Raw demonstrations with neither 'terminals' nor 'timeouts' (e.g. DAPG's door demos)."""
+    data = _d4rl_file(tmp_path / "raw.hdf5")
+    with h5py.File(data, "a") as f:
+        del f["terminals"], f["timeouts"]
+    info = ["data", "info", str(data), "--env", "Pendulum-v1"]
+    refused = CliRunner().invoke(main, info)
+    assert refused.exit_code == 1 and "--episode-length N" in refused.output
+    result = CliRunner().invoke(main, [*info, "--episode-length", "200", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["episodes"] == 6 and summary["truncations"] == 6 and summary["terminations"] == 0

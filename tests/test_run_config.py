@@ -1,0 +1,132 @@
+"""Run configs: every option checked before training, files read safely, hashes kept stable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ipd_plugins.commands import main
+from ipd_plugins.pipeline import stage_keys
+from ipd_plugins.run_config import (
+    changed_options,
+    load_config_file,
+    parse_overrides,
+    resolve_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _resolve(*pairs: str):
+    return resolve_config(overrides=parse_overrides(list(pairs)))
+
+
+@pytest.mark.parametrize(
+    "pair, words",
+    [
+        ("policy.token_layout=vas", ["token_layout", "'vsa'"]),
+        ("policy.n_head=3", ["n_embd=64", "divisible", "n_head=3"]),
+        ("policy.context=0", ["context must be >= 1"]),
+        ("policy.dropout=2", ["dropout must be in [0, 1)"]),
+        ("policy.n_steps=-5", ["n_steps must be >= 1"]),
+        ("value.n_steps=0", ["n_steps must be >= 1"]),
+        ("world_model.n_steps=0", ["n_steps must be >= 1"]),
+        ("planner.n_mpc=abc", ["planner.n_mpc", "expected an integer", "'abc'"]),
+        ("uncertainty.percentile=0", ["percentile must be in (0, 100]"]),
+        ("augment.max_episodes=0", ["max_episodes must be >= 1"]),
+        ("run.threads=0", ["threads must be >= 1"]),
+        ("run.eval_episodes=0", ["eval_episodes must be >= 1"]),
+        ("run.profile=fast", ["unknown profile 'fast'", "quick"]),
+        ("value.tau=1.5", ["tau", "(0, 1)"]),
+    ],
+)
+def test_a_bad_value_of_any_section_fails_when_resolved(pair, words):
+    with pytest.raises(ValueError) as err:
+        _resolve(pair)
+    for word in words:
+        assert word in str(err.value), (pair, str(err.value))
+
+
+def test_a_bad_option_fails_before_anything_is_made(tmp_path):
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(
+        main, ["run", "--set", "policy.token_layout=vas", "--out", str(out), "--seeds", "0,1"]
+    )
+    assert result.exit_code == 2 and "token_layout" in result.output
+    assert not out.exists()  # no dataset made, no stage trained, no folder written
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("run: [1, 2\n", ["not valid YAML"]),
+        ("run: 3\n", ["section 'run' must be a mapping"]),
+        ("- a\n- b\n", ["expected a mapping of sections"]),
+        ("run: !!python/object/apply:os.system ['echo pwned']\n", ["refusing a YAML tag"]),
+        ("nonsense:\n  a: 1\n", ["unknown section(s) nonsense"]),
+    ],
+)
+def test_config_files_fail_with_a_sentence(tmp_path, text, words):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        resolve_config(file=load_config_file(path))
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_moved_option_is_read_from_its_old_place_and_hashed_as_before():
+    new = _resolve("uncertainty.calibration_pairs=1234")
+    old = _resolve("augment.calibration_pairs=1234")
+    assert old.configs["uncertainty"].calibration_pairs == 1234
+    assert old.run_name == new.run_name
+    assert "calibration_pairs" not in old.hashed_sections()["uncertainty"]
+    assert old.hashed_sections()["augment"]["calibration_pairs"] == 1234
+    assert stage_keys(old, "d", "e") == stage_keys(new, "d", "e")
+    assert _resolve().run_name != new.run_name
+
+
+def test_recorded_run_folders_keep_their_names():
+    """The score table's configs replay to the folders they were written to.
+
+    The eight exceptions were recorded before a later default change and were already named
+    otherwise before the package was reorganised (checked against commit e463c30).
+    """
+    from ipd_plugins.baselines.run import baseline_run_name, resolve_settings
+
+    kept, renamed_before = 0, 0
+    for path in sorted((ROOT / "benchmarks/results/scores_runs").glob("*/seed_*/config.yaml")):
+        file = load_config_file(path)
+        if "baseline" in file:
+            settings, config = resolve_settings(file["baseline"]["algo"], None, {}, file)
+            name = baseline_run_name(settings, config)
+        else:
+            name = resolve_config(file=file).run_name
+        if name == path.parents[1].name:
+            kept += 1
+        else:
+            renamed_before += 1
+    assert (kept, renamed_before) == (64, 8)
+
+
+def test_stage_keys_of_the_profiles_are_the_ones_runs_were_cached_under():
+    """Keys computed by the code at commit e463c30 (before the reorganisation), for a data hash
+    'DH' and env 'E': an upgrade must not orphan anyone's stage cache."""
+    expected = {
+        "quick": ("8bfd55a228e29930", "f6cc56e08f177032", "cf88174ccbadbca3", "1f9d1833de04073c"),
+        "default": ("15a7b633a2317ca8", "94e4c83ec2ae1357", "c4732f49935a8f1c", "b0d5f1b9ef6640bc"),
+        "paper": ("d7ba225f24db2be1", "326c822a21b4b39c", "1184f2501927917f", "dc94fddd92012dd1"),
+    }
+    for profile, keys in expected.items():
+        cfg = resolve_config(run={"profile": profile})
+        got = stage_keys(cfg, "DH", "E")
+        assert (got["value"], got["world_model"], got["augment"], got["policy"]) == keys
+
+
+def test_changed_options_name_what_a_variant_sets_beyond_its_profile():
+    assert changed_options(_resolve()) == []
+    assert changed_options(_resolve("run.profile=default")) == []  # the profile's own values
+    variant = _resolve("policy.alpha=0.5", "augment.n_aug=2", "run.eval_episodes=3")
+    assert changed_options(variant) == ["policy.alpha=0.5", "augment.n_aug=2.0"]

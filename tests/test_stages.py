@@ -1,0 +1,119 @@
+"""The stage cache: make once, reuse, resume, wait for another run, set bad artifacts aside."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ipd_plugins.files import atomic_save, safe_load
+from ipd_plugins.stages import CurveLogger, StageCache
+
+
+class Counter:
+    """A component whose ``fit`` counts calls and whose weights are one tensor."""
+
+    def __init__(self):
+        self.fits, self.w = 0, torch.zeros(3)
+
+    def fit(self, folder: Path, log) -> dict:
+        self.fits += 1
+        self.w = torch.randn(3)  # seeded by the stage: the same for the same seed
+        log(1, {"loss": 0.5})
+        return {"loss": 0.5}
+
+    def save(self, path: Path) -> None:
+        atomic_save({"w": self.w}, path)
+
+    def load(self, path: Path) -> None:
+        self.w = safe_load(path)["w"]
+
+
+def _cache(tmp_path: Path, lines: list[str]) -> StageCache:
+    return StageCache(tmp_path / "out", echo=lines.append, progress_seconds=None)
+
+
+def test_a_stage_is_made_once_then_reused_with_the_same_weights(tmp_path):
+    lines: list[str] = []
+    first = Counter()
+    rec = _cache(tmp_path, lines).fit("value", "k1", first, first.fit, seed=7)
+    assert not rec.reused and first.fits == 1 and rec.metrics == {"loss": 0.5}
+    done = json.loads((Path(rec.path) / "done.json").read_text())
+    assert set(done["artifacts"]) == {"weights.pt"} and len(done["artifacts"]["weights.pt"]) == 64
+    second = Counter()
+    again = _cache(tmp_path, lines).fit("value", "k1", second, second.fit, seed=7)
+    assert again.reused and second.fits == 0 and torch.equal(second.w, first.w)
+    assert any("[value] reusing" in m for m in lines)
+    other = Counter()  # another key: trained, and the seed fixes it
+    _cache(tmp_path, lines).fit("value", "k2", other, other.fit, seed=7)
+    assert other.fits == 1 and torch.equal(other.w, first.w)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_corrupted_artifact_is_set_aside_and_its_stage_retrains(tmp_path, damage):
+    lines: list[str] = []
+    first = Counter()
+    rec = _cache(tmp_path, lines).fit("policy", "k", first, first.fit, seed=0)
+    weights = Path(rec.path) / "weights.pt"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]) if damage == "flip" else data[:40])
+    second = Counter()
+    again = _cache(tmp_path, lines).fit("policy", "k", second, second.fit, seed=0)
+    assert not again.reused and second.fits == 1
+    assert any("unusable" in m and "retraining" in m for m in lines), lines
+    assert (Path(rec.path) / "weights.pt.corrupt").read_bytes() != data  # kept, not deleted
+    assert torch.equal(second.w, first.w)
+
+
+def test_an_unreadable_artifact_without_checksums_retrains(tmp_path):
+    """done.json from before checksums: a load failure alone sends the stage back to training."""
+    lines: list[str] = []
+    first = Counter()
+    rec = _cache(tmp_path, lines).fit("value", "k", first, first.fit, seed=0)
+    done = Path(rec.path) / "done.json"
+    info = json.loads(done.read_text())
+    info.pop("artifacts")
+    done.write_text(json.dumps(info))
+    (Path(rec.path) / "weights.pt").write_bytes(b"not a checkpoint")
+    second = Counter()
+    assert not _cache(tmp_path, lines).fit("value", "k", second, second.fit, seed=0).reused
+    assert second.fits == 1 and any("cannot be read" in m for m in lines)
+
+
+def test_a_second_run_waits_for_the_stage_then_reuses_it(tmp_path):
+    lines: list[str] = []
+    started, calls = threading.Event(), []
+
+    def slow_train(folder: Path) -> dict:
+        calls.append(1)
+        started.set()
+        time.sleep(0.5)
+        (folder / "artifact.txt").write_text("made once")
+        return {}
+
+    loaded = []
+    cache_a, cache_b = _cache(tmp_path, lines), _cache(tmp_path, lines)
+    a = threading.Thread(target=cache_a.run, args=("augment", "k", slow_train, loaded.append))
+    a.start()
+    started.wait(5)
+    rec_b = cache_b.run("augment", "k", slow_train, loaded.append)
+    a.join()
+    assert len(calls) == 1 and rec_b.reused and len(loaded) == 1
+    assert any("another run is making" in m for m in lines)
+
+
+def test_curve_logger_writes_csv_and_progress_lines(tmp_path):
+    lines: list[str] = []
+    log = CurveLogger("policy", tmp_path, None, echo=lines.append, progress_seconds=0.0)
+    log(10, {"loss": 0.25, "q": 3.0})
+    log(20, {"loss": 0.125})
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0] == "step,key,value,time" and len(rows) == 4
+    assert lines[0].startswith("[policy] step 10: loss=0.25 q=3")
+    quiet: list[str] = []
+    CurveLogger("value", tmp_path, None, echo=quiet.append, progress_seconds=3600)(1, {"x": 1})
+    assert quiet == []
