@@ -1,4 +1,8 @@
-"""The built-in plugins, registered directly by the registry (as tox registers its own)."""
+"""The built-in plugins, registered directly by the registry (as tox registers its own).
+
+``setup.cfg`` points the entry-point group ``ipd.builtins`` here, so ``registry`` finds this
+list without naming this package.
+"""
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "ipd_plugins.value.qov",

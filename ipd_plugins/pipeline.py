@@ -27,7 +27,7 @@ from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import CallableActor, score
 from ipd_plugins.files import atomic_write_text, write_json
 from ipd_plugins.provenance import run_meta
-from ipd_plugins.run_config import RunConfig, changed_options
+from ipd_plugins.run_config import RunConfig, RunSettings, changed_options
 from ipd_plugins.stages import StageCache
 from ipd_plugins.uncertainty.reliable import DEFAULT_CALIBRATION_PAIRS, calibrate_kappa
 from registry import KINDS, BuildContext, config_hash, get_registry
@@ -35,6 +35,7 @@ from registry import KINDS, BuildContext, config_hash, get_registry
 __all__ = [
     "Prepared",
     "prepare",
+    "prepare_run",
     "context_for",
     "stage_keys",
     "fit_value",
@@ -141,6 +142,20 @@ def prepare(
     return Prepared(ds, ctx, ds.content_hash())
 
 
+def prepare_run(run: RunSettings, echo: Echo = print) -> Prepared:
+    """:func:`prepare` for the dataset, environment, device and folder of ``run``."""
+    return prepare(
+        run.dataset,
+        env_id=run.env_id,
+        clip_actions=run.clip_actions,
+        episode_length=run.episode_length,
+        seed=run.seed,
+        device=run.device,
+        out_dir=run.out_dir,
+        echo=echo,
+    )
+
+
 def stage_keys(cfg: RunConfig, data_hash: str, env_id: str | None) -> dict[str, str]:
     """The stage-cache key of each stage: the hash of the data and every config it depends on.
 
@@ -169,30 +184,25 @@ def _build(cfg: RunConfig, kind: str, ctx: BuildContext) -> Any:
 
 
 # -- the stages ------------------------------------------------------------------------------
+def _fitted(cache: StageCache, cfg: RunConfig, p: Prepared, kind: str, key: str, seed: int) -> Any:
+    """The ``kind`` component trained on the dataset (or its cached weights loaded)."""
+    component = _build(cfg, kind, p.ctx)
+
+    def fit(folder: Path, log: Any) -> dict[str, float]:
+        return component.fit(p.dataset, work_dir=folder, log=log)
+
+    cache.fit(kind, key, component, fit, seed)
+    return component
+
+
 def fit_value(cache: StageCache, cfg: RunConfig, p: Prepared, key: str) -> Any:
     """1. Q, V and pi_QOP (sec. 3.1, eq. 1-5)."""
-    value = _build(cfg, "value", p.ctx)
-    cache.fit(
-        "value",
-        key,
-        value,
-        lambda folder, log: value.fit(p.dataset, work_dir=folder, log=log),
-        cfg.run.seed,
-    )
-    return value
+    return _fitted(cache, cfg, p, "value", key, cfg.run.seed)
 
 
 def fit_world_model(cache: StageCache, cfg: RunConfig, p: Prepared, key: str) -> Any:
     """2. The ensemble dynamics and reward model (sec. 3.2, eq. 13-16)."""
-    world_model = _build(cfg, "world_model", p.ctx)
-    cache.fit(
-        "world_model",
-        key,
-        world_model,
-        lambda folder, log: world_model.fit(p.dataset, work_dir=folder, log=log),
-        cfg.run.seed + 1,
-    )
-    return world_model
+    return _fitted(cache, cfg, p, "world_model", key, cfg.run.seed + 1)
 
 
 def imagine(
@@ -311,16 +321,7 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     run = cfg.run
-    p = prepare(
-        run.dataset,
-        env_id=run.env_id,
-        clip_actions=run.clip_actions,
-        episode_length=run.episode_length,
-        seed=run.seed,
-        device=run.device,
-        out_dir=run.out_dir,
-        echo=echo,
-    )
+    p = prepare_run(run, echo)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(cfg, p.data_hash)
     echo(f"run folder: {cfg.run_dir}")

@@ -72,5 +72,5 @@ def ipd_register_baseline() -> list[type[ComponentConfig]]:
     """Called when the registry is built; returns baseline config classes (``ipd baseline``).
 
     A baseline config's ``create(ctx)`` returns a trainer with ``fit(dataset, work_dir, log)``,
-    ``actor()``, ``save(path)`` and ``load(path)`` (see ``ipd_plugins.baselines.trainer``).
+    ``actor()``, ``save(path)`` and ``load(path)`` (``ipd``'s d3rlpy trainer is an example).
     """

@@ -1,8 +1,10 @@
 """The plugin registry: a small pluggy ``PluginManager`` plus name lookup per kind.
 
-Built-in plugins (the modules listed in ``ipd_plugins.builtin.DEFAULT_PLUGINS``) are registered
-directly, as tox does; third-party plugins are found through the setuptools entry-point group
-``ipd``. Environment variables:
+Built-in plugins are registered directly, as tox does: a distribution lists its built-in plugin
+modules under the entry-point group ``ipd.builtins`` (the ``ipd`` distribution points it at a
+module whose ``DEFAULT_PLUGINS`` is the list), so this package names no other package.
+Third-party plugins are found through the setuptools entry-point group ``ipd``. Environment
+variables:
 
 - ``IPD_DISABLED_PLUGINS``: comma-separated plugin names (entry-point names or built-in
   module names) not to load.
@@ -27,8 +29,8 @@ from registry.protocols import BuildContext
 
 __all__ = ["PluginRegistry", "Registration", "get_registry", "create", "names", "config_class"]
 
-#: Where the built-in plugin list lives (imported lazily so ``registry`` never imports it eagerly).
-BUILTIN_LIST = "ipd_plugins.builtin:DEFAULT_PLUGINS"
+#: Entry-point group of the modules that list built-in plugins (``DEFAULT_PLUGINS``).
+BUILTINS_GROUP = "ipd.builtins"
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,14 @@ class PluginRegistry:
         """The config class registered as ``name``; unknown names list the known ones."""
         table = self._table(kind)
         if name not in table:
+            hint = (
+                ""
+                if table
+                else " (none registered: is the ipd package installed? pip install -e .)"
+            )
             raise KeyError(
                 f"no {kind} named '{name}'; known {kind} names: {', '.join(sorted(table)) or '-'}"
+                + hint
             )
         return table[name].config_cls
 
@@ -143,9 +151,14 @@ class PluginRegistry:
 
 
 def _builtin_modules() -> tuple[ModuleType, ...]:
-    module_name, attr = BUILTIN_LIST.split(":")
-    names_ = getattr(importlib.import_module(module_name), attr)
-    return tuple(importlib.import_module(n) for n in names_)
+    """The plugin modules every ``ipd.builtins`` entry point lists, imported."""
+    from importlib.metadata import entry_points
+
+    out = []
+    for ep in sorted(entry_points(group=BUILTINS_GROUP), key=lambda e: e.name):
+        listing = ep.load()
+        out += [importlib.import_module(n) for n in getattr(listing, "DEFAULT_PLUGINS", ())]
+    return tuple(out)
 
 
 @cache

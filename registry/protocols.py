@@ -4,7 +4,7 @@ Shape letters, used everywhere: ``E`` ensemble members, ``B`` batch, ``T`` seque
 planning horizon, ``O`` observation dim, ``A`` action dim. Tensors are ``float32`` on the
 component's ``device`` unless a docstring says otherwise. Batched methods take and return
 ``torch.Tensor``; ``fit`` takes an in-memory trajectory dataset
-(``ipd_plugins.data.TrajectoryDataset``: numpy arrays of observations, actions, rewards,
+(``TrajectoryDataset``: numpy arrays of observations, actions, rewards,
 terminations, truncations and episode lengths).
 """
 
@@ -17,8 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-#: The in-memory dataset components train on (``ipd_plugins.data.TrajectoryDataset``); named
-#: here without importing it, so that ``registry`` depends on nothing of ``ipd_plugins``.
+#: The in-memory dataset components train on (``TrajectoryDataset`` of the ``ipd`` package);
+#: named here without importing it, so that ``registry`` depends on no other package.
 TrajectoryDataset = Any
 
 __all__ = [

@@ -24,7 +24,7 @@ from ipd_plugins.baselines.configs import BaselineConfig
 from ipd_plugins.baselines.trainer import D3rlpyBaseline
 from ipd_plugins.evaluate import score
 from ipd_plugins.files import atomic_write_text, write_json
-from ipd_plugins.pipeline import Prepared, prepare
+from ipd_plugins.pipeline import Prepared, prepare_run
 from ipd_plugins.provenance import run_meta
 from ipd_plugins.run_config import RunSettings, resolve_config
 from ipd_plugins.stages import StageCache
@@ -138,7 +138,7 @@ def run_baseline(
     run_dir = Path(settings.out_dir) / baseline_run_name(settings, bconf) / f"seed_{settings.seed}"
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    p = _prepare(settings, echo)
+    p = prepare_run(settings, echo)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_out = {
         "run": dataclass_to_dict(settings),
@@ -185,19 +185,6 @@ def run_baseline(
     return results
 
 
-def _prepare(settings: RunSettings, echo: Callable[[str], None]) -> Prepared:
-    return prepare(
-        settings.dataset,
-        env_id=settings.env_id,
-        clip_actions=settings.clip_actions,
-        episode_length=settings.episode_length,
-        seed=settings.seed,
-        device=settings.device,
-        out_dir=settings.out_dir,
-        echo=echo,
-    )
-
-
 @dataclass
 class TrainedBaseline:
     """A finished baseline run folder reloaded: its settings, data and trained model."""
@@ -230,7 +217,7 @@ def load_trained_baseline(run_dir: str | Path) -> TrainedBaseline:
     stages = read_stages(run_dir)
     algo = conf["baseline"].get("algo")
     settings, bconf = resolve_settings(algo, None, {}, conf)
-    p = _prepare(settings, lambda m: None)
+    p = prepare_run(settings, lambda m: None)
     baseline = D3rlpyBaseline(bconf, p.ctx, p.dataset)
     baseline.load(Path(stages["train"]["path"]) / "weights.pt")
     return TrainedBaseline(settings, p, baseline)

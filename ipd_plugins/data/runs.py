@@ -57,20 +57,10 @@ def load_trained(
     echo: Callable[[str], None] = print,
 ) -> TrainedRun:
     """Rebuild the ``kinds`` components of a finished run and load their trained weights."""
-    from ipd_plugins.pipeline import prepare
+    from ipd_plugins.pipeline import prepare_run
 
     cfg, stages = load_run(run_dir)
-    run = cfg.run
-    p = prepare(
-        run.dataset,
-        env_id=run.env_id,
-        clip_actions=run.clip_actions,
-        episode_length=run.episode_length,
-        seed=run.seed,
-        device=run.device,
-        out_dir=run.out_dir,
-        echo=echo,
-    )
+    p = prepare_run(cfg.run, echo)
     reg = get_registry()
     components = {}
     for kind in kinds:

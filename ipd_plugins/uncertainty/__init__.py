@@ -4,12 +4,11 @@
 """
 
 from ipd_plugins.uncertainty.base import ThresholdMetric, UncertaintyConfig
-from ipd_plugins.uncertainty.reliable import calibrate_kappa, percentile_kappa, reliable
+from ipd_plugins.uncertainty.reliable import calibrate_kappa, percentile_kappa
 
 __all__ = [
     "ThresholdMetric",
     "UncertaintyConfig",
     "calibrate_kappa",
     "percentile_kappa",
-    "reliable",
 ]

@@ -5,8 +5,10 @@ percentile of U over (a random subset of) the dataset's own (s, a) pairs, so tha
 (100 - percentile)% of real transitions would count as unreliable; a fixed ``kappa`` overrides
 it. Both settings, and ``calibration_pairs``, are fields of the uncertainty metric's config
 (:class:`~ipd_plugins.uncertainty.base.UncertaintyConfig`). The pipeline calls
-:func:`calibrate_kappa` once per augmentation; the augmenter and the planners test steps with
-``PlanningContext.reliable`` (registry.protocols), which applies :func:`reliable`.
+:func:`calibrate_kappa` once per augmentation and hands kappa to the augmenter, which gives it
+to the planners in their ``PlanningContext``; both test a step with
+``PlanningContext.reliable(step)`` (``registry/protocols.py``), the one place eq. 12's
+``U < kappa`` is written, so a third-party planner applies the same rule.
 """
 
 from __future__ import annotations
@@ -20,15 +22,10 @@ if TYPE_CHECKING:
     from ipd_plugins.data.dataset import TrajectoryDataset
     from registry.protocols import UncertaintyMetric, WorldModel
 
-__all__ = ["reliable", "percentile_kappa", "calibrate_kappa", "DEFAULT_CALIBRATION_PAIRS"]
+__all__ = ["percentile_kappa", "calibrate_kappa", "DEFAULT_CALIBRATION_PAIRS"]
 
 #: dataset pairs U is measured on when a metric's config does not say
 DEFAULT_CALIBRATION_PAIRS = 50_000
-
-
-def reliable(u: torch.Tensor, kappa: float) -> torch.Tensor:
-    """Eq. 12: (B,) U -> (B,) bool, True where the step is in the reliable set."""
-    return u < kappa
 
 
 def percentile_kappa(u_data: torch.Tensor, percentile: float) -> float:
