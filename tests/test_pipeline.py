@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 from click.testing import CliRunner
 from tiny import TINY_IPD as TINY
 
@@ -144,3 +145,18 @@ def test_a_file_without_episode_ends_needs_episode_length(store, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["episodes"] == 6 and summary["truncations"] == 6 and summary["terminations"] == 0
+
+
+def test_export_best_keeps_the_highest_return_episodes(store):
+    from ipd_plugins.data.minari_io import from_minari
+    from ipd_plugins.data.sources import resolve_dataset
+
+    full = resolve_dataset("pendulum-medium-replay")
+    result = CliRunner().invoke(
+        main, ["data", "export", "pendulum-medium-replay", "test/pendulum/best-v0", "--best", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    best = from_minari("test/pendulum/best-v0")
+    top = np.sort(full.episode_returns())[-3:]
+    np.testing.assert_allclose(np.sort(best.episode_returns()), top, rtol=1e-5)
+    assert best.n_episodes == 3 and best.env_id == full.env_id

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from ipd_plugins.commands.options import debug_option, echo, episode_length_option, fail
 
@@ -173,6 +174,12 @@ def list_datasets(store: str | None) -> None:
 @click.option("--env", "env_id", metavar="ENV_ID", help="the data's gymnasium id (e.g. Hopper-v5)")
 @click.option("--clip-actions", is_flag=True, help="clip actions into the action space")
 @episode_length_option
+@click.option(
+    "--best",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="keep only the N episodes of highest return (a small 'expert' subset, as D4RL's).",
+)
 @click.option("--overwrite", is_flag=True, help="replace an existing dataset with this id")
 @debug_option
 def export(
@@ -181,6 +188,7 @@ def export(
     env_id: str | None,
     clip_actions: bool,
     episode_length: int | None,
+    best: int | None,
     overwrite: bool,
 ) -> None:
     """Write SOURCE (a dataset source or an `ipd run` seed folder) as Minari DATASET_ID.
@@ -192,6 +200,7 @@ def export(
     Examples:
       ipd data export runs/<run>/seed_0 ipd/hopper/medium-augmented-v0
       ipd data export d4rl_hopper.hdf5 local/hopper/medium-v0 --env Hopper-v5
+      ipd data export hopper-medium ipd/hopper/best5-v0 --best 5
     """
     from ipd_plugins.data.minari_io import minari_local_ids, to_minari
     from ipd_plugins.data.runs import load_augmented
@@ -215,6 +224,18 @@ def export(
             echo=echo,
         )
         description = f"exported by ipd from {source}"
+    if best is not None:
+        if "imagined" in ds.extras:
+            fail("--best takes whole episodes by return; export a dataset, not a run folder")
+        returns = ds.episode_returns()
+        keep = np.sort(np.argsort(-returns, kind="stable")[:best])  # in their original order
+        ds = ds.select_episodes(keep).replace(name=f"{ds.name}-best{len(keep)}")
+        description += f": the {len(keep)} episodes of highest return"
+        lo, hi = returns[keep].min(), returns[keep].max()
+        echo(
+            f"kept {len(keep)} of {len(returns)} episodes, returns {lo:.1f} to {hi:.1f} "
+            f"(all: mean {returns.mean():.1f})"
+        )
     to_minari(ds, dataset_id, description=description, overwrite=overwrite)
     imagined = int(ds.extras["imagined"].sum()) if "imagined" in ds.extras else 0
     click.echo(
