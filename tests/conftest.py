@@ -78,3 +78,17 @@ def store(tmp_path_factory):
     make_dataset("pendulum-medium-replay", steps=1_200, seed=0)
     yield path
     mp.undo()
+
+
+@pytest.fixture
+def toy_reach():
+    """The 1-d ToyReach task of ``ipd_plugins.data.toy``, registered with gymnasium:
+    ``toy_reach.env_id``, ``toy_reach.dataset(n_episodes=60, seed=0)`` (noisy controllers) and
+    ``toy_reach.value(record=False)`` (its exact value learner)."""
+    from types import SimpleNamespace
+
+    from ipd_plugins.data.toy import ToyReachValue, register_toy_reach, toy_reach_dataset
+
+    return SimpleNamespace(
+        env_id=register_toy_reach(), dataset=toy_reach_dataset, value=ToyReachValue
+    )

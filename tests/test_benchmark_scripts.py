@@ -1,8 +1,11 @@
-"""The benchmark scripts' own logic: scores.py's run matching, value_calibration's maths."""
+"""The benchmark scripts' own logic: scores.py's run matching, value_calibration's maths, the
+DT cross-checks, flip_probe's counting; and the toy task the speed scripts score on."""
 
 from __future__ import annotations
 
+import ast
 import copy
+import importlib
 import importlib.util
 import json
 import sys
@@ -15,17 +18,41 @@ import yaml
 
 from ipd_plugins.baselines import load_trained_baseline
 from ipd_plugins.data.dataset import TrajectoryDataset
-from ipd_plugins.evaluate import evaluate
+from ipd_plugins.evaluate import evaluate, score
 from ipd_plugins.run_config import resolve_config
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _script(name: str):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    """Load ``benchmarks/<kind>/<name>.py`` (a script, not a package module) by its path."""
+    (path,) = BENCHMARKS.glob(f"*/{name}.py")
     spec = importlib.util.spec_from_file_location(f"ipd_bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+SCRIPTS = sorted(BENCHMARKS.glob("*/*.py"))
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_import_of_every_script_resolves(path):
+    # the imports inside functions too: a module or name the package moved fails here, not
+    # an hour into a benchmark
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                importlib.import_module(alias.name)
+        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            assert node.level == 0, f"{path.name}: relative import (scripts are not a package)"
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                found = hasattr(module, alias.name) or importlib.util.find_spec(
+                    f"{node.module}.{alias.name}"
+                )
+                assert found, f"{path.name}: {node.module} has no {alias.name}"
 
 
 scores = _script("scores")
@@ -222,8 +249,8 @@ def test_dt_crosscheck_copies_d3rlpys_dt_exactly_and_both_loops_act_alike(store,
     # the reloaded baseline replays the run's own evaluation
     trained = load_trained_baseline(run_dir)
     recorded = json.loads((run_dir / "eval.json").read_text())["policy"]["returns"]
-    again = trained.pipeline.evaluate_actor(
-        trained.baseline.actor(), trained.dataset, trained.ctx, 1
+    again = score(
+        trained.baseline.actor(), trained.ctx.env_id, 1, trained.ctx.seed, trained.dataset
     )
     np.testing.assert_allclose(again.returns, recorded, rtol=1e-5)
     pair = dt_crosscheck.load_pair(run_dir)
@@ -372,3 +399,35 @@ def test_load_trained_baseline_names_what_is_wrong_with_the_folder(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"run": {}, "baseline": {"algo": "bc"}}))
     with pytest.raises(FileNotFoundError, match="did not finish training"):
         load_trained_baseline(tmp_path)
+
+
+def test_toy_task_the_speed_scripts_score_on(toy_reach):
+    # policy_speed.py's toy score table: optimal about -1.2, random about -22
+    from ipd_plugins.evaluate import CallableActor
+
+    ds, value = toy_reach.dataset(80), toy_reach.value(record=True)
+    assert ds.env_id == toy_reach.env_id and ds.n_episodes == 80 and ds.n_steps == 1600
+    # the environment replays the dataset's steps: same dynamics, same rewards
+    env = gym_make(toy_reach.env_id)
+    env.reset(seed=0)
+    env.unwrapped.x = float(ds.observations[0, 0])
+    for t in range(20):
+        obs, reward, terminated, truncated, _ = env.step(ds.actions[t])
+        assert obs[0] == pytest.approx(ds.next_observations[t, 0], abs=1e-6)
+        assert reward == pytest.approx(ds.rewards[t], abs=1e-6)
+    assert truncated and not terminated and ds.truncations[19]
+    env.close()
+    greedy = evaluate(CallableActor(value.act), toy_reach.env_id, n_episodes=20, seed=1000)
+    gen = torch.Generator().manual_seed(0)
+    rand = CallableActor(lambda obs: torch.rand(obs.shape[0], 1, generator=gen) * 2 - 1)
+    random = evaluate(rand, toy_reach.env_id, n_episodes=20, seed=1000)
+    assert -2.0 < greedy.mean_return and random.mean_return < -15.0
+    assert random.mean_return < ds.episode_returns().mean() < greedy.mean_return
+    assert len(value.v_calls) == 0 and value.v(torch.ones(3, 1)).tolist() == [-2.0] * 3
+    assert len(value.v_calls) == 1  # record=True keeps what v() was asked
+
+
+def gym_make(env_id: str):
+    import gymnasium as gym
+
+    return gym.make(env_id)

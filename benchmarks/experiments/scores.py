@@ -14,17 +14,17 @@ checkout: a run recorded there is skipped too, and the table is rebuilt from the
 time (``--table-only`` just rebuilds it). Datasets missing from the Minari store are made first
 (``ipd data make``).
 
-    python benchmarks/scores.py                                   # everything (hours)
-    python benchmarks/scores.py --datasets hopper-medium --seeds 0 --methods ipd,iql
-    python benchmarks/scores.py --table-only
-    nohup python benchmarks/scores.py > scores.log 2>&1 &         # in the background
+    python benchmarks/experiments/scores.py                            # everything (hours)
+    python benchmarks/experiments/scores.py --datasets hopper-medium --seeds 0 --methods ipd,iql
+    python benchmarks/experiments/scores.py --table-only
+    nohup python benchmarks/experiments/scores.py > scores.log 2>&1 &  # in the background
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -36,15 +36,18 @@ import torch
 import yaml
 
 from ipd_plugins.baselines import (
-    BASELINES,
     baseline_identity,
     baseline_run_name,
     resolve_baseline,
     run_baseline,
 )
 from ipd_plugins.compare import Comparison, load_records, summarise, to_markdown
-from ipd_plugins.runner import Pipeline, resolve_config
-from registry.config import dataclass_to_dict
+from ipd_plugins.files import atomic_write_text
+from ipd_plugins.pipeline import run_pipeline
+from ipd_plugins.profiles import PROFILES
+from ipd_plugins.run_config import resolve_config
+from registry import config_class, names
+from registry.config import HASHED_WITH, WAS, dataclass_to_dict
 
 DATASETS = (
     "hopper-medium",
@@ -106,14 +109,35 @@ def _leaves(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], An
     return out
 
 
+def identity_names(full: dict[str, Any]) -> dict[tuple[str, str], tuple[str, str]]:
+    """Where a field of today's config (``full``) sits in its identity, when elsewhere: a
+    ``registry.config.renamed`` field under its old name, a ``moved`` one in its old section."""
+    sections = dict(full.get("components", {}))
+    if "baseline" in full:
+        sections["baseline"] = full["baseline"]["algo"]
+    out = {}
+    for kind, name in sections.items():
+        for f in dataclasses.fields(config_class(kind, name)):
+            where = (f.metadata.get(HASHED_WITH, kind), f.metadata.get(WAS, f.name))
+            if where != (kind, f.name):
+                out[kind, f.name] = where
+    return out
+
+
 def same_run(recorded: dict[str, Any], full: dict[str, Any], identity: dict[str, Any]) -> bool:
     """Whether a recorded config trained what today's config (``full``, its ``identity``) would.
 
     A field declared with ``registry.config.added_later`` is left out of ``identity`` at its
     old-behaviour value; a recorded config may have it at that value or lack it (written
-    before the field existed). Every other recorded field must match, and none may be missing.
+    before the field existed). A renamed or moved field may be recorded under either name.
+    Every other recorded field must match, and none may be missing.
     """
-    old, now, ident = _leaves(recorded), _leaves(full), _leaves(identity)
+    names = identity_names(full)
+
+    def leaves(tree: dict[str, Any]) -> dict[tuple[str, ...], Any]:
+        return {names.get(k[:2], k[:2]) + k[2:]: v for k, v in _leaves(tree).items()}
+
+    old, now, ident = leaves(recorded), leaves(full), _leaves(identity)
     old = {k: v for k, v in old.items() if not (k in now and k not in ident and v == now[k])}
     return old == ident
 
@@ -138,7 +162,7 @@ def finished(
 def run_one(method: str, dataset: str, seed: int, profile: str, out: str, threads: int) -> None:
     run = {"dataset": dataset, "seed": seed, "profile": profile, "out_dir": out, "threads": threads}
     if method == "ipd":
-        Pipeline(resolve_config(run=run), echo=log, progress=False).run()
+        run_pipeline(resolve_config(run=run), echo=log, progress=False)
     else:
         run_baseline(method, run=run, echo=log)
 
@@ -148,9 +172,7 @@ def record(run_dir: Path, out: str, record_dir: str) -> Path:
     dest_dir = Path(record_dir) / run_dir.relative_to(out)
     dest_dir.mkdir(parents=True, exist_ok=True)
     for name in ("config.yaml", "results.json"):
-        tmp = dest_dir / f"{name}.tmp"
-        tmp.write_text((run_dir / name).read_text())
-        os.replace(tmp, dest_dir / name)
+        atomic_write_text(dest_dir / name, (run_dir / name).read_text())
     return dest_dir / "results.json"
 
 
@@ -332,7 +354,7 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     lines += [
         "",
         f"Run folders: `{out}` (not committed); their `results.json` files: `{record_dir}`. "
-        f"Rebuild with `python benchmarks/scores.py --table-only --out {out}`.",
+        f"Rebuild with `python benchmarks/experiments/scores.py --table-only --out {out}`.",
     ]
     text += "\n".join(lines) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -341,13 +363,16 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    baselines = names("baseline")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"of ipd,{','.join(BASELINES)}")
-    ap.add_argument("--profile", default="default", choices=["quick", "default", "paper"])
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"of ipd,{','.join(baselines)}")
+    ap.add_argument("--profile", default="default", choices=list(PROFILES))
     ap.add_argument("--out", default="runs/scores", help="run folders + stage cache")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads per run (the record: 1)"
+    )
     ap.add_argument("--table", default="benchmarks/results/scores.md", help="Markdown output")
     ap.add_argument(
         "--record",
@@ -362,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     datasets = [d for d in args.datasets.split(",") if d]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in methods if m != "ipd" and m not in BASELINES]
+    bad = [m for m in methods if m != "ipd" and m not in baselines]
     if bad:
-        ap.error(f"unknown method(s) {bad}; methods: ipd, {', '.join(BASELINES)}")
+        ap.error(f"unknown method(s) {bad}; methods: ipd, {', '.join(baselines)}")
     torch.set_num_threads(args.threads)
 
     if not args.table_only:

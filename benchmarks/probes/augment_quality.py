@@ -16,7 +16,7 @@ simulator terminates (falls) during the imagined steps, and how far the imagined
 from the true one. With ``--continue-steps K`` both branches then continue K steps with the
 run's deterministic pi_QOP in the simulator: which end state is better without trusting V.
 
-    python benchmarks/augment_quality.py RUN_DIR [--segments 1000] [--out FILE.md]
+    python benchmarks/probes/augment_quality.py RUN_DIR [--segments 1000] [--out FILE.md]
 
 ``RUN_DIR`` is an ``ipd run`` seed folder (``<out>/<name>/seed_<k>``) on a MuJoCo dataset.
 """
@@ -68,16 +68,19 @@ def main() -> None:
         help="after the segment, both branches continue this many steps with the run's "
         "deterministic pi_QOP in the simulator (a V-free check of the end states; 0: off)",
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", help="append a Markdown section to this file")
     args = parser.parse_args()
 
     import torch
 
+    torch.set_num_threads(args.threads)
+
     from ipd_plugins.data.npz_io import load_npz
-    from ipd_plugins.runner import load_trained
+    from ipd_plugins.data.runs import load_trained
 
     run = load_trained(args.run_dir, kinds=("value",))
-    cfg, stages, ds = run.pipeline.cfg, run.stages, run.dataset
+    cfg, stages, ds = run.cfg, run.stages, run.dataset
     seg_path = Path(stages["augment"]["path"]) / "segments.npz"
     if not seg_path.exists():
         raise SystemExit(f"{args.run_dir}: its augment stage kept no segments ({seg_path})")

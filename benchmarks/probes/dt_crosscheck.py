@@ -11,7 +11,7 @@ return-to-go bookkeeping) next to d3rlpy's ``StatefulTransformerWrapper``, same 
 * different scores: one of the acting paths is wrong. (The first run found the evaluator
   handing d3rlpy's wrapper views of a buffer it overwrote; see ``default_hopper.md``.)
 
-    python benchmarks/dt_crosscheck.py RUN_DIR [--episodes 10] [--out FILE.md]
+    python benchmarks/probes/dt_crosscheck.py RUN_DIR [--episodes 10] [--out FILE.md]
 
 ``RUN_DIR`` is an ``ipd baseline dt`` seed folder (its ``stages.json`` names the weights).
 """
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ipd_plugins.data.envs import make_env
+from ipd_plugins.evaluate import EVAL_SEED, score
 
 
 def port_weights(d3: torch.nn.Module, ours: torch.nn.Module) -> None:
@@ -98,26 +99,25 @@ def load_pair(run_dir: Path) -> SimpleNamespace:
     trained = load_trained_baseline(run_dir)
     if trained.baseline.config.name != "dt":
         raise SystemExit(f"{run_dir} is a '{trained.baseline.config.name}' baseline, not 'dt'")
-    return pair_around(trained.baseline, trained.pipeline, trained.dataset, trained.ctx)
+    return pair_around(trained.baseline, trained.settings, trained.dataset, trained.ctx)
 
 
 def make_pair(cfg: Any, bconf: Any, weights: Path | None = None) -> SimpleNamespace:
     """d3rlpy's DT for run config ``cfg`` and DT baseline config ``bconf`` (its fresh, seeded
     init, or ``weights``), and our ``dt`` policy holding a copy of it with d3rlpy's scalings."""
     from ipd_plugins.baselines import D3rlpyBaseline
-    from ipd_plugins.runner import Pipeline
+    from ipd_plugins.pipeline import prepare_run
 
-    pipe = Pipeline(cfg, echo=lambda m: None, progress=False)
-    ds = pipe.load_dataset()
-    ctx = pipe.build_context(ds)
-    baseline = D3rlpyBaseline(bconf, ctx, ds)
+    p = prepare_run(cfg.run, echo=lambda m: None)
+    baseline = D3rlpyBaseline(bconf, p.ctx, p.dataset)
     if weights is not None:
         baseline.load(weights)
-    return pair_around(baseline, pipe, ds, ctx)
+    return pair_around(baseline, cfg.run, p.dataset, p.ctx)
 
 
-def pair_around(baseline: Any, pipe: Any, ds: Any, ctx: Any) -> SimpleNamespace:
-    """Our ``dt`` policy holding a copy of d3rlpy's DT ``baseline``, with d3rlpy's scalings."""
+def pair_around(baseline: Any, settings: Any, ds: Any, ctx: Any) -> SimpleNamespace:
+    """Our ``dt`` policy holding a copy of d3rlpy's DT ``baseline``, with d3rlpy's scalings
+    (``settings``: the run's :class:`~ipd_plugins.run_config.RunSettings`)."""
     from registry import manager
 
     bconf = baseline.config
@@ -141,10 +141,9 @@ def pair_around(baseline: Any, pipe: Any, ds: Any, ctx: Any) -> SimpleNamespace:
     return SimpleNamespace(
         baseline=baseline,
         policy=policy,
-        pipe=pipe,
+        settings=settings,
         ds=ds,
         ctx=ctx,
-        cfg=pipe.cfg,
         context=bconf.context,
     )
 
@@ -208,7 +207,8 @@ def main() -> None:
     if diff > 1e-3:
         raise SystemExit("the copied network does not reproduce d3rlpy's predictions")
     baseline, policy, ctx = pair.baseline, pair.policy, pair.ctx
-    worst, steps = lockstep([baseline.actor(), policy.actor(None)], ctx.env_id, 100_000 + ctx.seed)
+    seed = EVAL_SEED + ctx.seed  # the first of the run's evaluation episodes
+    worst, steps = lockstep([baseline.actor(), policy.actor(None)], ctx.env_id, seed)
     print(f"lockstep episode of {steps} steps: max |action difference| {worst:.2e}")
 
     n = args.episodes
@@ -216,13 +216,13 @@ def main() -> None:
         "d3rlpy's StatefulTransformerWrapper": baseline.actor(),
         "the same weights in our SequenceActor": policy.actor(None),
     }
-    rows = {name: pair.pipe.evaluate_actor(a, pair.ds, ctx, n) for name, a in actors.items()}
+    rows = {name: score(a, ctx.env_id, n, ctx.seed, pair.ds) for name, a in actors.items()}
     for name, res in rows.items():
         r = res.to_dict()
         print(f"{name:>40}: {r['normalized_mean']:.1f} +- {r['normalized_std']:.1f}")
     if args.out:
         lines = [
-            f"\n## {pair.cfg.run.dataset} seed {pair.cfg.run.seed}, `{run_dir}`\n",
+            f"\n## {pair.settings.dataset} seed {pair.settings.seed}, `{run_dir}`\n",
             f"Copied network vs d3rlpy's on {n_steps} window steps: max |action difference| "
             f"{diff:.1e}. Both acting loops fed the same {steps}-step episode: max |action "
             f"difference| {worst:.1e}. {n} episodes per row, the run's evaluation seeds.\n",

@@ -24,8 +24,10 @@ scores it: next to ``ipd baseline dt`` of the same seed (the same init, d3rlpy's
 it tells whether the initialisation's distribution is what separates the two recipes.
 Resumable: checkpoints go to ``--work-dir``.
 
-    python benchmarks/dt_train_lockstep.py --dataset hopper-medium [--steps 300] [--out FILE.md]
-    python benchmarks/dt_train_lockstep.py --dataset hopper-medium --from-init [--out FILE.md]
+    python benchmarks/probes/dt_train_lockstep.py --dataset hopper-medium [--steps 300] \\
+        [--out FILE.md]
+    python benchmarks/probes/dt_train_lockstep.py --dataset hopper-medium --from-init \\
+        [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -177,9 +179,11 @@ def run_variant(
 
 def train_from_d3rlpy_init(cfg: Any, bconf: Any, work_dir: Path, episodes: int) -> Any:
     """Our ``dt`` trained for ``bconf.n_steps`` from d3rlpy's seeded init; its evaluation."""
+    from ipd_plugins.evaluate import score
+
     pair = dt_crosscheck.make_pair(cfg, bconf)
     pair.policy.fit(pair.ds, None, work_dir=work_dir)
-    return pair.pipe.evaluate_actor(pair.policy.actor(None), pair.ds, pair.ctx, episodes)
+    return score(pair.policy.actor(None), pair.ctx.env_id, episodes, pair.ctx.seed, pair.ds)
 
 
 def _report(text: str, out: str | None) -> None:
@@ -192,7 +196,7 @@ def _report(text: str, out: str | None) -> None:
 
 def main() -> None:
     from ipd_plugins.baselines import resolve_baseline
-    from ipd_plugins.runner import resolve_config
+    from ipd_plugins.run_config import resolve_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="hopper-medium")
@@ -219,7 +223,8 @@ def main() -> None:
         res = train_from_d3rlpy_init(cfg, bconf, work_dir, args.episodes).to_dict()
         text = (
             f"\n## Our `dt` from d3rlpy's init: {args.dataset}, profile `{args.profile}`, seed "
-            f"{args.seed}\n\n`python benchmarks/dt_train_lockstep.py --dataset {args.dataset} "
+            f"{args.seed}\n\n`python benchmarks/probes/dt_train_lockstep.py "
+            f"--dataset {args.dataset} "
             f"--profile {args.profile} --seed {args.seed} --from-init`: {bconf.n_steps} steps, "
             f"{args.episodes} episodes: **{res['normalized_mean']:.1f} +- "
             f"{res['normalized_std']:.1f}** normalised.\n"

@@ -14,7 +14,7 @@ says how much of the AWR weight exp(beta c (Q(s,a) - V(s))) (eq. 5, at the value
 and the paper's 3) lies on the dataset's flipped steps: how strongly advantage weighting turns
 imitation away from them.
 
-    python benchmarks/flip_probe.py RUN_DIR [--episodes 10] [--out FILE.md]
+    python benchmarks/probes/flip_probe.py RUN_DIR [--episodes 10] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import yaml
 
-from ipd_plugins.evaluate import CallableActor, normalized_scores
+from ipd_plugins.evaluate import CallableActor, normalized_scores, score
 from ipd_plugins.returns import reward_factor
 from ipd_plugins.value.losses import awr_weights
 
@@ -113,26 +113,26 @@ def awr_weight_share(
     return float(w[mask].sum() / w.sum())
 
 
-def load_actors(run_dir: Path) -> tuple[Any, Any, Any, dict[str, Any], Any]:
-    """Pipeline, dataset, context, the actors to probe and the value learner (None for a
-    baseline) of an ``ipd run`` or ``ipd baseline`` seed folder: an IPD run's distilled policy
-    and pi_QOP, or a baseline's policy."""
+def load_actors(run_dir: Path) -> tuple[Any, Any, dict[str, Any], Any, Any]:
+    """Dataset, context, the actors to probe, the value learner and its config (both None for
+    a baseline) of an ``ipd run`` or ``ipd baseline`` seed folder: an IPD run's distilled
+    policy and pi_QOP, or a baseline's policy."""
     if "baseline" in yaml.safe_load((run_dir / "config.yaml").read_text()):
         from ipd_plugins.baselines import load_trained_baseline
 
         trained = load_trained_baseline(run_dir)
         name = f"d3rlpy {trained.baseline.config.name}"
         actors = {name: trained.baseline.actor()}
-        return trained.pipeline, trained.dataset, trained.ctx, actors, None
-    from ipd_plugins.runner import load_trained
+        return trained.dataset, trained.ctx, actors, None, None
+    from ipd_plugins.data.runs import load_trained
 
     run = load_trained(run_dir)
     value, policy = run.components["value"], run.components["policy"]
     actors = {
-        f"policy ({run.pipeline.cfg.components['policy']})": policy.actor(value),
+        f"policy ({run.cfg.components['policy']})": policy.actor(value),
         "pi_QOP": CallableActor(lambda obs: value.act(obs, deterministic=True)),
     }
-    return run.pipeline, run.dataset, run.ctx, actors, value
+    return run.dataset, run.ctx, actors, value, run.cfg.configs["value"]
 
 
 def _number(x: float | None, spec: str = ".0f") -> str:
@@ -151,14 +151,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    pipe, ds, ctx, actors, value = load_actors(Path(args.run_dir))
+    ds, ctx, actors, value, value_cfg = load_actors(Path(args.run_dir))
     if ds.ref_min_score is None or ds.ref_max_score is None:
         raise SystemExit(f"{ds.name} has no reference scores to normalise with")
     refs = (ds.ref_min_score, ds.ref_max_score)
     table = {}
     for name, actor in actors.items():
         rec = RecordingActor(actor)
-        result = pipe.evaluate_actor(rec, ds, ctx, args.episodes)
+        result = score(rec, ctx.env_id, args.episodes, ctx.seed, ds)  # the run's episodes
         if len(result.returns) > len(rec.observations[0]):
             raise SystemExit("flip_probe needs every episode in one wave (the evaluator's default)")
         table[name] = episode_rows(result, np.stack(rec.observations), args.angle_index, refs)
@@ -172,7 +172,6 @@ def main() -> None:
         f"mean return of those episodes {_number(data['return_flipped'])}, of the others "
         f"{_number(data['return_steady'])}.\n",
     ]
-    value_cfg = pipe.cfg.configs.get("value")
     beta = getattr(value_cfg, "beta", None)  # an AWR value learner (qov, d3rlpy-iql)
     if value is not None and beta is not None:
         max_weight = getattr(value_cfg, "max_weight", 100.0)

@@ -5,7 +5,7 @@ mean action (and a sample) over ``--episodes`` episodes, D4RL-normalised. This i
 ``default`` profile's ``value.beta`` and the ``normalize_rewards`` default were chosen; results
 in ``benchmarks/results/qop_beta.md``.
 
-    python benchmarks/qop_beta.py --dataset hopper-medium --steps 30000 \\
+    python benchmarks/probes/qop_beta.py --dataset hopper-medium --steps 30000 \\
         --settings '{"normalize_rewards": false}' '{}' '{"beta": 1.0}' '{"beta": 0.0}'
 """
 
@@ -17,8 +17,9 @@ import time
 
 import torch
 
+from ipd_plugins.data.sources import resolve_dataset
 from ipd_plugins.evaluate import CallableActor, evaluate
-from ipd_plugins.runner import context_for, resolve_dataset
+from ipd_plugins.pipeline import context_for
 from registry import create
 
 

@@ -12,7 +12,8 @@ with the conditioning token replaced:
 If the scores barely move, the token is inert and the policy is a state-conditioned imitator
 plus the Q term. Same evaluation episodes and seeds as ``ipd run``.
 
-    python benchmarks/v_token_probe.py RUN_DIR [--shifts=-2,-1,1,2] [--episodes 10] [--out FILE.md]
+    python benchmarks/probes/v_token_probe.py RUN_DIR [--shifts=-2,-1,1,2] [--episodes 10] \\
+        [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -37,29 +38,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from ipd_plugins.evaluate import evaluate
+    from ipd_plugins.data.runs import load_trained
+    from ipd_plugins.evaluate import score
     from ipd_plugins.policies.base import SequenceActor
-    from ipd_plugins.runner import load_trained
 
     run = load_trained(args.run_dir)
-    cfg, ds, ctx = run.pipeline.cfg, run.dataset, run.ctx
+    cfg, ds, ctx = run.cfg, run.dataset, run.ctx
     if cfg.components["policy"] != "ipd-dt":
         raise SystemExit(f"{args.run_dir}: policy is {cfg.components['policy']!r}, not 'ipd-dt'")
     value, policy = run.components["value"], run.components["policy"]
     net = policy.net
     shift, scale = float(net.cond_shift), float(net.cond_scale)  # mean and std of V over data
-    refs = (ds.ref_min_score, ds.ref_max_score) if ds.ref_min_score is not None else None
 
-    def score(conditioning) -> dict:
+    def score_with(conditioning) -> dict:
         actor = SequenceActor(net, conditioning, device="cpu")
-        res = evaluate(
-            actor,
-            ctx.env_id,
-            n_episodes=args.episodes,
-            seed=100_000 + cfg.run.seed,
-            ref_scores=refs,
-        )
-        return res.to_dict()
+        return score(actor, ctx.env_id, args.episodes, cfg.run.seed, ds).to_dict()
 
     variants = {"V(s)": lambda obs: value.v(obs)}
     for k in [float(x) for x in args.shifts.split(",") if x]:
@@ -68,7 +61,7 @@ def main() -> None:
 
     rows = {}
     for name, fn in variants.items():
-        rows[name] = score(fn)
+        rows[name] = score_with(fn)
         r = rows[name]
         print(f"{name:>20}: {r.get('normalized_mean')} +- {r.get('normalized_std')}", flush=True)
     print(json.dumps({"run": args.run_dir, "std_of_v": scale, "scores": rows}, indent=1)[:2000])

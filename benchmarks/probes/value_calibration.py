@@ -18,8 +18,8 @@ For each value function this prints and records, over every step of the dataset:
 
 Two ways to use it:
 
-    python benchmarks/value_calibration.py --run RUN_DIR [RUN_DIR ...]     # finished runs
-    python benchmarks/value_calibration.py --dataset hopper-medium \\
+    python benchmarks/probes/value_calibration.py --run RUN_DIR [RUN_DIR ...]     # finished runs
+    python benchmarks/probes/value_calibration.py --dataset hopper-medium \\
         --milestones 30000,60000,120000 --work benchmarks/work/value_cal  # train longer
 
 The second trains the run's ``qov`` (the ``default`` profile's config) and measures it after
@@ -84,14 +84,14 @@ def row(name: str, steps: int, c: dict[str, float]) -> str:
 
 
 def from_runs(run_dirs: list[str]) -> list[str]:
-    from ipd_plugins.runner import load_trained
+    from ipd_plugins.data.runs import load_trained
 
     rows = []
     for rd in run_dirs:
         run = load_trained(rd, kinds=("value",), echo=lambda _: None)
-        cfg = run.pipeline.cfg.configs["value"]
+        cfg = run.cfg.configs["value"]
         c = calibration(run.components["value"], run.dataset, cfg.gamma, cfg.tau)
-        settings = run.pipeline.cfg.run
+        settings = run.cfg.run
         name = f"{settings.dataset} `{Path(rd).parent.name}` seed {settings.seed}"
         rows.append(row(name, cfg.n_steps, c))
         print(rows[-1], flush=True)
@@ -99,14 +99,14 @@ def from_runs(run_dirs: list[str]) -> list[str]:
 
 
 def with_milestones(dataset: str, seed: int, milestones: list[int], work: Path) -> list[str]:
-    from ipd_plugins.runner import Pipeline, resolve_config
+    from ipd_plugins.pipeline import prepare_run
+    from ipd_plugins.run_config import resolve_config
     from registry import get_registry
 
     run = {"dataset": dataset, "seed": seed, "profile": "default", "out_dir": str(work)}
     cfg = resolve_config(run=run)
-    pipe = Pipeline(cfg, echo=lambda _: None, progress=False)
-    ds = pipe.load_dataset()
-    ctx = pipe.build_context(ds)
+    p = prepare_run(cfg.run, echo=lambda _: None)
+    ds, ctx = p.dataset, p.ctx
     vconf = cfg.configs["value"]
     value = get_registry().create("value", cfg.components["value"], vconf, ctx)
     rows = []

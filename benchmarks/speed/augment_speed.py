@@ -5,7 +5,7 @@ MPC candidate rollout (N_mpc x H_m per planning step) plus the kept rollout step
 at the paper's sizes (qov 2x256; pe E=3 x 4x400 with LayerNorm + a reward model of the same
 shape); their weights do not change the cost, so they are trained only for a few steps.
 
-    python benchmarks/augment_speed.py --dataset hopper-medium --episodes 20 --threads 2
+    python benchmarks/speed/augment_speed.py --dataset hopper-medium --episodes 20 --threads 2
 
 Writes benchmarks/results/augment_speed.md (with --write). Issue 5's target: >= 10,000
 simulated transitions/s on 2 CPU cores (one transition ~ 6 MFLOP at these sizes).
@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ipd_plugins.augment import AugmentConfig, augment, calibrate_kappa
-from ipd_plugins.runner import context_for, resolve_dataset
+from ipd_plugins.augment import AugmentConfig, augment
+from ipd_plugins.data.sources import resolve_dataset
+from ipd_plugins.pipeline import context_for
+from ipd_plugins.uncertainty.reliable import calibrate_kappa
 from registry import create
 
 
@@ -72,10 +74,10 @@ def main() -> None:
     if args.write:
         # whole-dataset wall time, extrapolated linearly in the number of episodes
         scale = ds.n_episodes / args.episodes
-        out = Path(__file__).parent / "results" / "augment_speed.md"
+        out = Path(__file__).resolve().parents[1] / "results" / "augment_speed.md"
         text = (
             "# Augmentation throughput (issue 5)\n\n"
-            f"Command: `python benchmarks/augment_speed.py --dataset {args.dataset} "
+            f"Command: `python benchmarks/speed/augment_speed.py --dataset {args.dataset} "
             f"--episodes {args.episodes} --threads {args.threads} --step-dtype {args.step_dtype} "
             f"--write`\n\nMachine: {platform.machine()}, {args.threads} torch threads, "
             f"torch {torch.__version__}; see the note on load below.\n\n```\n"

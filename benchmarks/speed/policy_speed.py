@@ -11,8 +11,8 @@ adds a double-Q MLP 2x256 forward/backward through the action), each with
 ``token_layout`` "vsa" (paper, 3 tokens per step) / "sa" (2) / "s" (1), in fp32 and bf16 autocast
 (``dt`` only in fp32 "vsa" unless ``--all-dt``).
 
-    python benchmarks/policy_speed.py --rounds 6 --steps 2 --threads 1 --out speed.md
-    python benchmarks/policy_speed.py --threads 1 --score-seeds 2 --out score.md  # toy score
+    python benchmarks/speed/policy_speed.py --rounds 6 --steps 2 --threads 1 --out speed.md
+    python benchmarks/speed/policy_speed.py --threads 1 --score-seeds 2 --out score.md  # toy score
 """
 
 from __future__ import annotations
@@ -123,75 +123,16 @@ def d3rlpy_dt(dataset):
     return step
 
 
-# -- score cost of the speed knobs, on a 1-d toy task (x' = x + 0.3 a, reward -|x'|) ----------
-def toy_setup():
-    """Register the toy env; a noisy-controller dataset; a one-step-lookahead value learner."""
-    import gymnasium as gym
-
-    from ipd_plugins.data.dataset import TrajectoryDataset
-
-    class Env(gym.Env):
-        observation_space = gym.spaces.Box(-5.0, 5.0, (1,), np.float32)
-        action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-
-        def reset(self, seed=None, options=None):
-            super().reset(seed=seed)
-            self.x = float(self.np_random.uniform(-1.5, 1.5))
-            return np.array([self.x], np.float32), {}
-
-        def step(self, action):
-            self.x = float(np.clip(self.x + 0.3 * float(action[0]), -5, 5))
-            return np.array([self.x], np.float32), -abs(self.x), False, False, {}
-
-    env_id = "IpdBenchToyReach-v0"
-    if env_id not in gym.registry:
-        gym.register(id=env_id, entry_point=Env, max_episode_steps=20)
-    rng = np.random.default_rng(0)
-    episodes = []
-    for _ in range(80):
-        gain, x = rng.uniform(-1.0, 4.0), rng.uniform(-1.5, 1.5)
-        obs, acts, rews = [x], [], []
-        for _ in range(20):
-            a = float(np.clip(-gain * x + rng.normal(0, 0.4), -1, 1))
-            x = float(np.clip(x + 0.3 * a, -5, 5))
-            obs.append(x)
-            acts.append(a)
-            rews.append(-abs(x))
-        episodes.append(
-            {
-                "observations": np.array(obs, np.float32)[:, None],
-                "actions": np.array(acts, np.float32)[:, None],
-                "rewards": np.array(rews, np.float32),
-                "terminations": np.zeros(20, bool),
-                "truncations": np.r_[np.zeros(19, bool), True],
-            }
-        )
-    ds = TrajectoryDataset.from_episodes(
-        episodes, env_id=env_id, action_low=np.array([-1.0]), action_high=np.array([1.0])
-    )
-
-    class Value:
-        gamma = 0.99
-
-        def q(self, obs, act):
-            return -(obs[:, 0] + 0.3 * act[:, 0]).abs()
-
-        def v(self, obs):
-            return -2.0 * obs[:, 0].abs()
-
-        def act(self, obs, deterministic=True):
-            return (-obs / 0.3).clamp(-1, 1)
-
-    return env_id, ds, Value()
-
-
+# -- score cost of the speed knobs, on the 1-d toy task (ipd_plugins.data.toy) ------------
 def score_table(seeds: int) -> str:
     """Mean toy return (optimal about -1.2, random about -22) per policy/layout/precision."""
+    from ipd_plugins.data.toy import ToyReachValue, toy_reach_dataset
     from ipd_plugins.evaluate import evaluate
     from registry import manager
     from registry.protocols import BuildContext
 
-    env_id, ds, value = toy_setup()
+    ds, value = toy_reach_dataset(80), ToyReachValue()
+    env_id = ds.env_id
     cfg = {"n_layer": 2, "n_embd": 64, "n_head": 2, "context": 10, "batch_size": 32}
     cfg.update(n_steps=400, warmup_steps=50, learning_rate=1e-3)
     rows = []

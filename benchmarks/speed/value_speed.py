@@ -9,8 +9,8 @@ round builds a fresh learner of each kind and trains it ``--steps`` steps; the r
 warm-up round is discarded. The two alternate so that both see the same machine load; the
 ratio of the medians is the figure to read.
 
-    python benchmarks/value_speed.py                      # writes benchmarks/results/value_speed.md
-    python benchmarks/value_speed.py --threads 2 --rounds 3 --steps 300
+    python benchmarks/speed/value_speed.py           # writes benchmarks/results/value_speed.md
+    python benchmarks/speed/value_speed.py --threads 2 --rounds 3 --steps 300
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--episodes", type=int, default=200, help="episodes of 1000 steps")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "value_speed.md"
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "results" / "value_speed.md",
     )
     args = parser.parse_args(argv)
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"median per-round ratio {ratio:.2f}x (range {min(per_round):.2f}-{max(per_round):.2f}x)"
     )
 
-    command = "python benchmarks/value_speed.py " + " ".join(
+    command = "python benchmarks/speed/value_speed.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
     lines = [

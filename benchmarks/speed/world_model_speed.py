@@ -14,7 +14,7 @@ reward network of the same shape (1 member, the default), batch 256, on a Hopper
 The variants are timed in alternating rounds so that CPU contention from other jobs hits them
 alike; the table gives the median over rounds (and min-max).
 
-    python benchmarks/world_model_speed.py --rounds 5 --threads 2 \
+    python benchmarks/speed/world_model_speed.py --rounds 5 --threads 2 \\
         --out benchmarks/results/world_model_speed.md
 """
 
@@ -147,7 +147,7 @@ def main() -> None:
     lines = [
         "# World model (`pe`) speed",
         "",
-        "Command: `python benchmarks/world_model_speed.py " + " ".join(sys.argv[1:]) + "`",
+        "Command: `python benchmarks/speed/world_model_speed.py " + " ".join(sys.argv[1:]) + "`",
         "",
         f"Machine: {cpu or 'unknown CPU'}, {os.cpu_count()} cores, no GPU, "
         f"torch {torch.__version__}, intra-op threads {args.threads}. Other jobs (helpers' tests "

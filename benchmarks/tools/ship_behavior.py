@@ -1,8 +1,9 @@
 """Choose the medium snapshot of a SAC run and ship it (and the replay snapshots) in the package.
 
-Reads ``WORK/<task>/snapshots.jsonl`` written by ``benchmarks/train_behavior.py``, re-evaluates
-the snapshots whose quick evaluation falls in the D4RL "medium" band (from the float16 copy that
-will ship, 30 stochastic episodes), keeps the one nearest the band's centre, and writes
+Reads ``WORK/<task>/snapshots.jsonl`` written by ``benchmarks/tools/train_behavior.py``,
+re-evaluates the snapshots whose quick evaluation falls in the D4RL "medium" band (from the
+float16 copy that will ship, 30 stochastic episodes), keeps the one nearest the band's centre,
+and writes
 
     ipd_plugins/assets/behavior/<task>/index.json
     ipd_plugins/assets/behavior/<task>/step_XXXXXXX.safetensors   (float16 actors)
@@ -11,7 +12,7 @@ will ship, 30 stochastic episodes), keeps the one nearest the band's centre, and
 ``--max-replay`` snapshots up to medium, each weighted by the training steps it stands for (a
 snapshot stands for the steps since the previous shipped one).
 
-    python benchmarks/ship_behavior.py --work /work/behavior_runs hopper
+    python benchmarks/tools/ship_behavior.py --work /work/behavior_runs hopper
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import ipd_plugins
 from ipd_plugins.data.behavior import evaluate_actor, load_snapshot, save_snapshot
 from ipd_plugins.data.envs import ref_scores
 
-ASSETS = Path(__file__).resolve().parents[1] / "ipd_plugins" / "assets" / "behavior"
+ASSETS = Path(ipd_plugins.__file__).resolve().parent / "assets" / "behavior"  # in the package
 BANDS = {"hopper": (40.0, 55.0), "halfcheetah": (35.0, 45.0), "walker2d": (55.0, 75.0)}
 ENV_IDS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 
@@ -117,7 +119,7 @@ def main() -> None:
             "medium_eval_normalised": medium["ship_eval_normalised"],
             "band": BANDS[task],
             "replay": replay,
-            "trained_by": f"python benchmarks/train_behavior.py --work {args.work} {task}",
+            "trained_by": f"python benchmarks/tools/train_behavior.py --work {args.work} {task}",
         }
         (out / "index.json").write_text(json.dumps(index, indent=1) + "\n")
         size = sum(f.stat().st_size for f in out.iterdir())

@@ -3,9 +3,9 @@
 One process, one thread, environments one after another; resumable: re-run the same command
 and each run continues from its last checkpoint (finished runs are skipped). Snapshots land in
 ``WORK/<env>/snapshots/`` with their evaluation returns in ``WORK/<env>/snapshots.jsonl``;
-``benchmarks/ship_behavior.py`` then copies the chosen ones into the package.
+``benchmarks/tools/ship_behavior.py`` then copies the chosen ones into the package.
 
-    nohup python benchmarks/train_behavior.py --work /work/behavior_runs \
+    nohup python benchmarks/tools/train_behavior.py --work /work/behavior_runs \\
         hopper halfcheetah walker2d > /work/behavior_runs/train.log 2>&1 &
 
 Each run stops once a snapshot's stochastic return passes the top of the D4RL "medium" band
@@ -18,14 +18,9 @@ import argparse
 
 import torch
 
+from ipd_plugins.data.envs import ref_scores
 from ipd_plugins.data.sac import SACConfig, train_sac
 
-# D4RL reference returns (d4rl/infos.py), used to turn the medium band into returns.
-REF = {
-    "hopper": (-20.272305, 3234.3),
-    "walker2d": (1.629008, 4592.3),
-    "halfcheetah": (-280.178953, 12135.0),
-}
 # env id, step budget, top of the medium band (D4RL-normalised)
 RUNS = {
     "hopper": ("Hopper-v5", 400_000, 55.0),
@@ -35,7 +30,8 @@ RUNS = {
 
 
 def stop_return(env: str, normalised: float) -> float:
-    lo, hi = REF[env]
+    """The return at D4RL-normalised score ``normalised`` (reference returns of d4rl/infos.py)."""
+    lo, hi = ref_scores(RUNS[env][0])
     return lo + normalised / 100.0 * (hi - lo)
 
 
