@@ -204,7 +204,7 @@ def test_missing_behaviour_says_how_to_train(tmp_path, monkeypatch, store):
         generate("walker2d-medium", n_steps=10)
     out = CliRunner().invoke(main, ["data", "make", "walker2d-medium"])
     assert out.exit_code != 0
-    assert "benchmarks/train_behavior.py" in out.output and "walker2d" in out.output
+    assert "benchmarks/tools/train_behavior.py" in out.output and "walker2d" in out.output
 
 
 def test_unknown_name_lists_the_catalogue():

@@ -370,7 +370,7 @@ def set_state_from_observation(env, obs: np.ndarray) -> None:
     by ``qvel`` (the x position is left out; it enters neither the dynamics nor the reward), so
     ``qpos = [0, obs[:nq-1]]``, ``qvel = obs[nq-1:]`` restores the simulation exactly (up to
     the velocity clipping some versions apply to the observation). Used to replay imagined
-    segments in the true simulator (``benchmarks/augment_quality.py``).
+    segments in the true simulator (``benchmarks/probes/augment_quality.py``).
     """
     sim = env.unwrapped
     model = getattr(sim, "model", None)

@@ -4,7 +4,7 @@ D4RL (Fu et al., 2020, arXiv:2004.07219, section 5 and appendix C) built its Gym
 from one online SAC run per task: ``medium`` is 1M steps of the actor stopped at about a third
 of an expert's score, acting stochastically; ``medium-replay`` is the replay buffer of that
 run up to the medium policy. We rebuild both here from the SAC snapshots shipped in
-``ipd_plugins/assets/behavior/<task>/`` (trained by ``benchmarks/train_behavior.py``):
+``ipd_plugins/assets/behavior/<task>/`` (trained by ``benchmarks/tools/train_behavior.py``):
 
 - ``<task>-medium``: episodes of the medium snapshot, sampled actions, 1M steps by default;
 - ``<task>-medium-replay``: episodes of each snapshot up to medium (the first part with
@@ -212,9 +212,11 @@ def _behavior_index(spec: DatasetSpec) -> tuple[Path, dict[str, Any]]:
     if not index.exists():
         raise BehaviorMissingError(
             f"no behaviour policy for '{spec.task}' yet ({index} is missing). Train it with\n"
-            f"    python benchmarks/train_behavior.py --work /work/behavior_runs {spec.task}\n"
+            f"    python benchmarks/tools/train_behavior.py --work /work/behavior_runs "
+            f"{spec.task}\n"
             f"then ship the snapshots with\n"
-            f"    python benchmarks/ship_behavior.py --work /work/behavior_runs {spec.task}\n"
+            f"    python benchmarks/tools/ship_behavior.py --work /work/behavior_runs "
+            f"{spec.task}\n"
             f"(or point ${SNAPSHOT_DIR_ENV} at a folder holding {spec.task}/index.json)."
         )
     return folder, json.loads(index.read_text())
