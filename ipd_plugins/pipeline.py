@@ -26,6 +26,7 @@ from ipd_plugins.augment import augment
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import CallableActor, score
 from ipd_plugins.files import atomic_write_text, write_json
+from ipd_plugins.hardware import set_threads
 from ipd_plugins.provenance import run_meta
 from ipd_plugins.run_config import RunConfig, RunSettings, changed_options
 from ipd_plugins.stages import StageCache
@@ -318,13 +319,12 @@ def write_run_config(cfg: RunConfig, data_hash: str) -> None:
 def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> dict[str, Any]:
     """Run (or resume, or reuse) every stage of one seed; returns ``results.json``'s content."""
     t_start = time.perf_counter()
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    threads = set_threads(cfg.run.threads)
     run = cfg.run
     p = prepare_run(run, echo)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(cfg, p.data_hash)
-    echo(f"run folder: {cfg.run_dir}")
+    echo(f"run folder: {cfg.run_dir} ({threads} torch thread{'s' if threads > 1 else ''})")
     keys = stage_keys(cfg, p.data_hash, p.ctx.env_id)
     cache = StageCache(run.out_dir, echo, tb_dir=cfg.run_dir / "tb")
 
@@ -348,6 +348,7 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
         "stage_seconds": {k: r.seconds for k, r in records.items()},
         "stage_reused": {k: r.reused for k, r in records.items()},
         "wall_seconds": time.perf_counter() - t_start,
+        "threads": threads,
     }
     write_json(cfg.run_dir / "results.json", results)
     return results

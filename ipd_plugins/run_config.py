@@ -63,7 +63,7 @@ class RunSettings:
     seed: int = 0  # fixes training, augmentation and evaluation
     profile: str = "quick"  # quick | default | paper (step counts and sizes, see README)
     device: str = "cpu"  # torch device for every component
-    threads: int | None = None  # torch CPU threads; None: torch's default (1 on a busy machine!)
+    threads: int | None = None  # torch CPU threads; None: the usable cores not already busy
     eval_episodes: int = 10  # evaluation episodes of the final policy (last checkpoint)
     eval_every: int = 0  # policy steps between periodic evaluations in the learning curve; 0: off
     eval_qop: bool = True  # also score the value learner's own policy pi_QOP (IQL-style)

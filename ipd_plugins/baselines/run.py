@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from ipd_plugins.baselines.configs import BaselineConfig
 from ipd_plugins.baselines.trainer import D3rlpyBaseline
 from ipd_plugins.evaluate import score
 from ipd_plugins.files import atomic_write_text, write_json
+from ipd_plugins.hardware import set_threads
 from ipd_plugins.pipeline import Prepared, prepare_run
 from ipd_plugins.provenance import run_meta
 from ipd_plugins.run_config import RunSettings, resolve_config
@@ -136,8 +136,7 @@ def run_baseline(
     t_start = time.perf_counter()
     settings, bconf = resolve_settings(algo, run, dict(overrides or {}), dict(file or {}))
     run_dir = Path(settings.out_dir) / baseline_run_name(settings, bconf) / f"seed_{settings.seed}"
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    threads = set_threads(settings.threads)
     p = prepare_run(settings, echo)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_out = {
@@ -180,6 +179,7 @@ def run_baseline(
         "stage_seconds": {"train": record.seconds},
         "stage_reused": {"train": record.reused},
         "wall_seconds": time.perf_counter() - t_start,
+        "threads": threads,
     }
     write_json(run_dir / "results.json", results)
     return results

@@ -168,7 +168,7 @@ def run_options(what: str) -> Callable[[Callable], Callable]:
                 click.option(
                     "--threads",
                     type=click.IntRange(min=1),
-                    help="torch CPU threads (default: torch's)",
+                    help="torch CPU threads (default: the usable cores not already busy)",
                 ),
                 click.option("--eval-episodes", type=int, help="evaluation episodes"),
                 debug_option,
