@@ -160,3 +160,14 @@ def test_export_best_keeps_the_highest_return_episodes(store):
     top = np.sort(full.episode_returns())[-3:]
     np.testing.assert_allclose(np.sort(best.episode_returns()), top, rtol=1e-5)
     assert best.n_episodes == 3 and best.env_id == full.env_id
+
+
+def test_data_commands_take_names_list_exports_and_name_the_overwrite_flag(store):
+    info = CliRunner().invoke(main, ["data", "info", "pendulum-medium-replay"])
+    assert info.exit_code == 0 and "Pendulum-v1" in info.output
+    export = ["data", "export", "pendulum-medium-replay", "test/pendulum/copy-v0"]
+    assert CliRunner().invoke(main, export).exit_code == 0
+    listing = CliRunner().invoke(main, ["data", "list"]).output
+    assert "test/pendulum/copy-v0" in listing
+    again = CliRunner().invoke(main, export)
+    assert again.exit_code == 1 and "pass --overwrite" in again.output

@@ -285,3 +285,13 @@ def test_plugins_cli_shows_one_components_options_and_names_bad_ones():
     assert bad.exit_code != 0 and "known value names:" in bad.output and "qov" in bad.output
     bad_kind = CliRunner().invoke(main, ["plugins", "values", "qov"])
     assert bad_kind.exit_code != 0 and "'values' is not one of" in bad_kind.output
+
+
+@pytest.mark.parametrize("kind, name", [("value", "d3rlpy-iql"), ("policy", "ipd-dt")])
+def test_plugins_cli_prints_docs_as_plain_text(kind, name):
+    """No RST roles, double backticks or LaTeX commands reach the terminal."""
+    from ipd_plugins.commands import main
+
+    out = CliRunner().invoke(main, ["plugins", kind, name]).output
+    assert "``" not in out and ":math:" not in out and ".. math::" not in out
+    assert "\\" not in out and "\\tau" not in out and "mathbb" not in out, out
