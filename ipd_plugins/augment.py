@@ -184,7 +184,10 @@ def augment(
     device: str = "cpu",
     progress: bool = True,
 ) -> AugmentResult:
-    """Identify suboptimal states and grow imagined continuations from them (Alg. 1)."""
+    """Identify suboptimal states and grow imagined continuations from them (Alg. 1).
+
+    ``progress`` shows bars on a terminal (never in a log file: tqdm's automatic mode).
+    """
     cfg = config or AugmentConfig()
     gen = torch.Generator(device=device).manual_seed(seed)
     report: dict[str, Any] = {"kappa": float(kappa)}
@@ -205,7 +208,7 @@ def augment(
     gaps = []
     chunks = range(0, len(cand), cfg.chunk_size)
     with torch.inference_mode():
-        for lo in tqdm(chunks, desc="identify", disable=not progress, leave=False):
+        for lo in tqdm(chunks, desc="identify", disable=None if progress else True, leave=False):
             rows = cand[lo : lo + cfg.chunk_size]
             r_im = _imagine_policy_returns(
                 _t(dataset.observations[rows], device),
@@ -239,7 +242,7 @@ def augment(
     parts = [
         _rollout(dataset.observations[sel[lo : lo + cfg.chunk_size]], ctx, planner, cfg, device)
         for lo in tqdm(
-            range(0, len(sel), cfg.chunk_size), desc="imagine", disable=not progress, leave=False
+            range(0, len(sel), cfg.chunk_size), desc="imagine", disable=None if progress else True, leave=False
         )
     ]
     roll = {
