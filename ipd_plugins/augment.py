@@ -239,11 +239,11 @@ def augment(
     # 2. rollouts from the selected states with the planner
     t0 = time.perf_counter()
     ctx = PlanningContext(value, world_model, uncertainty, float(kappa), gen)
+    chunks = range(0, len(sel), cfg.chunk_size)
+    bar = tqdm(chunks, desc="imagine", disable=None if progress else True, leave=False)
     parts = [
         _rollout(dataset.observations[sel[lo : lo + cfg.chunk_size]], ctx, planner, cfg, device)
-        for lo in tqdm(
-            range(0, len(sel), cfg.chunk_size), desc="imagine", disable=None if progress else True, leave=False
-        )
+        for lo in bar
     ]
     roll = {
         k: np.concatenate([p[k] for p in parts], axis=1 if k != "n_kept" else 0) for k in parts[0]
