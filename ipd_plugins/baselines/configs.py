@@ -59,6 +59,8 @@ class BaselineConfig(ComponentConfig):
 
     kind: ClassVar[str] = "baseline"
     name: ClassVar[str] = ""
+    #: a sequence model (windows of ``context`` steps, acting on a return-to-go), as ``dt``
+    sequence: ClassVar[bool] = False
 
     # gradient steps; the profile's `baseline` section matches them to IPD's budgets
     n_steps: int = 1_000_000
@@ -277,6 +279,7 @@ class DTBaselineConfig(BaselineConfig):
     """
 
     name: ClassVar[str] = "dt"
+    sequence: ClassVar[bool] = True
 
     batch_size: int = 64
     # timesteps per window (K)

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ipd_plugins.baselines.configs import BaselineConfig, DTBaselineConfig
 from ipd_plugins.files import atomic_save, safe_load
 from ipd_plugins.training import Checkpointer
 from registry.protocols import BuildContext, Logger
 
 if TYPE_CHECKING:
+    from ipd_plugins.baselines.configs import BaselineConfig
     from ipd_plugins.data.dataset import TrajectoryDataset
 
 __all__ = ["D3rlpyBaseline", "DTActor"]
@@ -80,7 +80,7 @@ class D3rlpyBaseline:
                 f"act_low={ctx.act_low}, act_high={ctx.act_high}"
             )
         self.config, self.ctx = config, ctx
-        self.is_dt = isinstance(config, DTBaselineConfig)
+        self.is_dt = config.sequence  # trains on windows, acts with a return-to-go
         self.step = 0
         self.algo: Any = None
         self.target_return: float | None = None
@@ -100,7 +100,7 @@ class D3rlpyBaseline:
         self.obs_mean = obs.mean(0).astype(np.float32)
         self.obs_std = obs.std(0).astype(np.float32)
         self.reward_multiplier = float(config.reward_multiplier(dataset))
-        if isinstance(config, DTBaselineConfig):
+        if self.is_dt:
             self.target_return = config.resolved_target(dataset, ctx.env_id)
             if int(dataset.episode_lengths.max()) > config.max_timestep:
                 raise ValueError(
