@@ -28,6 +28,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "dropout": ("overfitting a few trajectories", ["policy.dropout=0.1"]),
     "context1": ("the sequence itself (one step of context)", ["policy.context=1"]),
     "return": ("the V token (trained on returns-to-go)", ["policy.train_token=return"]),
+    "alpha0.1": ("a weaker Q term", ["policy.alpha=0.1"]),
+    "alpha0.3": ("a weaker Q term", ["policy.alpha=0.3"]),
+    "alpha0-window": ("both", ["policy.alpha=0", "policy.position=window"]),
+    "alpha0-noaug": ("no Q term, no imagined data", ["policy.alpha=0", "augment.n_aug=0"]),
 }
 
 
