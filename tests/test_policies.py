@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 from ipd_plugins.data.dataset import TrajectoryDataset
+from ipd_plugins.data.toy import ToyReachValue, register_toy_reach, toy_reach_dataset
 from ipd_plugins.evaluate import CallableActor, evaluate
 from ipd_plugins.policies.gpt import CausalTransformer, DecisionModel
 from ipd_plugins.policies.ipd_dt import advantage_weights, ipd_loss
@@ -33,80 +33,13 @@ def _one_thread():
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "context": 5, "batch_size": 16, "n_steps": 20}
 
 
-# -- a 1-d toy task: move x to 0; reward -|x'| -------------------------------------------------
-class ToyReach(gym.Env):
-    observation_space = gym.spaces.Box(-5.0, 5.0, (1,), np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.x = float(self.np_random.uniform(-1.5, 1.5))
-        return np.array([self.x], np.float32), {}
-
-    def step(self, action):
-        self.x = float(np.clip(self.x + 0.3 * float(action[0]), -5, 5))
-        return np.array([self.x], np.float32), -abs(self.x), False, False, {}
+# -- the 1-d ToyReach task of ipd_plugins.data.toy: move x to 0, reward -|x'| ----------------
+TOY_ID = register_toy_reach()
 
 
-TOY_ID = "IpdTestToyReach-v0"
-if TOY_ID not in gym.registry:
-    gym.register(id=TOY_ID, entry_point=ToyReach, max_episode_steps=20)
-
-
-def toy_dataset(n_episodes: int = 60, seed: int = 0) -> TrajectoryDataset:
-    """Noisy proportional controllers of random quality (some useless, some good)."""
-    rng = np.random.default_rng(seed)
-    episodes = []
-    for _ in range(n_episodes):
-        gain = rng.uniform(-1.0, 4.0)
-        x = rng.uniform(-1.5, 1.5)
-        obs, acts, rews = [x], [], []
-        for _ in range(20):
-            a = float(np.clip(-gain * x + rng.normal(0, 0.4), -1, 1))
-            x = float(np.clip(x + 0.3 * a, -5, 5))
-            obs.append(x)
-            acts.append(a)
-            rews.append(-abs(x))
-        episodes.append(
-            {
-                "observations": np.array(obs, np.float32)[:, None],
-                "actions": np.array(acts, np.float32)[:, None],
-                "rewards": np.array(rews, np.float32),
-                "terminations": np.zeros(20, bool),
-                "truncations": np.r_[np.zeros(19, bool), True],
-            }
-        )
-    return TrajectoryDataset.from_episodes(
-        episodes, env_id=TOY_ID, action_low=np.array([-1.0]), action_high=np.array([1.0])
-    )
-
-
-class ToyValue:
-    """A value learner for ToyReach (one-step lookahead), recording every v() call."""
-
-    gamma = 0.99
-
-    def __init__(self):
-        self.v_calls: list[torch.Tensor] = []
-
-    def q(self, obs, act):
-        return -(obs[:, 0] + 0.3 * act[:, 0]).abs()
-
-    def v(self, obs):
-        self.v_calls.append(obs.detach().clone())
-        return -2.0 * obs[:, 0].abs()
-
-    def act(self, obs, deterministic=True):
-        return (-obs / 0.3).clamp(-1, 1)
-
-    def fit(self, dataset, work_dir=None, log=None):
-        return {}
-
-    def save(self, path):
-        pass
-
-    def load(self, path):
-        pass
+def ToyValue() -> ToyReachValue:  # noqa: N802 (reads as the class it builds)
+    """The exact value learner of ToyReach, recording every v() call."""
+    return ToyReachValue(record=True)
 
 
 CTX = BuildContext(obs_dim=1, act_dim=1, act_low=(-1.0,), act_high=(1.0,), seed=0)
@@ -277,7 +210,7 @@ def test_discounted_returns_to_go_match_a_naive_loop():
 
 
 def test_ipd_dt_return_tokens_are_bootstrapped_returns_and_acting_still_feeds_v():
-    ds, value = toy_dataset(5), ToyValue()
+    ds, value = toy_reach_dataset(5), ToyValue()
     ds = ds.replace(terminations=np.zeros(ds.n_steps, bool))  # every episode cut by time
     policy = make("ipd-dt", train_token="return", gamma=0.95)
     raw = policy.raw_conditioning(ds, value)
@@ -308,7 +241,7 @@ def test_ipd_dt_return_tokens_are_bootstrapped_returns_and_acting_still_feeds_v(
 
 
 def test_sampler_pads_left_with_zeros():
-    ds = toy_dataset(3)
+    ds = toy_reach_dataset(3)
     sampler = SequenceSampler(ds, np.arange(ds.n_steps, dtype=np.float32) + 1, context=5)
     w = sampler.window(torch.tensor([0, 3, 22]))  # ep 0 step 0, ep 0 step 3, ep 1 step 2
     assert w["obs"].shape == (3, 5, 1) and w["mask"].shape == (3, 5)
@@ -323,7 +256,7 @@ def test_sampler_pads_left_with_zeros():
 
 
 def test_timesteps_follow_the_source_episode_in_augmented_segments():
-    ds = toy_dataset(2)  # two episodes of 20 steps
+    ds = toy_reach_dataset(2)  # two episodes of 20 steps
     np.testing.assert_array_equal(ds.timesteps(), np.tile(np.arange(20), 2))
     # a 5-step segment continuing episode 1 at its steps 12..16; real steps keep their index
     part = ds.select_episodes([1])
@@ -392,7 +325,7 @@ def test_advantage_weights_are_clipped_awr_weights_over_their_mean():
 
 
 def test_ipd_dt_awr_variant_weights_the_mse_by_the_logged_actions_advantage():
-    ds, value = toy_dataset(4), ToyValue()
+    ds, value = toy_reach_dataset(4), ToyValue()
     policy = make("ipd-dt", dropout=0.0, alpha=0.0, awr_beta=0.02)
     state = policy.start_training(ds, value)
     returns = ds.episode_returns()
@@ -414,7 +347,7 @@ def test_ipd_dt_awr_variant_weights_the_mse_by_the_logged_actions_advantage():
 
 
 def test_ipd_dt_training_loss_is_eq26_on_the_valid_steps():
-    ds, value = toy_dataset(4), ToyValue()
+    ds, value = toy_reach_dataset(4), ToyValue()
     policy = make("ipd-dt", dropout=0.0, alpha=1.3)
     state = policy.start_training(ds, value)
     batch = state.sampler.sample(8)
@@ -430,7 +363,7 @@ def test_ipd_dt_training_loss_is_eq26_on_the_valid_steps():
 
 # -- acting --------------------------------------------------------------------------------------
 def test_ipd_dt_acts_with_v_of_the_current_observation():
-    ds, value = toy_dataset(6), ToyValue()
+    ds, value = toy_reach_dataset(6), ToyValue()
     policy = make("ipd-dt")
     assert isinstance(policy, SequencePolicy)
     policy.fit(ds, value)
@@ -472,7 +405,7 @@ def test_ipd_dt_acts_with_v_of_the_current_observation():
 
 
 def test_dt_return_to_go_bookkeeping():
-    ds = toy_dataset(6)
+    ds = toy_reach_dataset(6)
     policy = make("dt", target_return=10.0, rtg_scale=4.0)
     policy.fit(ds, None)
     actor = policy.actor(None)
@@ -502,7 +435,7 @@ def test_dt_return_to_go_bookkeeping():
 @pytest.mark.parametrize("name", ["ipd-dt", "dt"])
 def test_policy_beats_random_on_toy_task(name):
     torch.manual_seed(0)
-    ds, value = toy_dataset(80), ToyValue()
+    ds, value = toy_reach_dataset(80), ToyValue()
     extra = {"target_return": -1.0, "rtg_scale": 5.0} if name == "dt" else {"alpha": 1.0}
     policy = make(name, n_steps=300, batch_size=32, warmup_steps=50, learning_rate=1e-3, **extra)
     policy.fit(ds, value)
@@ -517,7 +450,7 @@ def test_policy_beats_random_on_toy_task(name):
 
 # -- persistence ----------------------------------------------------------------------------------
 def test_save_load_round_trip(tmp_path):
-    ds, value = toy_dataset(6), ToyValue()
+    ds, value = toy_reach_dataset(6), ToyValue()
     policy = make("ipd-dt", token_layout="sa")
     policy.fit(ds, value)
     policy.save(tmp_path / "policy.pt")
@@ -535,7 +468,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_fit_resumes_from_checkpoint(tmp_path):
-    ds, value = toy_dataset(6), ToyValue()
+    ds, value = toy_reach_dataset(6), ToyValue()
     straight = make("ipd-dt", n_steps=20)
     straight.fit(ds, value)
     first = make("ipd-dt", n_steps=10, checkpoint_every=5)
@@ -553,7 +486,7 @@ def test_fit_resumes_from_checkpoint(tmp_path):
 
 
 def test_bf16_autocast_trains_and_acts():
-    ds, value = toy_dataset(4), ToyValue()
+    ds, value = toy_reach_dataset(4), ToyValue()
     policy = make("ipd-dt", autocast_bf16=True, n_steps=5)
     metrics = policy.fit(ds, value)
     assert np.isfinite(metrics["train/loss"])
@@ -570,7 +503,7 @@ def test_registry_knows_both_policies_with_paper_defaults():
 
 
 def test_train_step_reports_the_gradient_norm_before_clipping():
-    ds, value = toy_dataset(4), ToyValue()
+    ds, value = toy_reach_dataset(4), ToyValue()
 
     def grad_norm_after_one_step(clip: float) -> tuple[float, float]:
         policy = make("ipd-dt", n_steps=1, grad_clip=clip)
