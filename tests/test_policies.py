@@ -37,11 +37,6 @@ TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "context": 5, "batch_size": 16,
 TOY_ID = register_toy_reach()
 
 
-def ToyValue() -> ToyReachValue:  # noqa: N802 (reads as the class it builds)
-    """The exact value learner of ToyReach, recording every v() call."""
-    return ToyReachValue(record=True)
-
-
 CTX = BuildContext(obs_dim=1, act_dim=1, act_low=(-1.0,), act_high=(1.0,), seed=0)
 
 
@@ -210,12 +205,12 @@ def test_discounted_returns_to_go_match_a_naive_loop():
 
 
 def test_ipd_dt_return_tokens_are_bootstrapped_returns_and_acting_still_feeds_v():
-    ds, value = toy_reach_dataset(5), ToyValue()
+    ds, value = toy_reach_dataset(5), ToyReachValue(record=True)
     ds = ds.replace(terminations=np.zeros(ds.n_steps, bool))  # every episode cut by time
     policy = make("ipd-dt", train_token="return", gamma=0.95)
     raw = policy.raw_conditioning(ds, value)
     last = ds.episode_starts + ds.episode_lengths - 1
-    tail = -2.0 * np.abs(ds.next_observations[last, 0])  # ToyValue's V(s') at each cut
+    tail = -2.0 * np.abs(ds.next_observations[last, 0])  # ToyReachValue's V(s') at each cut
     np.testing.assert_allclose(
         raw, discounted_returns_to_go(ds.rewards, ds.episode_lengths, 0.95, tail), rtol=1e-5
     )
@@ -312,12 +307,12 @@ def test_weighted_ipd_loss_is_a_weighted_mean_with_weights_held_constant():
 
 
 def test_advantage_weights_are_clipped_awr_weights_over_their_mean():
-    value = ToyValue()
+    value = ToyReachValue(record=True)
     obs = torch.tensor([[1.0], [0.2], [-0.5], [3.0]])
     act = torch.tensor([[-1.0], [0.3], [1.0], [1.0]])
     w = advantage_weights(value, obs, act, beta=2.0, factor=0.5, max_weight=3.0)
     o, a = obs[:, 0].numpy(), act[:, 0].numpy()
-    adv = -np.abs(o + 0.3 * a) + 2.0 * np.abs(o)  # ToyValue's Q - V
+    adv = -np.abs(o + 0.3 * a) + 2.0 * np.abs(o)  # ToyReachValue's Q - V
     raw = np.minimum(np.exp(2.0 * 0.5 * adv), 3.0)
     np.testing.assert_allclose(w.numpy(), raw / raw.mean(), rtol=1e-5)
     assert w.mean().item() == pytest.approx(1.0)
@@ -325,7 +320,7 @@ def test_advantage_weights_are_clipped_awr_weights_over_their_mean():
 
 
 def test_ipd_dt_awr_variant_weights_the_mse_by_the_logged_actions_advantage():
-    ds, value = toy_reach_dataset(4), ToyValue()
+    ds, value = toy_reach_dataset(4), ToyReachValue(record=True)
     policy = make("ipd-dt", dropout=0.0, alpha=0.0, awr_beta=0.02)
     state = policy.start_training(ds, value)
     returns = ds.episode_returns()
@@ -347,7 +342,7 @@ def test_ipd_dt_awr_variant_weights_the_mse_by_the_logged_actions_advantage():
 
 
 def test_ipd_dt_training_loss_is_eq26_on_the_valid_steps():
-    ds, value = toy_reach_dataset(4), ToyValue()
+    ds, value = toy_reach_dataset(4), ToyReachValue(record=True)
     policy = make("ipd-dt", dropout=0.0, alpha=1.3)
     state = policy.start_training(ds, value)
     batch = state.sampler.sample(8)
@@ -363,7 +358,7 @@ def test_ipd_dt_training_loss_is_eq26_on_the_valid_steps():
 
 # -- acting --------------------------------------------------------------------------------------
 def test_ipd_dt_acts_with_v_of_the_current_observation():
-    ds, value = toy_reach_dataset(6), ToyValue()
+    ds, value = toy_reach_dataset(6), ToyReachValue(record=True)
     policy = make("ipd-dt")
     assert isinstance(policy, SequencePolicy)
     policy.fit(ds, value)
@@ -435,7 +430,7 @@ def test_dt_return_to_go_bookkeeping():
 @pytest.mark.parametrize("name", ["ipd-dt", "dt"])
 def test_policy_beats_random_on_toy_task(name):
     torch.manual_seed(0)
-    ds, value = toy_reach_dataset(80), ToyValue()
+    ds, value = toy_reach_dataset(80), ToyReachValue(record=True)
     extra = {"target_return": -1.0, "rtg_scale": 5.0} if name == "dt" else {"alpha": 1.0}
     policy = make(name, n_steps=300, batch_size=32, warmup_steps=50, learning_rate=1e-3, **extra)
     policy.fit(ds, value)
@@ -450,7 +445,7 @@ def test_policy_beats_random_on_toy_task(name):
 
 # -- persistence ----------------------------------------------------------------------------------
 def test_save_load_round_trip(tmp_path):
-    ds, value = toy_reach_dataset(6), ToyValue()
+    ds, value = toy_reach_dataset(6), ToyReachValue(record=True)
     policy = make("ipd-dt", token_layout="sa")
     policy.fit(ds, value)
     policy.save(tmp_path / "policy.pt")
@@ -468,7 +463,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_fit_resumes_from_checkpoint(tmp_path):
-    ds, value = toy_reach_dataset(6), ToyValue()
+    ds, value = toy_reach_dataset(6), ToyReachValue(record=True)
     straight = make("ipd-dt", n_steps=20)
     straight.fit(ds, value)
     first = make("ipd-dt", n_steps=10, checkpoint_every=5)
@@ -486,7 +481,7 @@ def test_fit_resumes_from_checkpoint(tmp_path):
 
 
 def test_bf16_autocast_trains_and_acts():
-    ds, value = toy_reach_dataset(4), ToyValue()
+    ds, value = toy_reach_dataset(4), ToyReachValue(record=True)
     policy = make("ipd-dt", autocast_bf16=True, n_steps=5)
     metrics = policy.fit(ds, value)
     assert np.isfinite(metrics["train/loss"])
@@ -503,7 +498,7 @@ def test_registry_knows_both_policies_with_paper_defaults():
 
 
 def test_train_step_reports_the_gradient_norm_before_clipping():
-    ds, value = toy_reach_dataset(4), ToyValue()
+    ds, value = toy_reach_dataset(4), ToyReachValue(record=True)
 
     def grad_norm_after_one_step(clip: float) -> tuple[float, float]:
         policy = make("ipd-dt", n_steps=1, grad_clip=clip)
