@@ -250,16 +250,16 @@ def imagine(
         write_json(folder / "report.json", report)
         return report
 
-    def load(folder: Path) -> None:
-        if (folder / "segments.npz").exists():
-            load_npz(folder / "segments.npz")  # a corrupted file fails here, and retrains
+    def load(folder: Path) -> TrajectoryDataset | None:
+        path = folder / "segments.npz"
+        return load_npz(path) if path.exists() else None  # a corrupt file fails: retrains
 
     record = cache.run("augment", key, train, load)
-    folder = Path(record.path)
     report = record.metrics
+    segments = load(Path(record.path)) if not record.reused else record.loaded
     train_ds = p.dataset
-    if (folder / "segments.npz").exists():
-        train_ds = TrajectoryDataset.concatenate([p.dataset, load_npz(folder / "segments.npz")])
+    if segments is not None:
+        train_ds = TrajectoryDataset.concatenate([p.dataset, segments])
     cache.echo(
         f"[augment] {report.get('selected', 0)} states selected, "
         f"{report.get('imagined_steps_kept', 0)} imagined steps kept "

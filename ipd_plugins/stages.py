@@ -26,7 +26,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,11 @@ class StageRecord:
     finished: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    loaded: Any = field(default=None, repr=False, compare=False)  # what `load` returned on reuse
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as ``stages.json`` has it (``loaded`` is not a record)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "loaded"}
 
 
 class StageCache:
@@ -168,13 +173,13 @@ class StageCache:
         stage: str,
         key: str,
         train: Callable[[Path], dict[str, Any] | None],
-        load: Callable[[Path], None],
+        load: Callable[[Path], Any],
     ) -> StageRecord:
         """Reuse the stage's artifact (``load(folder)``) or make it (``train(folder)``).
 
         ``train`` writes the artifact files into ``folder`` and returns metrics; ``load`` reads
-        them back into the caller's component (called only on reuse). Every file ``train``
-        leaves in the folder is checksummed in ``done.json``.
+        them back (called only on reuse; what it returns is the record's ``loaded``). Every
+        file ``train`` leaves in the folder is checksummed in ``done.json``.
         """
         folder = self.folder(stage, key)
         lock = folder / ".lock"
@@ -213,11 +218,11 @@ class StageCache:
 
     def write(self, path: Path) -> None:
         """Write :attr:`records` as ``stages.json``."""
-        write_json(path, {k: asdict(v) for k, v in self.records.items()})
+        write_json(path, {k: v.to_dict() for k, v in self.records.items()})
 
     # -- internals ----------------------------------------------------------------------
     def _reuse(
-        self, stage: str, key: str, folder: Path, load: Callable[[Path], None]
+        self, stage: str, key: str, folder: Path, load: Callable[[Path], Any]
     ) -> StageRecord | None:
         done = folder / "done.json"
         if not done.exists():
@@ -227,7 +232,7 @@ class StageCache:
             for name, digest in info.get("artifacts", {}).items():
                 if file_sha256(folder / name) != digest:
                     raise ValueError(f"{name} does not match the checksum in done.json")
-            load(folder)
+            loaded = load(folder)
         except (*LOAD_ERRORS, json.JSONDecodeError) as err:
             self._set_aside(stage, folder, err)
             return None
@@ -240,6 +245,7 @@ class StageCache:
             finished=info.get("finished"),
             metrics=info.get("metrics", {}),
             artifacts=info.get("artifacts", {}),
+            loaded=loaded,
         )
 
     def _set_aside(self, stage: str, folder: Path, err: BaseException) -> None:
@@ -272,7 +278,7 @@ class StageCache:
             metrics=metrics,
             artifacts=artifacts,
         )
-        info = {k: v for k, v in asdict(record).items() if k not in ("key", "path", "reused")}
+        info = {k: v for k, v in record.to_dict().items() if k not in ("key", "path", "reused")}
         write_json(folder / "done.json", info)
         return record
 
