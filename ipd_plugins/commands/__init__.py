@@ -13,6 +13,7 @@ from ipd_plugins import __version__
 from ipd_plugins.commands.baseline import baseline
 from ipd_plugins.commands.compare import ablate, compare
 from ipd_plugins.commands.data import data
+from ipd_plugins.commands.export import export
 from ipd_plugins.commands.options import IpdGroup, debug_option
 from ipd_plugins.commands.plugins import plugins
 from ipd_plugins.commands.run import eval_run, run
@@ -53,5 +54,5 @@ def quiet_third_party_output() -> None:
         pass
 
 
-for command in (run, eval_run, baseline, compare, ablate, data, plugins):
+for command in (run, eval_run, baseline, compare, ablate, data, export, plugins):
     main.add_command(command)
