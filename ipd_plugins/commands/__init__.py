@@ -1,8 +1,8 @@
 """The ``ipd`` command line (click). Nothing outside this package imports click.
 
 One module per command family: ``run`` (``ipd run``, ``ipd eval``), ``baseline``, ``compare``
-(``ipd compare``, ``ipd ablate``), ``data`` (``ipd data ...``), ``plugins``; shared options and
-the clean-error handling in ``options``.
+(``ipd compare``, ``ipd ablate``), ``data`` (``ipd data ...``), ``export``, ``plugins``; shared
+options and the clean-error handling in ``options``.
 """
 
 from __future__ import annotations
