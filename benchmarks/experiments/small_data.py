@@ -32,6 +32,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "alpha0.3": ("a weaker Q term", ["policy.alpha=0.3"]),
     "alpha0-window": ("both", ["policy.alpha=0", "policy.position=window"]),
     "alpha0-noaug": ("no Q term, no imagined data", ["policy.alpha=0", "augment.n_aug=0"]),
+    "bc-like": (
+        "a DT with nothing of IPD (no Q term, no imagined data, no absolute time)",
+        ["policy.alpha=0", "augment.n_aug=0", "policy.position=window"],
+    ),
+    "steps3x": ("underfitting (3x the policy steps)", ["policy.n_steps=4500"]),
 }
 
 
