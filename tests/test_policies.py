@@ -512,3 +512,15 @@ def test_train_step_reports_the_gradient_norm_before_clipping():
     reported_clipped, stored_clipped = grad_norm_after_one_step(1e-3)
     assert reported_clipped == pytest.approx(reported, rel=1e-5)  # same seed, same batch
     assert stored_clipped == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_past_actions_off_makes_the_model_blind_to_the_actions_taken():
+    torch.manual_seed(0)
+    kw = dict(context=4, n_layer=1, n_embd=16, n_head=2, dropout=0.0, position="window")
+    blind = DecisionModel(2, 1, torch.tensor([-1.0]), torch.tensor([1.0]), past_actions=False, **kw)
+    obs, cond, mask = torch.randn(3, 4, 2), torch.randn(3, 4), torch.ones(3, 4, dtype=torch.bool)
+    a1, a2 = torch.rand(3, 4, 1) * 2 - 1, torch.rand(3, 4, 1) * 2 - 1
+    torch.testing.assert_close(blind(obs, a1, cond, mask), blind(obs, a2, cond, mask))
+    torch.manual_seed(0)
+    seeing = DecisionModel(2, 1, torch.tensor([-1.0]), torch.tensor([1.0]), **kw)
+    assert not torch.allclose(seeing(obs, a1, cond, mask), seeing(obs, a2, cond, mask))

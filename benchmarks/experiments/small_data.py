@@ -37,6 +37,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         ["policy.alpha=0", "augment.n_aug=0", "policy.position=window"],
     ),
     "steps3x": ("underfitting (3x the policy steps)", ["policy.n_steps=4500"]),
+    "noact": ("the logged (noisy) past actions in the context", ["policy.past_actions=false"]),
+    "noact-alpha0": ("both", ["policy.past_actions=false", "policy.alpha=0"]),
 }
 
 

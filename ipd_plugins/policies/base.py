@@ -60,6 +60,7 @@ class SequencePolicyConfig(ComponentConfig):
         max_timestep (int): size of the timestep embedding; later times share its last row.
         position_init_std (float | None): std of the normal init of that embedding; None keeps
             PyTorch's N(0, 1); GPT-2 and d3rlpy's DT start it at 0.02.
+        past_actions (bool): feed the past actions of the window (False: zeros, states only).
         autocast_bf16 (bool): run the forward pass under bfloat16 autocast.
     """
 
@@ -88,6 +89,10 @@ class SequencePolicyConfig(ComponentConfig):
     # run so far used); GPT-2 and d3rlpy's DT use 0.02, so the 1000 rarely-trained timestep rows
     # do not add unit-scale noise to every token
     position_init_std: float | None = added_later(None)
+    # feed the window's past actions to the model (DT, eq. 26). False zeroes them: the policy
+    # sees states and tokens only, so its own actions at acting time cannot differ from the
+    # logged, noisier ones it trained on (benchmarks/results/small_data.md)
+    past_actions: bool = added_later(True)
     # bfloat16 autocast for the transformer (weights and optimiser stay fp32). Off by default:
     # measured 0.75x (slower) on this project's CPUs; try it on GPUs
     autocast_bf16: bool = False
@@ -172,6 +177,7 @@ class PolicyNet(nn.Module):
             position=cfg.position,
             max_timestep=cfg.max_timestep,
             position_init_std=cfg.position_init_std,
+            past_actions=cfg.past_actions,
         )
         self.obs_norm = Normalizer(ctx.obs_dim)
         # conditioning token = (raw - cond_shift) / cond_scale

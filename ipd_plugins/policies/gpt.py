@@ -165,6 +165,7 @@ class DecisionModel(nn.Module):
         position: str = "timestep",
         max_timestep: int = 1000,
         position_init_std: float | None = None,
+        past_actions: bool = True,
     ):
         super().__init__()
         if token_layout not in TOKEN_LAYOUTS:
@@ -175,6 +176,7 @@ class DecisionModel(nn.Module):
             raise ValueError(f"position must be one of {list(POSITIONS)}, got {position!r}")
         self.obs_dim, self.act_dim, self.context = obs_dim, act_dim, context
         self.token_layout, self.position, self.max_timestep = token_layout, position, max_timestep
+        self.past_actions = past_actions  # False: action inputs are zeroed (the model sees none)
         self.tokens_per_step = TOKEN_LAYOUTS[token_layout]
         self.embed_obs = nn.Linear(obs_dim, n_embd)
         self.embed_act = nn.Linear(act_dim, n_embd)
@@ -207,6 +209,8 @@ class DecisionModel(nn.Module):
         assert act.shape == (B, T, A), f"act must be (B,T,A)=({B},{T},{A}), got {tuple(act.shape)}"
         assert cond.shape == (B, T), f"cond must be (B,T)=({B},{T}), got {tuple(cond.shape)}"
         assert T <= self.context, f"window of {T} steps is longer than the context {self.context}"
+        if not self.past_actions:  # states and tokens only: nothing of the actions taken
+            act = torch.zeros_like(act)
         if self.position == "timestep":
             assert timesteps is not None and timesteps.shape == (B, T), (
                 f"position='timestep' needs timesteps (B,T)=({B},{T}), got "
