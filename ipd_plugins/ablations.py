@@ -9,12 +9,13 @@
   same augmented data; the spread over seeds is the point of the figure.
 
 Each variant is an ordinary ``ipd run`` (its own run folder, ``<out>/<run name>/seed_<k>``),
-run seed by seed, so the stage cache trains the value function and the world model once per
-seed (and, for ``rtg``, the augmentation too) and every later variant reuses them. A variant
-whose run folder already has ``results.json`` is not run again: an interrupted ablation
-resumes. The variant's label is added to its ``results.json`` (``label``, ``ablation``), and the
-comparison (:mod:`ipd_plugins.compare`) is written to ``<out>/ablations/<kind>__<dataset>.md``
-with a plot next to it (a line plot for ``n-aug``, bars otherwise).
+run seed by seed through the sweep engine (:mod:`ipd_plugins.sweep`, in this process by
+default), so the stage cache trains the value function and the world model once per seed (and,
+for ``rtg``, the augmentation too) and every later variant reuses them. A variant whose run
+folder already has ``results.json`` is not run again: an interrupted ablation resumes. The
+variant's label is added to its ``results.json`` (``label``, ``ablation``), and the comparison
+(:mod:`ipd_plugins.compare`) is written to ``<out>/ablations/<kind>__<dataset>.md`` with a plot
+next to it (a line plot for ``n-aug``, bars otherwise).
 
 The same grids by hand: ``ipd run --planner greedy ...``, ``ipd run --set augment.n_aug=2``,
 ``ipd run --policy dt --set policy.target_return=3600``, then ``ipd compare <out>``.
@@ -142,31 +143,51 @@ def run_ablation(
     echo: Callable[[str], None] = print,
     progress: bool = False,
     reps: int = 2000,
+    executor: str = "serial",
+    address: str | None = None,
 ) -> AblationResult:
-    """Run every cell of :func:`ablation_cells` (seed-major: the cache reuses value + world
-    model), label the results, and write the comparison table and plot."""
+    """Run every cell of :func:`ablation_cells` through the sweep engine
+    (:func:`ipd_plugins.sweep.run_trials`), label the results, and write the comparison table
+    and plot.
+
+    ``executor="serial"`` (the default) runs the cells in this process in their order
+    (seed-major: the first variant of a seed trains the value function and world model, the
+    others reuse them); ``"ray"`` runs them on a local Ray instance or the cluster at
+    ``address``, each shared stage made once by its own task. Finished cells are skipped; a
+    cell that fails does not stop the others, and the first failure is raised at the end.
+    """
     from ipd_plugins.compare import bar_chart, line_chart, load_records, summarise, to_markdown
     from ipd_plugins.files import write_json
-    from ipd_plugins.pipeline import run_pipeline
+    from ipd_plugins.sweep import Trial, run_trials
 
     if kind not in KINDS:
         raise ValueError(f"unknown ablation '{kind}'; ablations: {', '.join(KINDS)}")
     variants = list({v.label: v for v, _ in cells}.values())
     labels = [v.label for v in variants]
+    trials = [Trial.from_run_config(cfg, v.label, i + 1) for i, (v, cfg) in enumerate(cells)]
+    outcomes = run_trials(
+        trials,
+        executor=executor,
+        address=address,
+        echo=echo,
+        progress=progress,
+        prefix=f"[ablate {kind}]",
+    )
+    failed = [o for o in outcomes if o.status not in ("done", "finished")]
+    if failed:
+        first = failed[0]
+        if first.exception is not None:
+            raise first.exception
+        raise ValueError(f"{first.trial.title}: {first.error}")
     run_dirs: list[Path] = []
     settings = None
-    for v, cfg in cells:
-        settings, seed = cfg.run, cfg.run.seed
-        path = cfg.run_dir / "results.json"
-        if path.exists():
-            echo(f"[ablate {kind}] {v.label}, seed {seed}: finished earlier ({cfg.run_dir})")
-        else:
-            echo(f"[ablate {kind}] {v.label}, seed {seed} -> {cfg.run_dir}")
-            run_pipeline(cfg, echo=echo, progress=progress)
+    for (v, cfg), outcome in zip(cells, outcomes, strict=True):
+        settings = cfg.run
+        path = Path(str(outcome.results))
         results = json.loads(path.read_text())
         results.update(label=v.label, ablation={"kind": kind, "x": v.x})
         write_json(path, results)
-        run_dirs.append(cfg.run_dir)
+        run_dirs.append(path.parent)
     assert settings is not None, "no seeds given"
     cmp = summarise(load_records(run_dirs), reps=reps, order=labels)
     slug = settings.dataset.replace("/", "_").replace(".", "_").strip("_")

@@ -17,6 +17,7 @@ from ipd_plugins.commands.export import export
 from ipd_plugins.commands.options import IpdGroup, debug_option
 from ipd_plugins.commands.plugins import plugins
 from ipd_plugins.commands.run import eval_run, run
+from ipd_plugins.commands.sweep import sweep
 
 __all__ = ["main"]
 
@@ -54,5 +55,5 @@ def quiet_third_party_output() -> None:
         pass
 
 
-for command in (run, eval_run, baseline, compare, ablate, data, export, plugins):
+for command in (run, eval_run, baseline, compare, ablate, sweep, data, export, plugins):
     main.add_command(command)

@@ -1,0 +1,108 @@
+"""``ipd sweep``: a grid of runs from a spec file, on Ray (a local instance or a cluster)."""
+
+from __future__ import annotations
+
+import click
+
+from ipd_plugins.commands.options import debug_option, echo, usage_errors
+
+__all__ = ["sweep"]
+
+
+@click.command("sweep")
+@click.argument("spec_file", metavar="SPEC", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--dry-run", is_flag=True, help="list the trials and the stages they share; run nothing"
+)
+@click.option(
+    "--address",
+    metavar="auto|HOST:PORT",
+    help="join a running Ray cluster (`ray start --head` on one node, `ray start "
+    "--address=HEAD:6379` on the others); default: a local Ray instance sized to this machine",
+)
+@click.option(
+    "--num-cpus",
+    type=click.IntRange(min=1),
+    help="CPUs of the local Ray instance (default: the usable cores)",
+)
+@click.option(
+    "--serial", is_flag=True, help="no Ray: run the trials one after another in this process"
+)
+@click.option("--out", "out_dir", help="run folders + stage cache (default: the spec's 'out')")
+@click.option(
+    "--progress-seconds",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="seconds between progress lines (one is also printed when a trial ends)",
+)
+@debug_option
+def sweep(
+    spec_file: str,
+    dry_run: bool,
+    address: str | None,
+    num_cpus: int | None,
+    serial: bool,
+    out_dir: str | None,
+    progress_seconds: float,
+) -> None:
+    """Run the grid of SPEC (YAML or TOML): datasets x methods x options x seeds.
+
+    Every trial is an `ipd run` or `ipd baseline` seed folder under the spec's `out`; a stage
+    (value function, world model, augmentation) that several trials share is computed once by
+    its own task and the others wait for it. Trials already finished are skipped, so the same
+    command resumes; a trial that fails is reported and the others go on; a trial whose
+    worker dies is retried and resumes from its checkpoints. On a cluster, `out` (the stage
+    cache) and the datasets must be on a filesystem every node sees, at the same path.
+
+    \b
+    SPEC (see `ipd_plugins/sweep.py` for every key):
+      out: runs/grid
+      datasets: [hopper-medium]
+      seeds: [0, 1, 2]
+      resources: {num_cpus: 1}
+      methods:
+        ipd: {}
+        greedy: {components: {planner: greedy}}
+        iql: {baseline: iql}
+
+    \b
+    Examples:
+      ipd sweep benchmarks/experiments/scores.yaml --dry-run
+      ipd sweep grid.yaml                      # a local Ray instance
+      ipd sweep grid.yaml --address auto       # the cluster this node belongs to
+      ipd compare runs/grid                    # the table of what finished
+    """
+    import dataclasses
+
+    from ipd_plugins.sweep import dry_run as plan
+    from ipd_plugins.sweep import load_spec, run_sweep
+
+    with usage_errors():
+        spec = load_spec(spec_file)
+        if out_dir:
+            spec = dataclasses.replace(spec, out=out_dir)
+        if dry_run:
+            click.echo(plan(spec))
+            return
+        if serial and (address or num_cpus):
+            raise ValueError("--serial runs without Ray: it takes neither --address nor --num-cpus")
+    result = run_sweep(
+        spec,
+        address=address,
+        num_cpus=num_cpus,
+        executor="serial" if serial else "ray",
+        echo=echo,
+        progress_seconds=progress_seconds,
+    )
+    now, earlier = result.count("finished"), result.count("done")
+    bad = [o for o in result.outcomes if o.status in ("failed", "invalid")]
+    click.echo(
+        f"{len(result.outcomes)} trials: {now} finished now, {earlier} earlier, {len(bad)} failed"
+    )
+    for o in bad:
+        click.echo(f"  failed: {o.trial.title}: {o.error}")
+    click.echo(f"summary: {result.summary}")
+    click.echo(f"compare: ipd compare {spec.out} --out {spec.out}/{spec.name}.md")
+    if bad:
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,213 @@
+"""`ipd sweep` on Ray with the tiny pendulum dataset: a shared stage made once, a re-run that
+does nothing, a killed worker retried to the same result, a sweep across a 2-node cluster."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from tiny import TINY_IPD as TINY
+
+from ipd_plugins.commands import main
+from ipd_plugins.sweep import describe, expand, find_finished, load_spec, parse_spec, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+MPC = {"set": TINY}
+GREEDY = {"set": TINY, "components": {"planner": "greedy"}}
+
+
+def _spec(folder: Path, out: Path, methods: dict, name: str = "grid") -> Path:
+    data = {"out": str(out), "datasets": ["pendulum-medium-replay"], "seeds": [0]}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**data, "methods": methods}, sort_keys=False))
+    return path
+
+
+def _results(out: Path) -> dict[str, dict]:
+    return {
+        r["label"]: {**r, "_dir": p.parent}
+        for p in sorted(out.glob("*/seed_*/results.json"))
+        for r in [json.loads(p.read_text())]
+    }
+
+
+def _copy_shared_stages(src: Path, dst: Path) -> None:
+    """Seed a fresh out folder with the value, world model and augmentation of ``src`` (keys do
+    not depend on where the cache is): the trials there only train their policy."""
+    for stage in ("value", "world_model", "augment"):
+        shutil.copytree(src / "cache" / stage, dst / "cache" / stage)
+
+
+@pytest.fixture(scope="module")
+def swept(store, tmp_path_factory):
+    """`ipd sweep` on a local Ray instance: mpc and greedy (sharing the value function and the
+    world model) and a trial with a bad option."""
+    folder = tmp_path_factory.mktemp("sweep")
+    bad = {"set": [*TINY, "planner.n_mpc=0"]}
+    spec = _spec(folder, folder / "runs", {"mpc": MPC, "greedy": GREEDY, "bad": bad})
+    args = ["sweep", str(spec), "--num-cpus", "2", "--progress-seconds", "5"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    return folder / "runs", spec, result
+
+
+def test_local_sweep_makes_a_shared_stage_once_and_a_rerun_does_nothing(swept):
+    out, spec, result = swept
+    assert result.exit_code == 1, result.output  # the bad trial failed, the others finished
+    assert "bad, pendulum-medium-replay, seed 0: invalid: planner.n_mpc must be >= 1" in (
+        result.output
+    )
+    assert "made once, for trials 1, 2" in result.output, result.output
+    runs = _results(out)
+    assert set(runs) == {"mpc", "greedy"}
+    # one value function and one world model, made by their own tasks; each trial reused them
+    assert len(list((out / "cache" / "value").iterdir())) == 1
+    assert len(list((out / "cache" / "world_model").iterdir())) == 1
+    assert len(list((out / "cache" / "augment").iterdir())) == 2
+    for r in runs.values():
+        assert r["stage_reused"]["value"] and r["stage_reused"]["world_model"]
+        assert not r["stage_reused"]["augment"] and not r["stage_reused"]["policy"]
+    logs = out / "sweeps" / "grid" / "logs"
+    assert len(list(logs.glob("stage-value-*.log"))) == 1
+    summary = json.loads((out / "sweeps" / "grid" / "summary.json").read_text())
+    assert summary["counts"] == {
+        "done": 0, "finished": 2, "failed": 0, "invalid": 1, "cancelled": 0,
+    }  # fmt: skip
+    assert len({t["node"] for t in summary["trials"] if t["node"]}) == 1
+
+    # the same command again runs nothing (and starts no Ray)
+    again = CliRunner().invoke(main, ["sweep", str(spec)], catch_exceptions=False)
+    assert again.output.count("finished earlier") == 2, again.output
+    assert "to run" not in again.output and "[value]" not in again.output
+    plan = CliRunner().invoke(main, ["sweep", str(spec), "--dry-run"])
+    assert "3 trials: 2 done, 0 to run, 1 invalid." in plan.output
+    assert "value       trials 1, 2" in plan.output
+
+    from ipd_plugins.compare import load_records
+
+    assert {r.label for r in load_records([out])} == {"mpc", "greedy"}
+
+
+def _killer(marker: str):
+    """A Ray worker setup hook: the first worker to reach policy step 30 kills itself."""
+
+    def hook() -> None:
+        import os
+        import signal
+        from pathlib import Path
+
+        import ipd_plugins.stages as stages
+
+        original = stages.CurveLogger.__call__
+
+        def call(self, step, values):
+            original(self, step, values)
+            if self.stage == "policy" and step >= 30 and not Path(marker).exists():
+                Path(marker).write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        stages.CurveLogger.__call__ = call
+
+    return hook
+
+
+def test_a_killed_worker_is_retried_and_resumes_to_the_same_result(swept, tmp_path):
+    out, _, _ = swept
+    new = tmp_path / "runs"
+    _copy_shared_stages(out, new)
+    marker = tmp_path / "killed"
+    lines: list[str] = []
+    result = run_sweep(
+        load_spec(_spec(tmp_path, new, {"mpc": MPC})),
+        num_cpus=1,
+        echo=lines.append,
+        runtime_env={"worker_process_setup_hook": _killer(str(marker))},
+    )
+    assert marker.exists(), "no worker was killed"
+    (outcome,) = result.outcomes
+    assert outcome.status == "finished", lines
+    (log,) = (new / "sweeps" / "grid" / "logs").glob("trial-*.log")
+    assert "[policy] resuming" in log.read_text()
+    resumed, reference = _results(new)["mpc"], _results(out)["mpc"]
+    np.testing.assert_allclose(
+        resumed["scores"]["policy"]["returns"], reference["scores"]["policy"]["returns"], rtol=1e-4
+    )
+
+
+def test_a_sweep_across_a_two_node_cluster(swept, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    out, _, _ = swept
+    new = tmp_path / "runs"
+    _copy_shared_stages(out, new)
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        spec = load_spec(_spec(tmp_path, new, {"mpc": MPC, "greedy": GREEDY}))
+        result = run_sweep(spec, address=cluster.address, echo=lambda m: None)
+    finally:
+        cluster.shutdown()
+    assert [o.status for o in result.outcomes] == ["finished", "finished"]
+    assert len({o.node for o in result.outcomes}) == 2  # one trial on each node
+    for label, r in _results(new).items():  # and the same scores as the local sweep's
+        assert (
+            r["scores"]["policy"]["returns"] == _results(out)[label]["scores"]["policy"]["returns"]
+        )
+
+
+def test_the_score_table_spec_is_the_72_runs_of_scores_py():
+    spec = load_spec(ROOT / "benchmarks" / "experiments" / "scores.yaml")
+    trials = expand(spec)
+    assert len(trials) == 72 and not any(t.error for t in trials)
+    path = ROOT / "benchmarks" / "experiments" / "scores.py"
+    module_spec = importlib.util.spec_from_file_location("ipd_bench_scores_sweep", path)
+    scores = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(scores)
+    planned = {
+        (m, d, s): str(scores.planned(m, d, s, spec.profile, spec.out, 1)[0])
+        for d in scores.DATASETS
+        for s in scores.SEEDS
+        for m in scores.METHODS
+    }
+    assert {(t.label, t.dataset, t.seed): t.run_dir for t in trials} == planned
+    finished = {t.index: find_finished(t, str(ROOT / spec.record)) for t in trials}
+    text = describe(trials, finished, spec)
+    assert "72 trials" in text and "shared by several trials: none" in text
+    assert "value 18, world_model 18, augment 18, policy 18, baseline 54" in text
+
+
+def test_bad_specs_fail_with_a_sentence(tmp_path):
+    base = {"datasets": ["pendulum-medium-replay"], "methods": {"ipd": {}}}
+    with pytest.raises(ValueError, match="unknown key.*a spec takes"):
+        parse_spec({**base, "seed": [0]})
+    with pytest.raises(ValueError, match="unknown baseline 'iqll'"):
+        parse_spec({**base, "methods": {"x": {"baseline": "iqll"}}})
+    with pytest.raises(ValueError, match="grid.*unknown section 'plan'"):
+        parse_spec({**base, "methods": {"x": {"grid": {"plan.n_mpc": [1, 2]}}}})
+    with pytest.raises(ValueError, match="num_cpus must be > 0"):
+        parse_spec({**base, "resources": {"num_cpus": 0}})
+    two = parse_spec({**base, "methods": {"a": {}, "b": {}}})
+    with pytest.raises(ValueError, match="are the same run"):
+        expand(two)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("datasets: [x]\nmethods: !!python/object/apply:os.system [echo]\n")
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--dry-run"])
+    assert result.exit_code == 2 and "plain values only" in result.output
+
+
+def test_ipd_run_does_not_import_ray():
+    code = (
+        "import sys; import ipd_plugins.commands, ipd_plugins.pipeline, ipd_plugins.sweep, "
+        "ipd_plugins.ablations; assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
