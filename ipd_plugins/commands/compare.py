@@ -81,6 +81,12 @@ def _ablation_options(f: Any) -> Any:
             "--reps", type=int, default=2000, show_default=True, help="bootstrap replicates"
         ),
         click.option("--quiet", is_flag=True, help="no progress bars"),
+        click.option(
+            "--address",
+            metavar="auto|HOST:PORT",
+            help="run the cells on a Ray cluster (as `ipd sweep --address`); default: here, "
+            "one after another",
+        ),
         debug_option,
     ]
     for opt in reversed(opts):
@@ -95,7 +101,15 @@ def _finish(kind: str, variants: Callable[[], list], opts: dict[str, Any]) -> No
         seed_list = parse_seeds(None, opts["seeds"])
         run = {k: opts[k] for k in ("dataset", "env_id", "profile", "out_dir")}
         cells = ablation_cells(variants(), run, seed_list, opts["overrides"])
-    res = run_ablation(kind, cells, echo=echo, progress=not opts["quiet"], reps=opts["reps"])
+    res = run_ablation(
+        kind,
+        cells,
+        echo=echo,
+        progress=not opts["quiet"],
+        reps=opts["reps"],
+        executor="ray" if opts["address"] else "serial",
+        address=opts["address"],
+    )
     click.echo(res.markdown.read_text())
     echo(f"wrote {res.markdown} and {res.plot}")
 
