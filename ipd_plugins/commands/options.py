@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -23,7 +24,7 @@ __all__ = [
     "fail",
 ]
 
-#: ``--flag`` destination -> RunSettings field, for the options of :func:`run_options`.
+#: The RunSettings fields that :func:`run_options` adds a flag for.
 RUN_OPTION_FIELDS = (
     "dataset",
     "env_id",
@@ -50,17 +51,14 @@ def fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-class usage_errors:  # noqa: N801 (a context manager, used as `with usage_errors():`)
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
     """Turn a bad option (``ValueError``/``KeyError``/``FileNotFoundError`` while reading the
     command line and config files) into click's usage error: ``Error: ...``, exit status 2."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
-        if isinstance(err, (ValueError, KeyError, FileNotFoundError)):
-            raise click.UsageError(_message(err)) from None
-        return False
+    try:
+        yield
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        raise click.UsageError(_message(err)) from None
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
