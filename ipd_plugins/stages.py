@@ -252,8 +252,8 @@ class StageCache:
         """Rename the artifacts and ``done.json`` to ``*.corrupt`` (kept, never deleted)."""
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         self.echo(f"[{stage}] the cached artifact in {folder} is unusable ({first}); retraining")
-        for path in folder.iterdir():
-            if path.is_file() and not path.name.endswith(".corrupt"):
+        for path in folder.iterdir():  # not the lock file we hold (a dotfile)
+            if path.is_file() and not path.name.endswith(".corrupt") and path.name[0] != ".":
                 path.replace(path.with_name(path.name + ".corrupt"))
 
     def _train(

@@ -66,6 +66,7 @@ def test_a_corrupted_artifact_is_set_aside_and_its_stage_retrains(tmp_path, dama
     assert not again.reused and second.fits == 1
     assert any("unusable" in m and "retraining" in m for m in lines), lines
     assert (Path(rec.path) / "weights.pt.corrupt").read_bytes() != data  # kept, not deleted
+    assert (Path(rec.path) / ".lock").exists()  # the lock stays where other runs look for it
     assert torch.equal(second.w, first.w)
 
 
