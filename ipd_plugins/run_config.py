@@ -185,17 +185,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     elif path.suffix in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(text) or {}
-        except yaml.constructor.ConstructorError as err:
-            raise ValueError(
-                f"{path}: refusing a YAML tag that would build a Python object "
-                f"({err.problem}, {err.problem_mark}); config files hold plain values only"
-            ) from None
         except yaml.YAMLError as err:
-            where = getattr(err, "problem_mark", None)
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             what = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ValueError(
-                f"{path} is not valid YAML: {what}{f' ({where})' if where else ''}"
-            ) from None
+            if isinstance(err, yaml.constructor.ConstructorError):
+                raise ValueError(
+                    f"{path}{where}: refusing a YAML tag that would build a Python object "
+                    f"({what}); config files hold plain values only"
+                ) from None
+            raise ValueError(f"{path} is not valid YAML{where}: {what}") from None
     else:
         raise ValueError(f"{path}: config files must end in .yaml, .yml or .toml")
     if not isinstance(data, dict):
