@@ -56,7 +56,7 @@ def sweep(
     cache) and the datasets must be on a filesystem every node sees, at the same path.
 
     \b
-    SPEC (see `ipd_plugins/sweep.py` for every key):
+    SPEC (see `ipd_plugins/sweep/__init__.py` for every key):
       out: runs/grid
       datasets: [hopper-medium]
       seeds: [0, 1, 2]

@@ -1,0 +1,243 @@
+"""The sweep's engine: shared stages, outcomes, the serial executor and ``run_sweep``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ipd_plugins.sweep.spec import (
+    STAGE_ORDER,
+    Echo,
+    SweepSpec,
+    Trial,
+    _first_line,
+    expand,
+    find_finished,
+)
+from ipd_plugins.sweep.trials import (
+    SweepResult,
+    TrialOutcome,
+    _Progress,
+    _shared,
+    _stage_keys,
+    finish_trial,
+    run_trial,
+)
+
+
+def describe(
+    trials: Sequence[Trial], finished: dict[int, Path | None], spec: SweepSpec | None = None
+) -> str:
+    """The dry run: every trial with its status, then the stages the trials share.
+
+    A dry run loads no data: keys are computed with the dataset's name in place of its content
+    hash, which groups the trials exactly as the real keys do.
+    """
+    from registry.config import config_hash
+
+    lines = []
+    if spec is not None:
+        lines.append(
+            f"sweep '{spec.name}' ({spec.source}): {len(trials)} trials, out {spec.out}"
+            + (f", record {spec.record}" if spec.record else "")
+            + f", {spec.num_cpus:g} CPU / {spec.num_gpus:g} GPU per trial"
+        )
+    width = max((len(t.label) for t in trials), default=6)
+    dwidth = max((len(t.dataset) for t in trials), default=7)
+    lines.append(
+        f"{'#':>4}  {'status':<8} {'method':<{width}}  {'dataset':<{dwidth}}  seed  folder"
+    )
+    keys: dict[int, dict[str, str]] = {}
+    for t in trials:
+        done = finished.get(t.index)
+        if t.error is not None:
+            status, where = "invalid", t.error
+        elif done is not None:
+            status, where = "done", str(Path(done).parent)
+        else:
+            status, where = "to run", t.run_dir
+        if t.error is None:
+            data_id = config_hash("data", *t.data_identity())
+            keys[t.index] = _stage_keys(t, data_id, t.config["run"].get("env_id"))
+        lines.append(
+            f"{t.index:>4}  {status:<8} {t.label:<{width}}  {t.dataset:<{dwidth}}  {t.seed:>4}  "
+            + where
+        )
+    pending = {i: k for i, k in keys.items() if finished.get(i) is None}
+    counts = {s: len({k[s] for k in keys.values() if s in k}) for s in STAGE_ORDER}
+    todo = {s: len({k[s] for k in pending.values() if s in k}) for s in STAGE_ORDER}
+    n_done = sum(1 for t in trials if t.error is None and finished.get(t.index) is not None)
+    n_bad = sum(1 for t in trials if t.error is not None)
+    lines += [
+        "",
+        f"{len(trials)} trials: {n_done} done, {len(trials) - n_done - n_bad} to run, "
+        f"{n_bad} invalid.",
+        f"stages: {sum(counts.values())} ("
+        + ", ".join(f"{s} {n}" for s, n in counts.items() if n)
+        + f"); to make: {sum(todo.values())}"
+        + (" (" + ", ".join(f"{s} {n}" for s, n in todo.items() if n) + ")" if pending else ""),
+    ]
+    shared = _shared(keys)
+    if not shared:
+        lines.append("shared by several trials: none (every trial trains its own stages)")
+    else:
+        lines.append(
+            "shared by several trials (made once; the trials that still need it wait for it):"
+        )
+        for (stage, _key), users in sorted(
+            shared.items(), key=lambda kv: (kv[1][0], STAGE_ORDER.index(kv[0][0]))
+        ):
+            waiting = [i for i in users if i in pending]
+            lines.append(
+                f"  {stage:<11} trials {', '.join(map(str, users))}"
+                + (
+                    f" ({len(waiting)} still to run)"
+                    if waiting and len(waiting) < len(users)
+                    else ""
+                )
+            )
+    lines.append(
+        "(a dry run loads no data: stages are grouped by dataset name and configs; "
+        "the cache is not looked at)"
+    )
+    return "\n".join(lines)
+
+
+# -- executors ---------------------------------------------------------------------------------
+def run_trials(
+    trials: Sequence[Trial],
+    *,
+    executor: str = "ray",
+    record: str | None = None,
+    echo: Echo = print,
+    progress: bool = False,
+    prefix: str = "[sweep]",
+    progress_seconds: float = 60.0,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    retries: int = 3,
+    logs: str | Path | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> list[TrialOutcome]:
+    """Run every trial that is not done yet; returns an outcome per trial, in order.
+
+    ``executor``: ``"ray"`` (a local Ray instance sized to ``num_cpus`` or the machine, or the
+    cluster at ``address``; see the module docstring) or ``"serial"`` (in this process, one
+    after another, ``progress`` bars allowed). ``logs``: the folder of the Ray tasks' logs
+    (default ``<out>/sweeps/logs``). ``runtime_env`` goes to ``ray.init``.
+    """
+    if executor not in ("ray", "serial"):
+        raise ValueError(f"unknown executor '{executor}'; executors: ray, serial")
+    outcomes: dict[int, TrialOutcome] = {}
+    todo = []
+    for t in trials:
+        if t.error is not None:
+            outcomes[t.index] = TrialOutcome(t, "invalid", error=t.error)
+            echo(f"{prefix} {t.title}: invalid: {t.error}")
+            continue
+        done = find_finished(t, record)
+        if done is not None:
+            if Path(done).resolve().parent == Path(t.run_dir).resolve():
+                finish_trial(t, done, record)
+            outcomes[t.index] = TrialOutcome(t, "done", results=str(done))
+            echo(f"{prefix} {t.title}: finished earlier ({done.parent})")
+            continue
+        todo.append(t)
+    counter = _Progress(len(trials), echo, prefix, progress_seconds)
+    counter.done = sum(1 for o in outcomes.values() if o.status == "done")
+    counter.failed = sum(1 for o in outcomes.values() if o.status == "invalid")
+    if todo:
+        if executor == "serial":
+            _run_serial(todo, outcomes, counter, record, echo, progress)
+        else:
+            from ipd_plugins.sweep.ray_driver import _run_ray  # Ray only when asked for
+
+            _run_ray(
+                todo, outcomes, counter, record, echo, address, num_cpus, retries, logs, runtime_env
+            )
+    return [outcomes[t.index] for t in trials]
+
+
+def _run_serial(
+    todo: list[Trial],
+    outcomes: dict[int, TrialOutcome],
+    counter: _Progress,
+    record: str | None,
+    echo: Echo,
+    progress: bool,
+) -> None:
+    prefix = counter.prefix
+    for t in todo:
+        echo(f"{prefix} {t.title} -> {t.run_dir}")
+        t0 = time.perf_counter()
+        try:
+            run_trial(t, echo=echo, progress=progress)
+            results = Path(t.run_dir) / "results.json"
+            finish_trial(t, results, record)
+        except Exception as err:  # a trial's own failure: reported, the others go on
+            counter.failed += 1
+            outcomes[t.index] = TrialOutcome(
+                t, "failed", error=f"{type(err).__name__}: {_first_line(err)}", exception=err
+            )
+            echo(f"{prefix} {t.title}: failed: {type(err).__name__}: {_first_line(err)}")
+        else:
+            counter.done += 1
+            counter.finished_now += 1
+            seconds = time.perf_counter() - t0
+            outcomes[t.index] = TrialOutcome(t, "finished", results=str(results), seconds=seconds)
+        counter.show(0, force=True)
+
+
+# -- the command's engine ----------------------------------------------------------------------
+def dry_run(spec: SweepSpec) -> str:
+    """``ipd sweep --dry-run``: every trial, done or not, and the stages they share
+    (:func:`describe`); nothing runs, no data is loaded."""
+    trials = expand(spec)
+    finished = {t.index: find_finished(t, spec.record) for t in trials if t.error is None}
+    return describe(trials, finished, spec)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    executor: str = "ray",
+    echo: Echo = print,
+    progress_seconds: float = 60.0,
+    runtime_env: dict[str, Any] | None = None,
+) -> SweepResult:
+    """Run a spec (the engine of ``ipd sweep``): every trial not done yet
+    (:func:`run_trials`; task logs in ``<out>/sweeps/<name>/logs``), then the outcome of each
+    in ``<out>/sweeps/<name>/summary.json``."""
+    from ipd_plugins.files import write_json
+
+    trials = expand(spec)
+    folder = Path(spec.out) / "sweeps" / spec.name
+    outcomes = run_trials(
+        trials,
+        executor=executor,
+        record=spec.record,
+        echo=echo,
+        progress_seconds=progress_seconds,
+        address=address,
+        num_cpus=num_cpus,
+        retries=spec.retries,
+        logs=folder / "logs",
+        runtime_env=runtime_env,
+    )
+    result = SweepResult(outcomes, folder / "summary.json")
+    counts = {s: result.count(s) for s in ("done", "finished", "failed", "invalid", "cancelled")}
+    write_json(
+        folder / "summary.json",
+        {
+            "spec": spec.source,
+            "name": spec.name,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "counts": counts,
+            "trials": [o.to_dict() for o in outcomes],
+        },
+    )
+    return result
