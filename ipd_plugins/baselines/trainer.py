@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ipd_plugins.data.d3rlpy_io import load_module_states, module_states, seeded, to_d3rlpy
 from ipd_plugins.files import atomic_save, safe_load
 from ipd_plugins.training import Checkpointer
 from registry.protocols import BuildContext, Logger
@@ -164,7 +165,7 @@ class D3rlpyBaseline:
                 "obs_std": torch.from_numpy(self.obs_std),
                 "reward_multiplier": self.reward_multiplier,
                 "target_return": self.target_return,
-                "state": {k: m.state_dict() for k, m in self.modules.get_torch_modules().items()},
+                "state": module_states(self.modules),
             },
             path,
         )
@@ -182,12 +183,7 @@ class D3rlpyBaseline:
         self.reward_multiplier = float(blob["reward_multiplier"])
         self.target_return = blob.get("target_return")
         self._build()
-        try:
-            for name, module in self.modules.get_torch_modules().items():
-                module.load_state_dict(blob["state"][name])
-        except (RuntimeError, KeyError) as err:
-            raise ValueError(f"{path} does not fit this baseline's networks: {err}") from err
-        self.modules.set_eval()
+        load_module_states(self.modules, blob["state"], path, "baseline")
         self.step = int(blob.get("step", 0))
 
     # training
@@ -195,18 +191,10 @@ class D3rlpyBaseline:
         self, dataset: TrajectoryDataset, work_dir: Path | None = None, log: Logger | None = None
     ) -> dict[str, float]:
         """``n_steps`` of d3rlpy's update on ``dataset``; resumes from ``work_dir``'s checkpoint."""
-        from ipd_plugins.data.d3rlpy_io import to_d3rlpy
-
         self.prepare(dataset)
         buffer = to_d3rlpy(dataset)
-        np_state = np.random.get_state()  # d3rlpy samples with the global numpy RNG
-        try:
-            with torch.random.fork_rng(devices=[]):
-                np.random.seed(self.ctx.seed % 2**32)
-                torch.manual_seed(self.ctx.seed)
-                return self._loop(buffer, work_dir, log)
-        finally:
-            np.random.set_state(np_state)
+        with seeded(self.ctx.seed):
+            return self._loop(buffer, work_dir, log)
 
     def _sample(self, buffer: Any) -> Any:
         cfg = self.config

@@ -23,10 +23,14 @@ episode (gone) and the last s' of every terminated episode (flagged placeholder)
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from ipd_plugins.data import envs
 from ipd_plugins.data.dataset import DatasetError, TrajectoryDataset
@@ -36,7 +40,7 @@ from ipd_plugins.data.validate import enforce_action_bounds, named_source
 if TYPE_CHECKING:
     import d3rlpy
 
-__all__ = ["to_d3rlpy", "from_d3rlpy"]
+__all__ = ["to_d3rlpy", "from_d3rlpy", "module_states", "load_module_states", "seeded"]
 
 
 def to_d3rlpy(ds: TrajectoryDataset) -> d3rlpy.dataset.ReplayBuffer:
@@ -148,3 +152,33 @@ def from_d3rlpy(
             action_high=high,
             extras={NEXT_OBS_MISSING: missing} if missing.any() else {},
         )
+
+
+# -- d3rlpy algorithms behind ipd's plumbing (the value plugin and the baselines) ------------
+def module_states(modules: Any) -> dict[str, dict[str, Any]]:
+    """The state dicts of a d3rlpy impl's torch modules, by name (weights-only saving)."""
+    return {name: m.state_dict() for name, m in modules.get_torch_modules().items()}
+
+
+def load_module_states(modules: Any, state: dict[str, Any], path: Path, what: str) -> None:
+    """Load :func:`module_states` back; a mismatch fails naming ``path`` and ``what``."""
+    try:
+        for name, module in modules.get_torch_modules().items():
+            module.load_state_dict(state[name])
+    except (RuntimeError, KeyError) as err:
+        raise ValueError(f"{path} does not fit this {what}'s networks: {err}") from err
+    modules.set_eval()
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's and numpy's global RNGs seeded with ``seed`` (d3rlpy samples with numpy's),
+    both restored afterwards so the caller's streams are untouched."""
+    np_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+            yield
+    finally:
+        np.random.set_state(np_state)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ipd_plugins.data.d3rlpy_io import load_module_states, module_states, seeded, to_d3rlpy
 from ipd_plugins.files import atomic_save, safe_load
 from ipd_plugins.returns import reward_factor
 from ipd_plugins.training import Checkpointer
@@ -257,7 +258,7 @@ class D3rlpyIQLLearner:
     # -- the protocol: persistence ---------------------------------------------------------
     def save(self, path: Path) -> None:
         """Module state dicts, scalings and config, weights-only (never d3rlpy's pickle)."""
-        state = {k: m.state_dict() for k, m in self.modules.get_torch_modules().items()}
+        state = module_states(self.modules)
         atomic_save(
             {
                 "format": _FORMAT,
@@ -284,12 +285,7 @@ class D3rlpyIQLLearner:
                 f"{(self.ctx.obs_dim, self.ctx.act_dim)}"
             )
         self._build(blob["obs_mean"].numpy(), blob["obs_std"].numpy(), blob["reward_scale"])
-        try:
-            for name, module in self.modules.get_torch_modules().items():
-                module.load_state_dict(blob["state"][name])
-        except (RuntimeError, KeyError) as err:
-            raise ValueError(f"{path} does not fit this learner's networks: {err}") from err
-        self.modules.set_eval()
+        load_module_states(self.modules, blob["state"], path, "learner")
         self.step = int(blob.get("step", 0))
 
     # -- training ------------------------------------------------------------------------
@@ -297,7 +293,6 @@ class D3rlpyIQLLearner:
         self, dataset: TrajectoryDataset, work_dir: Path | None = None, log: Logger | None = None
     ) -> dict[str, float]:
         """``n_steps`` of d3rlpy's IQL update on ``dataset``, resumable from ``work_dir``."""
-        from ipd_plugins.data.d3rlpy_io import to_d3rlpy
 
         cfg = self.config
         if (dataset.obs_dim, dataset.act_dim) != (self.ctx.obs_dim, self.ctx.act_dim):
@@ -310,15 +305,8 @@ class D3rlpyIQLLearner:
         obs = dataset.observations.astype(np.float64)
         self._build(obs.mean(0), obs.std(0), factor)  # the same statistics d3rlpy would fit
         buffer = to_d3rlpy(dataset)
-
-        np_state = np.random.get_state()  # d3rlpy samples with the global numpy RNG
-        try:
-            with torch.random.fork_rng(devices=[]):
-                np.random.seed(self.ctx.seed % 2**32)
-                torch.manual_seed(self.ctx.seed)
-                return self._loop(buffer, work_dir, log)
-        finally:
-            np.random.set_state(np_state)
+        with seeded(self.ctx.seed):
+            return self._loop(buffer, work_dir, log)
 
     def _loop(self, buffer: Any, work_dir: Path | None, log: Logger | None) -> dict[str, float]:
         cfg = self.config
