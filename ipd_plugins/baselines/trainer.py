@@ -8,16 +8,19 @@ them weights-only and continues. Saved weights never use d3rlpy's pickles.
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ipd_plugins.data.d3rlpy_io import load_module_states, module_states, seeded, to_d3rlpy
+from ipd_plugins.data.d3rlpy_io import (
+    load_module_states,
+    module_states,
+    run_updates,
+    seeded,
+    to_d3rlpy,
+)
 from ipd_plugins.files import atomic_save, safe_load
 from ipd_plugins.training import Checkpointer
 from registry.protocols import BuildContext, Logger
@@ -210,43 +213,24 @@ class D3rlpyBaseline:
         self.step = start
         self.algo._grad_step = start  # TD3+BC's delayed actor updates count d3rlpy's grad steps
         self.modules.set_train()
-        sums: dict[str, float] = {}
-        count, last = 0, {}
-        t0 = time.perf_counter()
-        bar = tqdm(
-            total=cfg.n_steps,
-            initial=min(start, cfg.n_steps),
-            desc=cfg.name,
-            disable=None,
-            leave=False,
-        )
+
+        def save(step: int) -> None:
+            self.step = step
+            ckpt.maybe_save(step, objects, force=True)
+
         try:
-            for step in range(start + 1, cfg.n_steps + 1):
-                metrics = self.algo.update(self._sample(buffer))
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                count += 1
-                self.step = step
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.n_steps:
-                    last = {k: v / count for k, v in sums.items()}
-                    sums, count = {}, 0
-                    if not all(math.isfinite(v) for v in last.values()):
-                        raise FloatingPointError(
-                            f"baseline '{cfg.name}': non-finite losses at step {step}: {last}"
-                        )
-                    if log is not None:
-                        log(step, dict(last))
-                if step % cfg.checkpoint_every == 0 or step == cfg.n_steps:
-                    ckpt.maybe_save(step, objects, force=True)
+            metrics = run_updates(
+                self.algo,
+                lambda: self._sample(buffer),
+                start,
+                cfg.n_steps,
+                cfg.log_every,
+                cfg.checkpoint_every,
+                save,
+                log,
+                f"baseline '{cfg.name}'",
+            )
         finally:
-            bar.close()
             self.modules.set_eval()
-        elapsed = time.perf_counter() - t0
-        trained = max(0, cfg.n_steps - start)
-        return {
-            **last,
-            "steps": float(self.step),
-            "steps_trained": float(trained),
-            "steps_per_sec": trained / elapsed if trained and elapsed > 0 else 0.0,
-        }
+        self.step = int(metrics["steps"])
+        return metrics

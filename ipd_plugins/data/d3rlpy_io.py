@@ -24,8 +24,10 @@ episode (gone) and the last s' of every terminated episode (flagged placeholder)
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +42,14 @@ from ipd_plugins.data.validate import enforce_action_bounds, named_source
 if TYPE_CHECKING:
     import d3rlpy
 
-__all__ = ["to_d3rlpy", "from_d3rlpy", "module_states", "load_module_states", "seeded"]
+__all__ = [
+    "to_d3rlpy",
+    "from_d3rlpy",
+    "module_states",
+    "load_module_states",
+    "seeded",
+    "run_updates",
+]
 
 
 def to_d3rlpy(ds: TrajectoryDataset) -> d3rlpy.dataset.ReplayBuffer:
@@ -182,3 +191,50 @@ def seeded(seed: int) -> Iterator[None]:
             yield
     finally:
         np.random.set_state(np_state)
+
+
+def run_updates(
+    algo: Any,
+    sample: Callable[[], Any],
+    start: int,
+    n_steps: int,
+    log_every: int,
+    checkpoint_every: int,
+    save: Callable[[int], None],
+    log: Callable[[int, dict[str, float]], None] | None,
+    name: str,
+) -> dict[str, float]:
+    """d3rlpy's ``algo.update(sample())`` from step ``start + 1`` to ``n_steps`` (what its
+    ``fit`` does), with ipd's logging (means over ``log_every`` steps, non-finite losses an
+    error) and ``save(step)`` every ``checkpoint_every`` steps and at the end."""
+    from tqdm.auto import tqdm
+
+    sums: dict[str, float] = {}
+    count, last = 0, {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_steps, initial=min(start, n_steps), desc=name, disable=None, leave=False)
+    try:
+        for step in range(start + 1, n_steps + 1):
+            for k, v in algo.update(sample()).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+            bar.update(1)
+            if step % log_every == 0 or step == n_steps:
+                last = {k: v / count for k, v in sums.items()}
+                sums, count = {}, 0
+                if not all(math.isfinite(v) for v in last.values()):
+                    raise FloatingPointError(f"{name}: non-finite losses at step {step}: {last}")
+                if log is not None:
+                    log(step, dict(last))
+            if step % checkpoint_every == 0 or step == n_steps:
+                save(step)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    trained = max(0, n_steps - start)
+    return {
+        **last,
+        "steps": float(max(start, n_steps)),
+        "steps_trained": float(trained),
+        "steps_per_sec": trained / elapsed if trained and elapsed > 0 else 0.0,
+    }

@@ -17,17 +17,20 @@ dicts with ``atomic_save`` (d3rlpy's ``save_model`` would need a full unpickle t
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ipd_plugins.data.d3rlpy_io import load_module_states, module_states, seeded, to_d3rlpy
+from ipd_plugins.data.d3rlpy_io import (
+    load_module_states,
+    module_states,
+    run_updates,
+    seeded,
+    to_d3rlpy,
+)
 from ipd_plugins.files import atomic_save, safe_load
 from ipd_plugins.returns import reward_factor
 from ipd_plugins.training import Checkpointer
@@ -314,47 +317,27 @@ class D3rlpyIQLLearner:
         objects = self._state()
         start = ckpt.restore(objects)
         self.step = start
-        sums: dict[str, float] = {}
-        count = 0
-        last: dict[str, float] = {}
-        t0 = time.perf_counter()
-        bar = tqdm(
-            total=cfg.n_steps,
-            initial=min(start, cfg.n_steps),
-            desc="d3rlpy-iql",
-            disable=None,
-            leave=False,
-        )
+
+        def save(step: int) -> None:
+            self.step = step
+            ckpt.maybe_save(step, objects, force=True)
+
         try:
-            for step in range(start + 1, cfg.n_steps + 1):
-                metrics = self.algo.update(buffer.sample_transition_batch(cfg.batch_size))
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                count += 1
-                self.step = step
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.n_steps:
-                    last = {k: v / count for k, v in sums.items()}
-                    sums, count = {}, 0
-                    if not all(math.isfinite(v) for v in last.values()):
-                        raise FloatingPointError(f"d3rlpy-iql: non-finite losses at {step}: {last}")
-                    if log is not None:
-                        log(step, dict(last))
-                if step % cfg.checkpoint_every == 0 or step == cfg.n_steps:
-                    ckpt.maybe_save(step, objects, force=True)
+            metrics = run_updates(
+                self.algo,
+                lambda: buffer.sample_transition_batch(cfg.batch_size),
+                start,
+                cfg.n_steps,
+                cfg.log_every,
+                cfg.checkpoint_every,
+                save,
+                log,
+                "d3rlpy-iql",
+            )
         finally:
-            bar.close()
             self.modules.set_eval()
-        elapsed = time.perf_counter() - t0
-        trained = max(0, cfg.n_steps - start)
-        out = dict(last)
-        out.update(
-            steps=float(self.step),
-            steps_trained=float(trained),
-            steps_per_sec=trained / elapsed if trained and elapsed > 0 else 0.0,
-            reward_scale=self.reward_scale,
-        )
-        return out
+        self.step = int(metrics["steps"])
+        return {**metrics, "reward_scale": self.reward_scale}
 
 
 @hookimpl
