@@ -1,12 +1,31 @@
-"""What the machine offers a run: how many CPU threads it can use without thrashing."""
+"""What the machine offers a run: how many CPU threads it can use without thrashing.
+
+Two runs that each take every core slow each other down by an order of magnitude on a 2-core
+machine (OpenMP threads spin while they wait for a core), not by two. So every ``ipd`` process
+that sets its threads writes a *claim* (``<pid>.json``: how many threads it took) into a shared
+folder, under a file lock, and a new run takes only the cores that neither the live claims nor
+other work (the 1-minute load beyond what the claims explain) already use -- at least one.
+Runs started at the same moment see each other's claims at once, where the load average
+would lag by a minute. Claims of processes that have exited are removed by the next reader.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
+import json
 import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
-__all__ = ["usable_cores", "auto_threads", "set_threads"]
+__all__ = ["usable_cores", "claims_dir", "thread_rule", "auto_threads", "set_threads"]
+
+#: where the claims live; ``IPD_CLAIMS_DIR`` overrides (tests, or a shared scratch folder)
+CLAIMS_ENV = "IPD_CLAIMS_DIR"
 
 
 def usable_cores() -> int:
@@ -17,23 +36,110 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_threads() -> int:
-    """Intra-op threads for a new run: the usable cores not already busy (1-minute load).
-
-    Two runs that each take every core slow each other down by an order of magnitude on a
-    2-core machine (OpenMP threads spin while waiting for a core), not by two; so a run started
-    beside a busy process takes what is left, at least one thread.
-    """
-    cores = usable_cores()
+def _load() -> float:
     try:
-        busy = os.getloadavg()[0]
+        return os.getloadavg()[0]
     except (AttributeError, OSError):
-        busy = 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
+        return 0.0
+
+
+def claims_dir() -> Path:
+    """The folder of thread claims shared by this user's ``ipd`` processes on this machine."""
+    path = os.environ.get(CLAIMS_ENV)
+    if path:
+        return Path(path)
+    return Path(tempfile.gettempdir()) / f"ipd-threads-{os.getuid()}"
+
+
+def thread_rule(cores: int, load: float, claimed_by_others: int, claimed_by_self: int = 0) -> int:
+    """Threads for a run: the cores left by other runs' claims and by other work.
+
+    ``load`` (the 1-minute load average) counts the claimed runs too once they have run for a
+    while, so only the load beyond all claims (``claimed_by_others + claimed_by_self``) is
+    counted as other work. At least 1, at most ``cores``.
+    """
+    other_work = max(0.0, load - claimed_by_others - claimed_by_self)
+    free = cores - claimed_by_others - other_work
+    return max(1, min(cores, int(free + 0.5)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_claims(folder: Path) -> dict[int, int]:
+    """pid -> threads of the live claims; removes those of processes that have exited."""
+    claims = {}
+    for path in folder.glob("*.json"):
+        try:
+            pid = int(path.stem)
+            threads = int(json.loads(path.read_text())["threads"])
+        except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
+            path.unlink(missing_ok=True)  # unreadable: not a claim anyone can rely on
+            continue
+        if _alive(pid):
+            claims[pid] = threads
+        else:
+            path.unlink(missing_ok=True)
+    return claims
+
+
+def _release(folder: Path, pid: int) -> None:
+    with contextlib.suppress(OSError):
+        (folder / f"{pid}.json").unlink(missing_ok=True)
+
+
+def auto_threads(folder: Path | None = None) -> int:
+    """Intra-op threads a new run would take now (see :func:`thread_rule`), without claiming."""
+    folder = folder or claims_dir()
+    try:
+        with _locked(folder):
+            claims = _read_claims(folder)
+    except OSError:
+        claims = {}
+    mine = claims.pop(os.getpid(), 0)
+    return thread_rule(usable_cores(), _load(), sum(claims.values()), mine)
 
 
 def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (``None``: :func:`auto_threads`); returns the number set."""
-    n = int(threads) if threads else auto_threads()
+    """Set torch's intra-op threads (``None``: the rule) and claim them; returns the number.
+
+    An explicit number is claimed too, so that runs choosing by the rule leave those cores
+    alone. The claim is released when the process exits.
+    """
+    folder = claims_dir()
+    pid = os.getpid()
+    try:
+        with _locked(folder):
+            claims = _read_claims(folder)
+            mine = claims.pop(pid, 0)
+            n = (
+                int(threads)
+                if threads
+                else thread_rule(usable_cores(), _load(), sum(claims.values()), mine)
+            )
+            tmp = folder / f".{pid}.tmp"
+            tmp.write_text(json.dumps({"threads": n}))
+            os.replace(tmp, folder / f"{pid}.json")
+        atexit.register(_release, folder, pid)
+    except OSError:  # no writable temp folder: fall back to the load alone
+        n = int(threads) if threads else thread_rule(usable_cores(), _load(), 0)
     torch.set_num_threads(n)
     return n

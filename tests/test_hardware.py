@@ -1,8 +1,11 @@
-"""Threads that fit the machine: a run takes the usable cores that are not already busy."""
+"""Threads that fit the machine: a run takes the cores that other runs and other work leave."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,20 +13,70 @@ import torch
 from ipd_plugins import hardware
 
 
-@pytest.mark.parametrize(
-    "cores, load, expected", [(2, 0.0, 2), (2, 0.3, 2), (2, 1.2, 1), (2, 7.0, 1), (8, 3.0, 5)]
-)
-def test_auto_threads_leaves_busy_cores_alone(monkeypatch, cores, load, expected):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    assert hardware.auto_threads() == expected
-
-
-def test_set_threads_takes_an_explicit_number_over_the_rule(monkeypatch):
+@pytest.fixture
+def claims(tmp_path, monkeypatch):
+    """An empty claims folder, a 2-core affinity and an idle machine; restores torch's threads."""
+    folder = tmp_path / "claims"
+    monkeypatch.setenv(hardware.CLAIMS_ENV, str(folder))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     before = torch.get_num_threads()
-    monkeypatch.setattr(hardware, "auto_threads", lambda: 1)
-    try:
-        assert hardware.set_threads(None) == 1 and torch.get_num_threads() == 1
-        assert hardware.set_threads(2) == 2 and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    yield folder
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "cores, load, others, mine, expected",
+    [
+        (2, 0.0, 0, 0, 2),  # idle machine: every core
+        (2, 0.3, 0, 0, 2),
+        (2, 1.2, 0, 0, 1),  # one busy core of other work
+        (2, 7.0, 0, 0, 1),  # never fewer than one
+        (8, 3.0, 0, 0, 5),
+        (2, 0.0, 1, 0, 1),  # a run started a moment ago: the load has not seen it yet
+        (2, 1.0, 1, 0, 1),  # a run that has been going: its load is its claim, not counted twice
+        (4, 2.0, 1, 1, 3),  # --seeds: this process's own earlier claim is not other work
+        (2, 0.0, 3, 0, 1),
+    ],
+)
+def test_thread_rule(cores, load, others, mine, expected):
+    assert hardware.thread_rule(cores, load, others, mine) == expected
+
+
+def test_set_threads_claims_and_the_next_run_sees_the_claim(claims):
+    assert hardware.set_threads(None) == 2 and torch.get_num_threads() == 2
+    assert json.loads((claims / f"{os.getpid()}.json").read_text()) == {"threads": 2}
+    # a second process started now, on the same idle machine, gets what is left: nothing -> 1
+    code = "from ipd_plugins import hardware; print(hardware.set_threads(None))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    # its claim went away with it; this process re-claiming keeps its own two cores
+    assert [p.name for p in claims.glob("*.json")] == [f"{os.getpid()}.json"]
+    assert hardware.set_threads(None) == 2
+
+
+def test_claims_of_exited_or_broken_processes_are_dropped(claims):
+    claims.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (claims / f"{dead.pid}.json").write_text(json.dumps({"threads": 2}))
+    (claims / "123abc.json").write_text("{")
+    assert hardware.auto_threads() == 2
+    assert list(claims.glob("*.json")) == []
+
+
+def test_a_live_claim_holds_its_cores(claims):
+    claims.mkdir()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            (claims / f"{other.pid}.json").write_text(json.dumps({"threads": 1}))
+            assert hardware.auto_threads() == 1
+            assert hardware.set_threads(None) == 1
+        finally:
+            other.kill()
+
+
+def test_an_explicit_number_wins_over_the_rule_and_is_claimed(claims):
+    assert hardware.set_threads(1) == 1 and torch.get_num_threads() == 1
+    assert json.loads((claims / f"{os.getpid()}.json").read_text()) == {"threads": 1}
+    assert hardware.auto_threads() == 2  # the rule for this process: its own claim is not load
