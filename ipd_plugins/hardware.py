@@ -1,4 +1,4 @@
-"""What the machine offers a run: how many CPU threads it can use without thrashing.
+"""What the machine offers a run: CPU threads that do not thrash, and bf16 where it is native.
 
 Two runs that each take every core slow each other down by an order of magnitude on a 2-core
 machine (OpenMP threads spin while they wait for a core), not by two. So every ``ipd`` process
@@ -7,6 +7,10 @@ folder, under a file lock, and a new run takes only the cores that neither the l
 other work (the 1-minute load beyond what the claims explain) already use -- at least one.
 Runs started at the same moment see each other's claims at once, where the load average
 would lag by a minute. Claims of processes that have exited are removed by the next reader.
+
+``run.precision: auto`` trains in bf16 autocast where the chip computes bf16 natively (a CPU
+with AVX-512 BF16 or AMX, a CUDA GPU that supports it) and in fp32 elsewhere, where bf16 is
+emulated and slower (benchmarks/results/precision.md).
 """
 
 from __future__ import annotations
@@ -22,7 +26,17 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["usable_cores", "claims_dir", "thread_rule", "auto_threads", "set_threads"]
+__all__ = [
+    "usable_cores",
+    "claims_dir",
+    "thread_rule",
+    "auto_threads",
+    "set_threads",
+    "PRECISIONS",
+    "native_bf16",
+    "resolve_precision",
+    "autocast",
+]
 
 #: where the claims live; ``IPD_CLAIMS_DIR`` overrides (tests, or a shared scratch folder)
 CLAIMS_ENV = "IPD_CLAIMS_DIR"
@@ -143,3 +157,46 @@ def set_threads(threads: int | None) -> int:
         n = int(threads) if threads else thread_rule(usable_cores(), _load(), 0)
     torch.set_num_threads(n)
     return n
+
+
+# -- precision -------------------------------------------------------------------------------
+#: ``run.precision`` values: ``auto`` picks bf16 where the hardware computes it natively
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+#: CPU flags of native bf16 arithmetic (AVX-512 BF16, AMX)
+BF16_CPU_FLAGS: frozenset[str] = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX-512 BF16 / AMX (without them bf16 is emulated, and slower than fp32)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & BF16_CPU_FLAGS)
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``fp32``; the others unchanged."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(device: str | torch.device, precision: str) -> torch.autocast:
+    """The autocast context of a resolved ``precision`` (a no-op for ``fp32``)."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -118,3 +118,16 @@ class Normalizer(nn.Module):
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.std + self.mean
+
+
+def mixed_forward(net: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """``net(x)`` with every layer but the last under bf16 autocast when ``precision`` is
+    "bf16"; the output layer runs in fp32, so that values in the hundreds (Q, V) keep fp32's
+    resolution. ``net`` is an ``nn.Sequential`` (:func:`mlp`) or an :class:`EnsembleMLP`."""
+    if precision != "bf16":
+        return net(x)
+    seq = net.net if isinstance(net, EnsembleMLP) else net
+    assert isinstance(seq, nn.Sequential), f"mixed_forward needs a Sequential, got {type(net)}"
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        h = seq[:-1](x)
+    return seq[-1](h.float())

@@ -26,7 +26,7 @@ from ipd_plugins.augment import augment
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import CallableActor, score
 from ipd_plugins.files import atomic_write_text, write_json
-from ipd_plugins.hardware import set_threads
+from ipd_plugins.hardware import resolve_precision, set_threads
 from ipd_plugins.provenance import run_meta
 from ipd_plugins.run_config import RunConfig, RunSettings, changed_options
 from ipd_plugins.stages import StageCache
@@ -56,9 +56,14 @@ Echo = Callable[[str], None]
 
 
 def context_for(
-    ds: TrajectoryDataset, seed: int = 0, device: str = "cpu", env_id: str | None = None
+    ds: TrajectoryDataset,
+    seed: int = 0,
+    device: str = "cpu",
+    env_id: str | None = None,
+    precision: str = "fp32",
 ) -> BuildContext:
-    """What a component is built for on ``ds``: its dims, action bounds, env, seed and device."""
+    """What a component is built for on ``ds``: its dims, action bounds, env, seed, device and
+    precision (``auto`` is resolved here, for ``device``)."""
     low, high = ds.action_bounds
     return BuildContext(
         obs_dim=ds.obs_dim,
@@ -68,6 +73,7 @@ def context_for(
         device=device,
         seed=seed,
         env_id=env_id or ds.env_id,
+        precision=resolve_precision(precision, device),
     )
 
 
@@ -113,6 +119,7 @@ def prepare(
     episode_length: int | None = None,
     seed: int = 0,
     device: str = "cpu",
+    precision: str = "fp32",
     out_dir: str | Path = "runs",
     echo: Echo = print,
 ) -> Prepared:
@@ -133,7 +140,7 @@ def prepare(
         episode_length=episode_length,
         echo=echo,
     )
-    ctx = context_for(ds, seed=seed, device=device, env_id=env_id)
+    ctx = context_for(ds, seed=seed, device=device, env_id=env_id, precision=precision)
     if ctx.env_id is None:
         raise ValueError(
             f"dataset '{ds.name}' does not name its environment: pass --env ENV_ID "
@@ -152,6 +159,7 @@ def prepare_run(run: RunSettings, echo: Echo = print) -> Prepared:
         episode_length=run.episode_length,
         seed=run.seed,
         device=run.device,
+        precision=run.precision,
         out_dir=run.out_dir,
         echo=echo,
     )
@@ -161,11 +169,15 @@ def stage_keys(cfg: RunConfig, data_hash: str, env_id: str | None) -> dict[str, 
     """The stage-cache key of each stage: the hash of the data and every config it depends on.
 
     Runs that share a key share that stage's artifact (e.g. a planner ablation shares the value
-    and world-model keys).
+    and world-model keys). The precision the trainable stages use on this machine is part of
+    their keys when it is bf16 (fp32 keys are those of the runs from before the option).
     """
     seed = cfg.run.seed
-    value = config_hash("value", data_hash, cfg.hash_part("value"), seed)
-    world_model = config_hash("world_model", data_hash, cfg.hash_part("world_model"), env_id, seed)
+    bf16 = ("bf16",) if resolve_precision(cfg.run.precision, cfg.run.device) == "bf16" else ()
+    value = config_hash("value", data_hash, cfg.hash_part("value"), seed, *bf16)
+    world_model = config_hash(
+        "world_model", data_hash, cfg.hash_part("world_model"), env_id, seed, *bf16
+    )
     aug = config_hash(
         "augment",
         value,
@@ -176,7 +188,7 @@ def stage_keys(cfg: RunConfig, data_hash: str, env_id: str | None) -> dict[str, 
         seed,
         SEGMENTS_FORMAT,
     )
-    policy = config_hash("policy", aug, value, cfg.hash_part("policy"), seed)
+    policy = config_hash("policy", aug, value, cfg.hash_part("policy"), seed, *bf16)
     return {"value": value, "world_model": world_model, "augment": aug, "policy": policy}
 
 
@@ -324,7 +336,10 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
     p = prepare_run(run, echo)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(cfg, p.data_hash)
-    echo(f"run folder: {cfg.run_dir} ({threads} torch thread{'s' if threads > 1 else ''})")
+    echo(
+        f"run folder: {cfg.run_dir} ({threads} torch thread{'s' if threads > 1 else ''}, "
+        f"{p.ctx.precision})"
+    )
     keys = stage_keys(cfg, p.data_hash, p.ctx.env_id)
     cache = StageCache(run.out_dir, echo, tb_dir=cfg.run_dir / "tb")
 
@@ -349,6 +364,7 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
         "stage_reused": {k: r.reused for k, r in records.items()},
         "wall_seconds": time.perf_counter() - t_start,
         "threads": threads,
+        "precision": p.ctx.precision,
     }
     write_json(cfg.run_dir / "results.json", results)
     return results

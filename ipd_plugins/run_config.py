@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ipd_plugins.augment import AugmentConfig
+from ipd_plugins.hardware import PRECISIONS
 from ipd_plugins.profiles import DEFAULT_DATASET, PROFILES
 from registry import KINDS, ComponentConfig, config_hash, get_registry
 from registry.config import (
@@ -64,6 +65,9 @@ class RunSettings:
     profile: str = "quick"  # quick | default | paper (step counts and sizes, see README)
     device: str = "cpu"  # torch device for every component
     threads: int | None = None  # torch CPU threads; None: the usable cores not already busy
+    # auto: bf16 autocast where the chip computes bf16 natively (AVX-512 BF16, AMX, CUDA), else
+    # fp32; every trainable component follows it (hardware.py, benchmarks/results/precision.md)
+    precision: str = added_later("auto")
     eval_episodes: int = 10  # evaluation episodes of the final policy (last checkpoint)
     eval_every: int = 0  # policy steps between periodic evaluations in the learning curve; 0: off
     eval_qop: bool = True  # also score the value learner's own policy pi_QOP (IQL-style)
@@ -88,6 +92,10 @@ class RunSettings:
         if self.threads is not None and self.threads < 1:
             raise ValueError(
                 f"run.threads must be >= 1 (or none: torch's default), got {self.threads}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"run.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
         if self.episode_length is not None and self.episode_length < 1:
             raise ValueError(f"run.episode_length must be >= 1, got {self.episode_length}")

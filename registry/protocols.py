@@ -49,8 +49,12 @@ class BuildContext:
     device: str = "cpu"
     seed: int = 0
     env_id: str | None = None  # gymnasium id of the dataset's env, when known
+    # "fp32" or "bf16" (autocast while training): run.precision resolved for this hardware
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if len(self.act_low) != self.act_dim or len(self.act_high) != self.act_dim:
             raise ValueError(
                 f"act_low/act_high must have act_dim={self.act_dim} entries, "

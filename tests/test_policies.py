@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -480,14 +482,27 @@ def test_fit_resumes_from_checkpoint(tmp_path):
         torch.testing.assert_close(p, q)
 
 
-def test_bf16_autocast_trains_and_acts():
+@pytest.mark.parametrize("how", ["option", "run precision"])
+def test_bf16_autocast_trains_and_acts(how):
     ds, value = toy_reach_dataset(4), ToyReachValue(record=True)
-    policy = make("ipd-dt", autocast_bf16=True, n_steps=5)
+    if how == "option":
+        policy = make("ipd-dt", autocast_bf16=True, n_steps=5)
+    else:
+        ctx = dataclasses.replace(CTX, precision="bf16")
+        policy = manager.create("policy", "ipd-dt", {**TINY, "n_steps": 5}, ctx)
+    assert policy.bf16 and policy.autocast().fast_dtype == torch.bfloat16
+    assert policy.autocast()._enabled
     metrics = policy.fit(ds, value)
     assert np.isfinite(metrics["train/loss"])
     actor = policy.actor(value)
+    assert actor.autocast_bf16
     actor.reset(torch.zeros(2, 1))
     assert actor.act(torch.zeros(2, 1)).dtype == torch.float32
+
+
+def test_fp32_precision_leaves_autocast_off():
+    policy = make("ipd-dt", n_steps=5)
+    assert not policy.bf16 and not policy.autocast()._enabled
 
 
 def test_registry_knows_both_policies_with_paper_defaults():

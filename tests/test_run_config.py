@@ -111,9 +111,13 @@ def test_recorded_run_folders_keep_their_names():
     assert (kept, renamed_before) == (64, 8)
 
 
-def test_stage_keys_of_the_profiles_are_the_ones_runs_were_cached_under():
+def test_stage_keys_of_the_profiles_are_the_ones_runs_were_cached_under(monkeypatch):
     """Keys computed by the code at commit e463c30 (before the reorganisation), for a data hash
-    'DH' and env 'E': an upgrade must not orphan anyone's stage cache."""
+    'DH' and env 'E': an upgrade must not orphan anyone's stage cache (fp32 runs: on a chip
+    without native bf16, ``run.precision: auto`` is fp32)."""
+    from ipd_plugins import hardware
+
+    monkeypatch.setattr(hardware, "native_bf16", lambda device="cpu": False)
     expected = {
         "quick": ("8bfd55a228e29930", "f6cc56e08f177032", "cf88174ccbadbca3", "1f9d1833de04073c"),
         "default": ("15a7b633a2317ca8", "94e4c83ec2ae1357", "c4732f49935a8f1c", "b0d5f1b9ef6640bc"),
@@ -123,6 +127,25 @@ def test_stage_keys_of_the_profiles_are_the_ones_runs_were_cached_under():
         cfg = resolve_config(run={"profile": profile})
         got = stage_keys(cfg, "DH", "E")
         assert (got["value"], got["world_model"], got["augment"], got["policy"]) == keys
+        explicit = stage_keys(
+            resolve_config(run={"profile": profile, "precision": "fp32"}), "DH", "E"
+        )
+        assert explicit == got
+
+
+def test_bf16_runs_get_their_own_stage_keys_and_auto_follows_the_hardware(monkeypatch):
+    from ipd_plugins import hardware
+
+    fp32 = stage_keys(resolve_config(run={"precision": "fp32"}), "DH", "E")
+    bf16 = stage_keys(resolve_config(run={"precision": "bf16"}), "DH", "E")
+    assert all(fp32[k] != bf16[k] for k in fp32)  # nothing trained in one is reused by the other
+    for native, expected in ((True, bf16), (False, fp32)):
+        monkeypatch.setattr(hardware, "native_bf16", lambda device="cpu", n=native: n)
+        assert stage_keys(resolve_config(), "DH", "E") == expected
+    # the run folder's name does not change with the default
+    assert resolve_config().run_name == resolve_config(run={"precision": "auto"}).run_name
+    with pytest.raises(ValueError, match="run.precision must be one of auto, fp32, bf16"):
+        resolve_config(run={"precision": "fp16"})
 
 
 def test_changed_options_name_what_a_variant_sets_beyond_its_profile():

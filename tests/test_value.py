@@ -3,6 +3,7 @@ tiny MDP with known values, persistence and resumption, and the d3rlpy-backed `d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 import registry
 from ipd_plugins.data.dataset import TrajectoryDataset
+from ipd_plugins.nn import EnsembleMLP, mixed_forward, mlp
 from ipd_plugins.value import losses as L
 from ipd_plugins.value.d3rlpy_iql import D3rlpyIQLConfig
 from ipd_plugins.value.qov import QOVConfig, bernoulli_drop_mask
@@ -215,6 +217,34 @@ def test_qov_v_between_behaviour_and_best_and_grows_with_tau(chain_learners):
     assert np.all(v9 <= best + 0.1)
     assert np.all(np.abs(best - v9) < np.abs(best - v5) - 0.5)
     assert chain_learners[0.9][1]["steps"] == 700
+
+
+def test_qov_in_bf16_learns_the_chains_values_with_fp32_outputs(chain):
+    learner = QOVConfig(tau=0.9, n_steps=700, **SMALL).create(
+        dataclasses.replace(CHAIN_CTX, precision="bf16")
+    )
+    learner.fit(chain)
+    np.testing.assert_allclose(_v_chain(learner), _chain_values(_expectile(0.9)), atol=0.3)
+    assert learner.v(torch.eye(CHAIN)).dtype == torch.float32
+
+
+def test_mixed_forward_keeps_the_output_layer_in_fp32():
+    torch.manual_seed(0)
+    net = mlp(8, 1, hidden=32)
+    x = torch.randn(16, 8)
+    out = mixed_forward(net, x, "bf16")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, net(x), atol=0.05, rtol=0.02)  # bf16 hidden, same function
+    assert torch.equal(mixed_forward(net, x, "fp32"), net(x))
+    # the output layer's own rounding is fp32's: a bias of 300 keeps a 0.01 change
+    with torch.no_grad():
+        net[-1].bias.fill_(300.0)
+    a = mixed_forward(net, x, "bf16")
+    with torch.no_grad():
+        net[-1].bias.add_(0.01)
+    torch.testing.assert_close(mixed_forward(net, x, "bf16") - a, torch.full_like(a, 0.01))
+    ens = EnsembleMLP(2, 8, 1, hidden=32, n_hidden=2)
+    assert mixed_forward(ens, x.expand(2, -1, -1), "bf16").shape == (2, 16, 1)
 
 
 def test_qov_q_orders_actions_and_policy_prefers_the_better_one(chain_learners):

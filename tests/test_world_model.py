@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 
@@ -182,6 +183,20 @@ def test_pe_step_is_seeded_and_bf16_is_close(fitted, tmp_path):
     full, half = wm.step(obs, act), bf.step(obs, act)
     assert half.member_mean.dtype == torch.float32
     torch.testing.assert_close(half.member_mean, full.member_mean, atol=0.05, rtol=0.05)
+
+
+def test_run_precision_bf16_trains_and_steps_in_bf16_and_still_learns(fitted, tmp_path):
+    wm, metrics = fitted
+    bf = PEConfig(n_steps=1500, **SMALL).create(dataclasses.replace(CTX, precision="bf16"))
+    assert (bf.train_dtype, bf.step_dtype) == ("bfloat16", "bfloat16")
+    torch.manual_seed(0)
+    bf_metrics = bf.fit(_linear_data(10_000, 0))
+    noise_mse = float(np.mean(NOISE_STD**2))
+    assert bf_metrics["holdout_obs_mse"] < 1.5 * noise_mse  # as the fp32 model does
+    obs, act = torch.rand(256, O) * 2 - 1, torch.rand(256, A) * 2 - 1
+    out = bf.step(obs, act)
+    assert out.member_mean.dtype == torch.float32
+    torch.testing.assert_close(out.member_mean, wm.step(obs, act).member_mean, atol=0.1, rtol=0.1)
 
 
 def test_save_load_round_trip(fitted, tmp_path):

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ipd_plugins.hardware import PRECISIONS
 from ipd_plugins.profiles import PROFILES
 
 __all__ = [
@@ -35,6 +36,7 @@ RUN_OPTION_FIELDS = (
     "name",
     "device",
     "threads",
+    "precision",
     "eval_episodes",
 )
 
@@ -167,6 +169,11 @@ def run_options(what: str) -> Callable[[Callable], Callable]:
                     "--threads",
                     type=click.IntRange(min=1),
                     help="torch CPU threads (default: the usable cores not already busy)",
+                ),
+                click.option(
+                    "--precision",
+                    type=click.Choice(PRECISIONS),
+                    help="training precision (default auto: bf16 where the chip has it natively)",
                 ),
                 click.option("--eval-episodes", type=int, help="evaluation episodes"),
                 debug_option,

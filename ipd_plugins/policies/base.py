@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ipd_plugins.files import atomic_save, safe_load
+from ipd_plugins.hardware import autocast
 from ipd_plugins.nn import Normalizer
 from ipd_plugins.policies.gpt import POSITIONS, TOKEN_LAYOUTS, DecisionModel
 from ipd_plugins.policies.sequence_data import SequenceSampler
@@ -61,7 +62,8 @@ class SequencePolicyConfig(ComponentConfig):
         position_init_std (float | None): std of the normal init of that embedding; None keeps
             PyTorch's N(0, 1); GPT-2 and d3rlpy's DT start it at 0.02.
         past_actions (bool): feed the past actions of the window (False: zeros, states only).
-        autocast_bf16 (bool): run the forward pass under bfloat16 autocast.
+        autocast_bf16 (bool): run the forward pass under bfloat16 autocast, whatever
+            ``run.precision`` says (which turns it on for every component).
     """
 
     # timesteps per window (K); longer sees more history, costs ~linearly more
@@ -93,8 +95,8 @@ class SequencePolicyConfig(ComponentConfig):
     # sees states and tokens only, so its own actions at acting time cannot differ from the
     # logged, noisier ones it trained on (benchmarks/results/small_data.md)
     past_actions: bool = added_later(True)
-    # bfloat16 autocast for the transformer (weights and optimiser stay fp32). Off by default:
-    # measured 0.75x (slower) on this project's CPUs; try it on GPUs
+    # bfloat16 autocast for this transformer even where run.precision resolves to fp32 (weights
+    # and optimiser stay fp32); run.precision=auto already turns it on where bf16 is native
     autocast_bf16: bool = False
     # AdamW learning rate (paper: 3e-4)
     learning_rate: float = 3e-4
@@ -229,9 +231,13 @@ class SequencePolicyBase:
         raise NotImplementedError
 
     # -- training -----------------------------------------------------------------------------
+    @property
+    def bf16(self) -> bool:
+        """bf16 autocast: the run's precision (``ctx.precision``) or this policy's own switch."""
+        return self.cfg.autocast_bf16 or self.ctx.precision == "bf16"
+
     def autocast(self):
-        device_type = torch.device(self.device).type
-        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16)
+        return autocast(self.device, "bf16" if self.bf16 else "fp32")
 
     def fit(
         self,

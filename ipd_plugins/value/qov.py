@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ipd_plugins.files import atomic_save, safe_load
-from ipd_plugins.nn import EnsembleMLP, Normalizer, mlp
+from ipd_plugins.nn import EnsembleMLP, Normalizer, mixed_forward, mlp
 from ipd_plugins.returns import reward_factor
 from ipd_plugins.training import Checkpointer, TransitionSampler
 from ipd_plugins.value.losses import (
@@ -402,18 +402,22 @@ class QOVLearner:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch -> (total loss, detached (len(_STATS),) statistics). Inputs pre-normalised."""
         cfg, n = self.config, self.nets
+
+        def fwd(net: nn.Module, inp: torch.Tensor) -> torch.Tensor:  # bf16 hidden layers
+            return mixed_forward(net, inp, self.ctx.precision)
+
         x = torch.cat([obs, act], -1).expand(2, -1, -1)  # (E,B,O+A), shared by both members
         with torch.no_grad():
-            q_hat = n.q_target(x).squeeze(-1).min(0).values  # (B,) min of the target pair
-            next_v = n.v(next_obs).squeeze(-1)  # (B,)
-        v = n.v(obs).squeeze(-1)  # (B,)
+            q_hat = fwd(n.q_target, x).squeeze(-1).min(0).values  # (B,) min of the target pair
+            next_v = fwd(n.v, next_obs).squeeze(-1)  # (B,)
+        v = fwd(n.v, obs).squeeze(-1)  # (B,)
         e_v = q_hat - v.detach()  # (B,) the value error, also the AWR advantage
         delta = delta_fn(e_v.abs())
         l_v = value_loss(q_hat, v, cfg.tau, delta)  # eq. 1-3
-        q_pred = n.q(x).squeeze(-1)  # (E,B)
+        q_pred = fwd(n.q, x).squeeze(-1)  # (E,B)
         l_q = q_loss(q_pred, rew, not_done, next_v, cfg.gamma)  # eq. 4
         w = awr_weights(e_v, cfg.beta, cfg.max_weight)  # eq. 5 weights (clipped)
-        mean = torch.tanh(n.actor(obs))  # (B,A)
+        mean = torch.tanh(fwd(n.actor, obs))  # (B,A)
         log_std = n.log_std.clamp(cfg.log_std_min, cfg.log_std_max).expand_as(mean)
         l_pi = awr_loss(gaussian_log_prob(act, mean, log_std), w)  # eq. 5
         stats = torch.stack([l_v, l_q, l_pi, delta, e_v.mean(), w.mean(), v.mean(), q_hat.mean()])

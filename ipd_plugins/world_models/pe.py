@@ -242,6 +242,10 @@ class ProbabilisticEnsemble:
             torch.manual_seed(ctx.seed)
             self.modules = _Modules(config, ctx.obs_dim, ctx.act_dim).to(self.device)
         self.env_id = ctx.env_id
+        # run.precision bf16 turns autocast on for training and stepping; the options still can
+        bf16 = ctx.precision == "bf16"
+        self.train_dtype = "bfloat16" if bf16 else config.train_dtype
+        self.step_dtype = "bfloat16" if bf16 else config.step_dtype
         self.termination_mode = "none"
         self._set_termination(self._resolve_termination(ctx.env_id, has_terminations=False))
 
@@ -313,7 +317,7 @@ class ProbabilisticEnsemble:
             obs = obs.to(self.device, torch.float32)
             act = act.to(self.device, torch.float32)
             B, E = obs.shape[0], self.config.n_members
-            with self._autocast(self.config.step_dtype):
+            with self._autocast(self.step_dtype):
                 x = m.in_norm(torch.cat([obs, act], -1))
                 mean_n, logvar = self._dynamics(x)  # (E,B,O) each
                 rew_n = m.reward(x).float().mean(0)  # (B,1)
@@ -334,7 +338,7 @@ class ProbabilisticEnsemble:
                     noise = self._randn((B, self.obs_dim), generator, self.device)
                     next_obs = next_obs + member_var[k, rows].sqrt() * noise
             reward = m.rew_norm.inverse(rew_n).squeeze(-1)  # (B,)
-            with self._autocast(self.config.step_dtype):
+            with self._autocast(self.step_dtype):
                 done = self._done(obs, act, next_obs)
         return WorldModelStep(next_obs, reward, done, member_mean, member_var)
 
@@ -419,7 +423,7 @@ class ProbabilisticEnsemble:
         )
         for step in bar if not extra["stopped"] else ():
             batch = sampler.sample(cfg.batch_size)
-            with self._autocast(cfg.train_dtype):
+            with self._autocast(self.train_dtype):
                 x = m.in_norm(torch.cat([batch["obs"], batch["act"]], -1))
                 y = m.delta_norm(batch["next_obs"] - batch["obs"])
                 mean, logvar = self._dynamics(x)
