@@ -34,6 +34,7 @@ __all__ = [
     "set_threads",
     "PRECISIONS",
     "native_bf16",
+    "resolve_device",
     "resolve_precision",
     "autocast",
 ]
@@ -187,12 +188,19 @@ def native_bf16(device: str = "cpu") -> bool:
     return bool(cpu_flags() & BF16_CPU_FLAGS)
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a CUDA GPU, else ``cpu``; others unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def resolve_precision(precision: str, device: str = "cpu") -> str:
     """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``fp32``; the others unchanged."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if native_bf16(resolve_device(device)) else "fp32"
     return precision
 
 

@@ -26,7 +26,7 @@ from ipd_plugins.augment import augment
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import CallableActor, score
 from ipd_plugins.files import atomic_write_text, write_json
-from ipd_plugins.hardware import resolve_precision, set_threads
+from ipd_plugins.hardware import resolve_device, resolve_precision, set_threads
 from ipd_plugins.provenance import run_meta
 from ipd_plugins.run_config import RunConfig, RunSettings, changed_options
 from ipd_plugins.stages import StageCache
@@ -131,6 +131,7 @@ def prepare(
     from ipd_plugins.data.envs import check_environment
     from ipd_plugins.data.sources import resolve_dataset
 
+    device = resolve_device(device)
     check_device(device)
     check_out_dir(out_dir)
     ds = resolve_dataset(

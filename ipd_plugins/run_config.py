@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ipd_plugins.augment import AugmentConfig
-from ipd_plugins.hardware import PRECISIONS
+from ipd_plugins.hardware import PRECISIONS, resolve_device
 from ipd_plugins.profiles import DEFAULT_DATASET, PROFILES
 from registry import KINDS, ComponentConfig, config_hash, get_registry
 from registry.config import (
@@ -63,7 +63,8 @@ class RunSettings:
     dataset: str = ""  # a Minari id, a .hdf5/.h5/.npz path or an `ipd data make` name
     seed: int = 0  # fixes training, augmentation and evaluation
     profile: str = "quick"  # quick | default | paper (step counts and sizes, see README)
-    device: str = "cpu"  # torch device for every component
+    # torch device for every component; auto: a CUDA GPU when torch sees one, else the CPU
+    device: str = "auto"
     threads: int | None = None  # torch CPU threads; None: the usable cores not already busy
     # auto: bf16 autocast where the chip computes bf16 natively (AVX-512 BF16, AMX, CUDA), else
     # fp32; every trainable component follows it (hardware.py, benchmarks/results/precision.md)
@@ -106,6 +107,7 @@ class RunSettings:
         """The settings a run-folder hash covers: all but the seed and where the run is written
         (:func:`~registry.config.identity_dict`)."""
         ident = identity_dict(self)
+        ident["device"] = resolve_device(self.device)  # what ran: "auto" names cpu or cuda
         return {k: v for k, v in ident.items() if k not in ("seed", "out_dir", "name")}
 
 

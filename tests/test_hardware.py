@@ -80,3 +80,32 @@ def test_an_explicit_number_wins_over_the_rule_and_is_claimed(claims):
     assert hardware.set_threads(1) == 1 and torch.get_num_threads() == 1
     assert json.loads((claims / f"{os.getpid()}.json").read_text()) == {"threads": 1}
     assert hardware.auto_threads() == 2  # the rule for this process: its own claim is not load
+
+
+def test_device_auto_is_cuda_only_when_torch_sees_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert hardware.resolve_device("auto") == "cpu"
+    assert hardware.resolve_device("cuda:1") == "cuda:1"  # explicit devices are left alone
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert hardware.resolve_device("auto") == "cuda"
+
+
+def test_run_folder_names_record_the_device_that_ran(monkeypatch):
+    from ipd_plugins.run_config import resolve_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    auto, cpu = resolve_config(), resolve_config(run={"device": "cpu"})
+    assert auto.run.device == "auto" and auto.run_name == cpu.run_name
+
+
+@pytest.mark.parametrize(
+    "flags, device, expected",
+    [({"avx512_bf16"}, "cpu", "bf16"), ({"amx_bf16"}, "cpu", "bf16"), ({"avx512f"}, "cpu", "fp32")],
+)
+def test_precision_auto_follows_the_cpu_flags(monkeypatch, flags, device, expected):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: set(flags))
+    assert hardware.resolve_precision("auto", device) == expected
+    assert hardware.resolve_precision("fp32", device) == "fp32"
+    assert hardware.resolve_precision("bf16", device) == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        hardware.resolve_precision("half", device)

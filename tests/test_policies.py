@@ -282,7 +282,7 @@ def test_ipd_loss_matches_independent_computation_and_gradient():
     mse = ((p - t) ** 2).mean()
     lam = alpha / np.abs(qn).mean()
     assert loss.item() == pytest.approx(mse - lam * qn.mean(), rel=1e-5)
-    assert info["mse"] == pytest.approx(mse, rel=1e-5)
+    assert float(info["mse"]) == pytest.approx(mse, rel=1e-5)
     (grad,) = torch.autograd.grad(loss, pred)
     # lambda is a constant (detached): d/dp [mse - lam * mean(q)] = 2(p-t)/(nA) + lam * 2p / n
     expected = 2 * (p - t) / p.size + lam * 2 * p / p.shape[0]
@@ -520,7 +520,7 @@ def test_train_step_reports_the_gradient_norm_before_clipping():
         state = policy.start_training(ds, value)
         info = policy.train_step(state, value)
         stored = torch.sqrt(sum((p.grad**2).sum() for p in state.params))
-        return info["grad_norm"], float(stored)
+        return float(info["grad_norm"]), float(stored)
 
     reported, stored = grad_norm_after_one_step(1e9)  # never clipped: the gradient as it was
     assert reported == pytest.approx(stored, rel=1e-5)

@@ -36,6 +36,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "a DT with nothing of IPD (no Q term, no imagined data, no absolute time)",
         ["policy.alpha=0", "augment.n_aug=0", "policy.position=window"],
     ),
+    "noaug-window": (
+        "no imagined data, no absolute time",
+        ["augment.n_aug=0", "policy.position=window"],
+    ),
     "steps3x": ("underfitting (3x the policy steps)", ["policy.n_steps=4500"]),
     "noact": ("the logged (noisy) past actions in the context", ["policy.past_actions=false"]),
     "noact-alpha0": ("both", ["policy.past_actions=false", "policy.alpha=0"]),

@@ -164,7 +164,9 @@ def run_options(what: str) -> Callable[[Callable], Callable]:
                     "--out", "out_dir", help="folder of run folders and the stage cache (runs)"
                 ),
                 click.option("--name", help="run folder name (default: dataset, method, hash)"),
-                click.option("--device", help="torch device (default cpu)"),
+                click.option(
+                    "--device", help="torch device: auto (default: cuda if present), cpu, cuda:N"
+                ),
                 click.option(
                     "--threads",
                     type=click.IntRange(min=1),

@@ -226,8 +226,8 @@ class SequencePolicyBase:
 
     def loss(
         self, pred: torch.Tensor, batch: dict[str, torch.Tensor], value: ValueLearner | None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """pred (B,T,A) -> the scalar training loss and numbers to log."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """pred (B,T,A) -> the scalar training loss and detached 0-d tensors to log."""
         raise NotImplementedError
 
     # -- training -----------------------------------------------------------------------------
@@ -262,16 +262,18 @@ class SequencePolicyBase:
             state.generator.set_state(extra["generator"])
         shift, scale = float(self.net.cond_shift), float(self.net.cond_scale)
 
-        info: dict[str, float] = {}
+        info: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
         bar = tqdm(range(start, cfg.n_steps), desc=f"policy {self.cfg.name}", disable=None)
         for step in bar:
             info = self.train_step(state, value)
             done = step + 1
-            if log is not None and (done % cfg.log_every == 0 or done == cfg.n_steps):
-                log(done, {**info, "lr": state.sched.get_last_lr()[0]})
-            if done % 50 == 0:
-                bar.set_postfix(loss=f"{info['loss']:.4f}")
+            # the numbers leave the device only here: no host synchronisation between logs
+            if done % cfg.log_every == 0 or done == cfg.n_steps:
+                floats = {k: float(v) for k, v in info.items()}
+                bar.set_postfix(loss=f"{floats['loss']:.4f}")
+                if log is not None:
+                    log(done, {**floats, "lr": state.sched.get_last_lr()[0]})
             extra["generator"] = state.generator.get_state()
             ckpt.maybe_save(done, objects, extra)
         if start < cfg.n_steps:  # the finished state, so that a re-run is a no-op
@@ -309,9 +311,10 @@ class SequencePolicyBase:
         self.net.train()
         return TrainState(sampler, params, opt, sched, generator)
 
-    def train_step(self, state: TrainState, value: ValueLearner | None) -> dict[str, float]:
+    def train_step(self, state: TrainState, value: ValueLearner | None) -> dict[str, torch.Tensor]:
         """One gradient step on a fresh minibatch of windows; returns the loss parts and the
-        gradient norm before clipping (``grad_norm``; above ``grad_clip`` the step was clipped)."""
+        gradient norm before clipping (``grad_norm``; above ``grad_clip`` the step was clipped),
+        as detached 0-d tensors."""
         batch = state.sampler.sample(self.cfg.batch_size)
         with self.autocast():
             pred = self.net(
@@ -325,7 +328,7 @@ class SequencePolicyBase:
         norm = nn.utils.clip_grad_norm_(state.params, self.cfg.grad_clip)  # before clipping
         state.opt.step()
         state.sched.step()
-        return {**info, "grad_norm": float(norm)}
+        return {**info, "grad_norm": norm.detach()}
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: Path) -> None:

@@ -101,7 +101,7 @@ class DtPolicy(SequencePolicyBase):
 
     def loss(self, pred, batch, value):
         mse = masked_mse(pred, batch["act"], batch["mask"])
-        return mse, {"loss": mse.item(), "mse": mse.item()}
+        return mse, {"loss": mse.detach(), "mse": mse.detach()}
 
     def actor(self, value: ValueLearner | None = None) -> Actor:
         """An actor conditioned on the running return-to-go (``value`` is not used)."""

@@ -133,7 +133,8 @@ def ipd_loss(
 
     ``pred`` (n,A) policy actions, ``target`` (n,A) dataset actions, ``q`` (n,) Q(s, pred) (or
     None when ``alpha`` is 0), ``weights`` (n,) optional per-step weights of the squared error
-    (the MSE becomes sum(w * err) / sum(w)). Returns the loss and its parts as floats.
+    (the MSE becomes sum(w * err) / sum(w)). Returns the loss and its parts as detached 0-d
+    tensors (read them only when logging: each read is a host synchronisation on a GPU).
     """
     assert pred.shape == target.shape, f"pred {tuple(pred.shape)} != target {tuple(target.shape)}"
     if weights is None:
@@ -143,11 +144,11 @@ def ipd_loss(
         w = weights.detach()
         mse = (w * ((pred - target) ** 2).mean(-1)).sum() / w.sum().clamp_min(1e-12)
     if q is None or alpha == 0.0:
-        return mse, {"loss": mse.item(), "mse": mse.item()}
+        return mse, {"loss": mse.detach(), "mse": mse.detach()}
     assert q.shape == pred.shape[:1], f"q must be ({pred.shape[0]},), got {tuple(q.shape)}"
     lmbda = alpha / q.abs().mean().detach().clamp_min(1e-6)
     loss = mse - lmbda * q.mean()
-    return loss, {"loss": loss.item(), "mse": mse.item(), "q": q.detach().mean().item()}
+    return loss, {"loss": loss.detach(), "mse": mse.detach(), "q": q.detach().mean()}
 
 
 @torch.no_grad()
