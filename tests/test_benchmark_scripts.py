@@ -431,3 +431,23 @@ def gym_make(env_id: str):
     import gymnasium as gym
 
     return gym.make(env_id)
+
+
+def test_precision_benchmark_writes_speed_peak_and_same_batch_curves(store, tmp_path, monkeypatch):
+    """benchmarks/speed/precision.py end to end, tiny: both precisions train on the same
+    batches from the same weights, so their first logged losses agree to bf16's precision."""
+    bench = _script("precision")
+    out = tmp_path / "precision.md"
+    argv = ["precision.py", "--dataset", "ipd/pendulum/medium-replay-v0", "--profile", "quick",
+            "--stages", "value,world_model", "--curve-steps", "12", "--speed-steps", "3",
+            "--rounds", "1", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    text = out.read_text()
+    assert "Matmul peak" in text and "| value |" in text and "| world_model |" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 2 |")]  # the first curve point
+    assert len(rows) == 2
+    for row in rows:
+        cells = [float(c) for c in row.strip("|").split("|")[1:]]
+        fp32, bf16 = cells[0::2], cells[1::2]
+        np.testing.assert_allclose(bf16, fp32, rtol=0.05)

@@ -52,14 +52,24 @@ def cpu_name() -> str:
     return f"{model}, {os.cpu_count()} cores, native bf16: {'yes' if native_bf16() else 'no'}"
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
-    """FLOP/s of an n^3 matmul in ``dtype`` (best of ``reps``)."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA)"
+    return cpu_name()
+
+
+def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 3) -> float:
+    """FLOP/s of an n^3 matmul in ``dtype`` on ``device`` (best of ``reps``)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b
+    sync()
     best = 0.0
     for _ in range(reps):
         t = time.perf_counter()
         a @ b
+        sync()
         best = max(best, 2 * n**3 / (time.perf_counter() - t))
     return best
 
@@ -111,6 +121,7 @@ def main() -> None:
     ap.add_argument("--speed-steps", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu_check.sh)")
     ap.add_argument("--out", default=None, help="write the tables here (markdown)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -120,7 +131,7 @@ def main() -> None:
     from ipd_plugins.run_config import resolve_config
 
     dataset = resolve_dataset(args.dataset, echo=lambda m: print(m, file=sys.stderr))
-    ctx = context_for(dataset, seed=0)
+    ctx = context_for(dataset, seed=0, device=args.device)
     cfg = resolve_config(run={"profile": args.profile})
     sections = {k: cfg.configs[k].to_dict() for k in STAGES}
     value = None
@@ -138,12 +149,13 @@ def main() -> None:
     lines = [
         "## Machine",
         "",
-        f"{cpu_name()}; torch {torch.__version__}, {args.threads} thread(s). Command: "
-        f"`python benchmarks/speed/precision.py --threads {args.threads} --profile "
-        f"{args.profile} --dataset {args.dataset}`.",
+        f"{device_name(args.device)}; torch {torch.__version__}, {args.threads} thread(s). "
+        f"Command: `python benchmarks/speed/precision.py --threads {args.threads} --profile "
+        f"{args.profile} --dataset {args.dataset} --device {args.device}`.",
         "",
     ]
-    peaks = {p: matmul_peak(d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    dtypes = (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    peaks = {p: matmul_peak(d, args.device) for p, d in dtypes}
     lines += [
         f"Matmul peak (2048^3, same process): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s.",
