@@ -20,7 +20,9 @@ import contextlib
 import fcntl
 import json
 import os
+import platform
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,11 +183,69 @@ def cpu_flags() -> set[str]:
 
 
 def native_bf16(device: str = "cpu") -> bool:
-    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU with
-    AVX-512 BF16 / AMX (without them bf16 is emulated, and slower than fp32)."""
+    """Whether ``device`` computes bf16 natively and faster: a CUDA GPU that supports it, or a
+    CPU with AVX-512 BF16 / AMX on which a bf16 matmul also beats fp32 (:func:`bf16_pays`).
+
+    Without those flags bf16 is emulated and slower. With them it is not always faster: this
+    project measured bf16 at 0.75x of fp32 on a Xeon that reports ``avx512_bf16``
+    (benchmarks/results/policy_speed.md) and 2-4x on an EPYC (precision.md); hence the check.
+    """
     if torch.device(device).type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(cpu_flags() & BF16_CPU_FLAGS)
+    return bool(cpu_flags() & BF16_CPU_FLAGS) and bf16_pays()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _matmul_speedup(n: int = 512, reps: int = 5) -> float:
+    """fp32 time over bf16 time of an n^3 matmul on one thread (best of ``reps`` each)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        pairs = {torch.float32: (a, b), torch.bfloat16: (a.bfloat16(), b.bfloat16())}
+        best = {dtype: float("inf") for dtype in pairs}
+        for _ in range(reps):  # alternating, so that a burst of load hits both
+            for dtype, (x, y) in pairs.items():
+                t = time.perf_counter()
+                x @ y
+                best[dtype] = min(best[dtype], time.perf_counter() - t)
+        return best[torch.float32] / best[torch.bfloat16]
+    finally:
+        torch.set_num_threads(before)
+
+
+def bf16_pays(min_speedup: float = 1.2) -> bool:
+    """Whether a bf16 matmul runs at least ``min_speedup`` times faster than fp32 on this CPU.
+
+    Measured once per CPU model and torch version (a fraction of a second) and remembered in
+    ``$XDG_CACHE_HOME/ipd/bf16.json``, so that every run on a machine makes the same choice
+    (and gets the same stage keys) however loaded the machine is later.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ipd" / "bf16.json"
+    key = f"{_cpu_model()} | torch {torch.__version__}"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        speedup = _matmul_speedup()
+        known[key] = {"speedup": round(speedup, 3), "bf16": speedup >= min_speedup}
+        with contextlib.suppress(OSError):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known, indent=1))
+            os.replace(tmp, cache)
+    return bool(known[key]["bf16"])
 
 
 def resolve_device(device: str) -> str:

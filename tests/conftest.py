@@ -92,3 +92,13 @@ def toy_reach():
     return SimpleNamespace(
         env_id=register_toy_reach(), dataset=toy_reach_dataset, value=ToyReachValue
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _bf16_cache(tmp_path_factory):
+    """``run.precision: auto`` measures once whether bf16 pays on this CPU and remembers it in
+    ``$XDG_CACHE_HOME/ipd``: a temp folder here, not the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    yield
+    mp.undo()

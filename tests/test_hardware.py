@@ -104,8 +104,29 @@ def test_run_folder_names_record_the_device_that_ran(monkeypatch):
 )
 def test_precision_auto_follows_the_cpu_flags(monkeypatch, flags, device, expected):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(hardware, "bf16_pays", lambda: True)
     assert hardware.resolve_precision("auto", device) == expected
     assert hardware.resolve_precision("fp32", device) == "fp32"
     assert hardware.resolve_precision("bf16", device) == "bf16"
     with pytest.raises(ValueError, match="precision must be one of"):
         hardware.resolve_precision("half", device)
+
+
+def test_bf16_is_used_only_where_it_measured_faster_and_the_verdict_is_remembered(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512_bf16"})
+    calls = []
+    monkeypatch.setattr(hardware, "_matmul_speedup", lambda: calls.append(1) or 0.75)
+    assert hardware.resolve_precision("auto") == "fp32"  # flags, but slower: the Xeon case
+    assert hardware.resolve_precision("auto") == "fp32" and len(calls) == 1  # measured once
+    saved = json.loads((tmp_path / "ipd" / "bf16.json").read_text())
+    assert [v["bf16"] for v in saved.values()] == [False]
+    monkeypatch.setattr(hardware, "_cpu_model", lambda: "another CPU")
+    monkeypatch.setattr(hardware, "_matmul_speedup", lambda: 3.0)
+    assert hardware.resolve_precision("auto") == "bf16"
+
+
+def test_the_matmul_speedup_is_a_positive_ratio():
+    assert hardware._matmul_speedup(n=64, reps=2) > 0
