@@ -89,7 +89,7 @@ def true_return(s0, actions, gamma):
     return total
 
 
-def run_augment(planner_cfg, ds, kappa=1e9, n_aug=1.0, seed=0):
+def run_augment(planner_cfg, ds, kappa=1e9, n_aug=1.0, seed=0, **augment_options):
     """Algorithm 1 on ``ds`` with the exact models and ``planner_cfg``'s planner."""
     torch.manual_seed(seed)
     return augment(
@@ -99,7 +99,7 @@ def run_augment(planner_cfg, ds, kappa=1e9, n_aug=1.0, seed=0):
         VarUncertainty(),
         planner_cfg.create(CTX),
         kappa,
-        AugmentConfig(n_aug=n_aug, horizon=5, context=3),
+        AugmentConfig(n_aug=n_aug, horizon=5, context=3, **augment_options),
         seed=seed,
         progress=False,
     )

@@ -10,7 +10,13 @@ import pytest
 import torch
 from fakes import CTX, ExactModel, FakeValue, VarUncertainty, one_d_dataset, run_augment
 
-from ipd_plugins.augment import AugmentConfig, augment, candidate_states, select_top_k
+from ipd_plugins.augment import (
+    AugmentConfig,
+    augment,
+    candidate_states,
+    cap_segments,
+    select_top_k,
+)
 from ipd_plugins.planners.greedy import GreedyConfig
 from ipd_plugins.planners.mpc import MPCConfig
 from ipd_plugins.returns import discounted_return
@@ -34,6 +40,32 @@ def test_select_top_k_per_episode():
     # K capped by the candidates of the episode
     assert len(select_top_k(gap, episode, np.array([200, 200]), 1.0, 10)) == 6
     assert len(select_top_k(gap, episode, np.array([20, 10]), 0.0, 10)) == 0
+
+
+def test_cap_segments_keeps_the_largest_gaps_within_the_share():
+    gap = np.array([1.0, 5.0, 3.0, 9.0, 2.0, 7.0])
+    chosen = np.array([0, 1, 3, 5])
+    # share 0.2 of 100 logged steps with 5-step segments: S*5 / (S*5 + 100) <= 0.2 -> S <= 5
+    assert cap_segments(chosen, gap, 100, 5, 0.2).tolist() == [0, 1, 3, 5]
+    # share 0.1 -> S <= 100/9/5 = 2.2 -> the two largest gaps (9 at 3, 7 at 5), in order
+    assert cap_segments(chosen, gap, 100, 5, 0.1).tolist() == [3, 5]
+    assert cap_segments(chosen, gap, 10, 5, 0.1).tolist() == []
+    tied = np.array([4.0, 4.0, 4.0])
+    assert cap_segments(np.arange(3), tied, 100, 25, 0.5).tolist() == [0, 1, 2]
+    assert cap_segments(np.arange(3), tied, 50, 25, 0.5).tolist() == [0, 1]  # ties: first
+
+
+def test_max_share_caps_the_segments_of_a_run():
+    ds = one_d_dataset()
+    full = run_augment(MPCConfig(), ds)
+    capped = run_augment(MPCConfig(), ds, max_share=0.25)
+    n_seg = capped.segments.n_steps
+    assert n_seg / (n_seg + ds.n_steps) <= 0.25 < full.segments.n_steps / full.dataset.n_steps
+    assert capped.report["selected"] == int(0.25 / 0.75 * ds.n_steps / 8)
+    # the kept states are those with the largest gaps of the uncapped selection
+    assert capped.report["gap_mean_selected"] > full.report["gap_mean_selected"]
+    with pytest.raises(ValueError, match="max_share must be in"):
+        AugmentConfig(max_share=1.0)
 
 
 def test_discounted_return_matches_loop():
