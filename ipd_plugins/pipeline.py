@@ -74,6 +74,7 @@ def context_for(
         seed=seed,
         env_id=env_id or ds.env_id,
         precision=resolve_precision(precision, device),
+        dataset_episodes=int(ds.n_episodes),
     )
 
 
@@ -289,9 +290,16 @@ def distill(
     key: str,
     train_ds: TrajectoryDataset,
     value: Any,
+    echo: Echo = print,
 ) -> Any:
     """5. The sequence policy on real + imagined data (sec. 3.4, eq. 26)."""
     policy = _build(cfg, "policy", p.ctx)
+    if getattr(policy, "few", False):
+        echo(
+            f"[policy] {p.dataset.n_episodes} episodes < policy.few_episodes="
+            f"{cfg.configs['policy'].few_episodes}: window positions"
+            + (", no Q term" if cfg.configs["policy"].name == "ipd-dt" else "")
+        )
     every = cfg.run.eval_every
 
     def fit(folder: Path, log: Any) -> dict[str, float]:
@@ -349,7 +357,7 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
     train_ds, aug_report = imagine(
         cache, cfg, p, keys["augment"], value, world_model, progress=progress
     )
-    policy = distill(cache, cfg, p, keys["policy"], train_ds, value)
+    policy = distill(cache, cfg, p, keys["policy"], train_ds, value, echo)
     cache.write(cfg.run_dir / "stages.json")
     scores = evaluate_actors(cfg, p, policy, value, echo)
 

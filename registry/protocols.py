@@ -51,6 +51,8 @@ class BuildContext:
     env_id: str | None = None  # gymnasium id of the dataset's env, when known
     # "fp32" or "bf16" (autocast while training): run.precision resolved for this hardware
     precision: str = "fp32"
+    # episodes of the dataset the run trains on (before augmentation), when known
+    dataset_episodes: int | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):

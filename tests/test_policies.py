@@ -539,3 +539,39 @@ def test_past_actions_off_makes_the_model_blind_to_the_actions_taken():
     torch.manual_seed(0)
     seeing = DecisionModel(2, 1, torch.tensor([-1.0]), torch.tensor([1.0]), **kw)
     assert not torch.allclose(seeing(obs, a1, cond, mask), seeing(obs, a2, cond, mask))
+
+
+# -- few episodes (issue 27) ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "episodes, few_episodes, few",
+    [(3, 50, True), (49, 50, True), (50, 50, False), (500, 50, False), (3, 0, False)],
+)
+def test_few_episodes_switch_to_window_positions_and_drop_the_q_term(episodes, few_episodes, few):
+    ctx = dataclasses.replace(CTX, dataset_episodes=episodes)
+    policy = manager.create("policy", "ipd-dt", {**TINY, "few_episodes": few_episodes}, ctx)
+    assert policy.few is few
+    assert policy.net.model.position == ("window" if few else "timestep")
+    assert policy.alpha == (0.0 if few else 1.0)
+    ds, value = toy_reach_dataset(4), ToyReachValue(record=True)
+    metrics = policy.fit(ds, value)
+    assert metrics["few_episodes_mode"] == float(few)
+    assert ("train/q" in metrics) is not few  # eq. 26's Q term only with enough episodes
+    dt = manager.create("policy", "dt", {**TINY, "few_episodes": few_episodes}, ctx)
+    assert dt.net.model.position == ("window" if few else "timestep")
+
+
+def test_a_few_episode_policy_reloads_into_the_same_build(tmp_path):
+    ctx = dataclasses.replace(CTX, dataset_episodes=4)
+    policy = manager.create("policy", "ipd-dt", {**TINY, "few_episodes": 50}, ctx)
+    ds, value = toy_reach_dataset(4), ToyReachValue(record=True)
+    policy.fit(ds, value)
+    policy.save(tmp_path / "w.pt")
+    again = manager.create("policy", "ipd-dt", {**TINY, "few_episodes": 50}, ctx)
+    again.load(tmp_path / "w.pt")
+    obs = torch.zeros(2, 1)
+    a, b = policy.actor(value), again.actor(value)
+    a.reset(obs)
+    b.reset(obs)
+    torch.testing.assert_close(a.act(obs), b.act(obs))
+    with pytest.raises(ValueError, match="few_episodes must be >= 0"):
+        manager.create("policy", "ipd-dt", {**TINY, "few_episodes": -1}, ctx)

@@ -62,6 +62,8 @@ class SequencePolicyConfig(ComponentConfig):
         position_init_std (float | None): std of the normal init of that embedding; None keeps
             PyTorch's N(0, 1); GPT-2 and d3rlpy's DT start it at 0.02.
         past_actions (bool): feed the past actions of the window (False: zeros, states only).
+        few_episodes (int): below this many dataset episodes, window positions (and, for
+            ``ipd-dt``, no Q term); 0 never.
         autocast_bf16 (bool): run the forward pass under bfloat16 autocast, whatever
             ``run.precision`` says (which turns it on for every component).
     """
@@ -84,6 +86,11 @@ class SequencePolicyConfig(ComponentConfig):
     # "timestep": a learned embedding of each step's time in its episode (the Decision
     # Transformer / QT reference code and d3rlpy); "window": of its place in the K-step window
     position: str = "timestep"
+    # a dataset with fewer episodes than this is "few": the policy embeds window positions
+    # whatever `position` says, and ipd-dt drops eq. 26's Q term. Why: on 5 walker2d episodes a
+    # timestep embedding memorises them (27.8 against 70.5 with window positions, BC 68.6) and
+    # Q's action gradient is extrapolation (small_data.md). 0: never (DT and eq. 26 as written)
+    few_episodes: int = added_later(0)
     # rows of the timestep embedding (DT's max episode length for MuJoCo: 1000); later steps
     # reuse the last row
     max_timestep: int = 1000
@@ -131,6 +138,10 @@ class SequencePolicyConfig(ComponentConfig):
                 f"{self.kind} '{self.name}': n_embd={self.n_embd} must be divisible by "
                 f"n_head={self.n_head}"
             )
+        if self.few_episodes < 0:
+            raise ValueError(
+                f"{self.kind} '{self.name}': few_episodes must be >= 0, got {self.few_episodes}"
+            )
         positive = ("context", "n_layer", "n_embd", "n_head", "batch_size", "max_timestep")
         for key in (*positive, "n_steps", "checkpoint_every", "log_every"):
             if getattr(self, key) < 1:
@@ -163,7 +174,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 class PolicyNet(nn.Module):
     """The decision model plus the statistics it was trained with (all saved together)."""
 
-    def __init__(self, cfg: SequencePolicyConfig, ctx: BuildContext):
+    def __init__(self, cfg: SequencePolicyConfig, ctx: BuildContext, position: str | None = None):
         super().__init__()
         self.model = DecisionModel(
             ctx.obs_dim,
@@ -176,7 +187,7 @@ class PolicyNet(nn.Module):
             n_head=cfg.n_head,
             dropout=cfg.dropout,
             token_layout=cfg.token_layout,
-            position=cfg.position,
+            position=position or cfg.position,
             max_timestep=cfg.max_timestep,
             position_init_std=cfg.position_init_std,
             past_actions=cfg.past_actions,
@@ -210,8 +221,12 @@ class SequencePolicyBase:
     def __init__(self, cfg: SequencePolicyConfig, ctx: BuildContext):
         cfg.validate()
         self.cfg, self.ctx, self.device = cfg, ctx, ctx.device
+        episodes = ctx.dataset_episodes
+        #: trained on few episodes (``cfg.few_episodes``): window positions, no Q term
+        self.few = episodes is not None and episodes < cfg.few_episodes
         torch.manual_seed(ctx.seed)  # weight init is a function of the seed
-        self.net = PolicyNet(cfg, ctx).to(self.device)
+        position = "window" if self.few else cfg.position
+        self.net = PolicyNet(cfg, ctx, position).to(self.device)
 
     # -- what subclasses define --------------------------------------------------------------
     def raw_conditioning(
@@ -288,6 +303,7 @@ class SequencePolicyBase:
             steps_per_s=trained / elapsed if trained > 0 and elapsed > 0 else float("nan"),
             cond_shift=float(shift),
             cond_scale=float(scale),
+            few_episodes_mode=float(self.few),
         )
         if "imagined" in dataset.extras:
             metrics["imagined_fraction"] = float(np.mean(dataset.extras["imagined"]))

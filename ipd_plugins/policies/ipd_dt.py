@@ -188,6 +188,11 @@ class IpdDtPolicy(SequencePolicyBase):
 
     cfg: IpdDtConfig
 
+    @property
+    def alpha(self) -> float:
+        """Eq. 26's alpha; 0 when trained on few episodes (``few_episodes``)."""
+        return 0.0 if self.few else self.cfg.alpha
+
     def raw_conditioning(
         self, dataset: TrajectoryDataset, value: ValueLearner | None
     ) -> np.ndarray:
@@ -217,7 +222,7 @@ class IpdDtPolicy(SequencePolicyBase):
         mask = batch["mask"]  # (B, T): only real steps count
         pred_v, target_v = pred[mask], batch["act"][mask]  # (n, A)
         q = None
-        if self.cfg.alpha > 0:
+        if self.alpha > 0:
             q = value.q(batch["obs"][mask], pred_v)  # (n,), raw observations
             if not q.requires_grad:
                 raise RuntimeError(
@@ -230,7 +235,7 @@ class IpdDtPolicy(SequencePolicyBase):
                 value, batch["obs"][mask], target_v, self.cfg.awr_beta,
                 self.reward_factor, self.cfg.awr_max_weight,
             )  # fmt: skip
-        return ipd_loss(pred_v, target_v, q, self.cfg.alpha, weights)
+        return ipd_loss(pred_v, target_v, q, self.alpha, weights)
 
     def fit(self, dataset, value, work_dir=None, log=None):
         if value is None:
