@@ -19,6 +19,7 @@ from ipd_plugins.hardware import PRECISIONS, resolve_device
 from ipd_plugins.profiles import DEFAULT_DATASET, PROFILES
 from registry import KINDS, ComponentConfig, config_hash, get_registry
 from registry.config import (
+    BEFORE,
     HASHED_WITH,
     added_later,
     dataclass_from_dict,
@@ -68,7 +69,7 @@ class RunSettings:
     threads: int | None = None  # torch CPU threads; None: the usable cores not already busy
     # auto: bf16 autocast where the chip computes bf16 natively (AVX-512 BF16, AMX, CUDA), else
     # fp32; every trainable component follows it (hardware.py, benchmarks/results/precision.md)
-    precision: str = added_later("auto")
+    precision: str = added_later("auto", before="fp32")
     eval_episodes: int = 10  # evaluation episodes of the final policy (last checkpoint)
     eval_every: int = 0  # policy steps between periodic evaluations in the learning curve; 0: off
     eval_qop: bool = True  # also score the value learner's own policy pi_QOP (IQL-style)
@@ -209,14 +210,37 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: config files must end in .yaml, .yml or .toml")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
-    data.pop("meta", None)  # provenance written by a previous run; not an input
+    recorded = data.pop("meta", None) is not None  # provenance of a previous run; not an input
     for section, values in data.items():
         if not isinstance(values, dict):
             raise ValueError(
                 f"{path}: section '{section}' must be a mapping of options, "
                 f"got {type(values).__name__} ({values!r})"
             )
-    return data
+    return pin_options_added_later(data) if recorded else data
+
+
+def pin_options_added_later(data: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run config (``config.yaml`` of a run folder) replays the run it records.
+
+    It holds every option that existed when it was written; an option added since is absent,
+    and without this its profile's value would apply (e.g. the ``default`` profile's
+    ``augment.max_share``), so the replay would not be the run. Each absent option that
+    :func:`~registry.config.added_later` marks is set to its value from before it existed.
+    """
+    reg = get_registry()
+    names = {**DEFAULT_COMPONENTS, **data.get("components", {})}
+    classes: dict[str, Any] = {"run": RunSettings, "augment": AugmentConfig}
+    classes.update({kind: reg.config_class(kind, names[kind]) for kind in KINDS})
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, values in out.items():
+        cls = classes.get(section)
+        if cls is None or not isinstance(values, dict):
+            continue
+        for f in dataclasses.fields(cls):
+            if f.name not in values and BEFORE in f.metadata:
+                values[f.name] = f.metadata[BEFORE]
+    return out
 
 
 def parse_overrides(

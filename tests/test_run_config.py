@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from ipd_plugins.commands import main
@@ -118,9 +119,11 @@ def test_stage_keys_of_the_profiles_are_the_ones_runs_were_cached_under(monkeypa
     from ipd_plugins import hardware
 
     monkeypatch.setattr(hardware, "native_bf16", lambda device="cpu": False)
+    # quick/default augment and policy keys changed on purpose with issue 27's profile options
+    # (augment.max_share, policy.few_episodes); their value and world-model keys did not
     expected = {
-        "quick": ("8bfd55a228e29930", "f6cc56e08f177032", "cf88174ccbadbca3", "1f9d1833de04073c"),
-        "default": ("15a7b633a2317ca8", "94e4c83ec2ae1357", "c4732f49935a8f1c", "b0d5f1b9ef6640bc"),
+        "quick": ("8bfd55a228e29930", "f6cc56e08f177032", "d4f0112460ee6c84", "1044cf5c776b5e1f"),
+        "default": ("15a7b633a2317ca8", "94e4c83ec2ae1357", "539f8b508b318484", "ff2453c569fd26b9"),
         "paper": ("d7ba225f24db2be1", "326c822a21b4b39c", "1184f2501927917f", "dc94fddd92012dd1"),
     }
     for profile, keys in expected.items():
@@ -153,3 +156,25 @@ def test_changed_options_name_what_a_variant_sets_beyond_its_profile():
     assert changed_options(_resolve("run.profile=default")) == []  # the profile's own values
     variant = _resolve("policy.alpha=0.5", "augment.n_aug=2", "run.eval_episodes=3")
     assert changed_options(variant) == ["policy.alpha=0.5", "augment.n_aug=2.0"]
+
+
+def test_a_recorded_config_replays_without_options_added_since(tmp_path):
+    """A run folder's config.yaml from before ``augment.max_share``/``policy.few_episodes``
+    existed replays with their old behaviour, not with what the profile now sets."""
+    cfg = resolve_config(run={"profile": "default"})
+    data = cfg.to_dict()
+    for section, key in (
+        ("augment", "max_share"),
+        ("policy", "few_episodes"),
+        ("run", "precision"),
+    ):
+        del data[section][key]
+    written = tmp_path / "config.yaml"
+    written.write_text(yaml.safe_dump({**data, "meta": {"ipd": "0.1"}}))
+    replay = resolve_config(file=load_config_file(written))
+    assert replay.augment.max_share is None and replay.configs["policy"].few_episodes == 0
+    assert replay.run.precision == "fp32"
+    # a hand-written file (no meta) still takes the profile's values
+    written.write_text(yaml.safe_dump(data))
+    fresh = resolve_config(file=load_config_file(written))
+    assert fresh.augment.max_share == 0.1 and fresh.configs["policy"].few_episodes == 50
