@@ -43,13 +43,17 @@ def register_toy_reach() -> str:
     return TOY_REACH_ID
 
 
-def toy_reach_dataset(n_episodes: int = 60, seed: int = 0) -> TrajectoryDataset:
+def toy_reach_dataset(
+    n_episodes: int = 60, seed: int = 0, gain: float | None = None
+) -> TrajectoryDataset:
     """Episodes of noisy proportional controllers ``a = clip(-g x + N(0, 0.4), -1, 1)``, one
-    gain ``g ~ U(-1, 4)`` per episode; the environment is registered."""
+    gain ``g ~ U(-1, 4)`` per episode, or ``gain`` for all (2: a good controller); the
+    environment is registered."""
     rng = np.random.default_rng(seed)
     episodes = []
+    fixed = gain
     for _ in range(n_episodes):
-        gain = rng.uniform(-1.0, 4.0)
+        gain = rng.uniform(-1.0, 4.0) if fixed is None else fixed
         x = rng.uniform(-1.5, 1.5)
         obs, acts, rews = [x], [], []
         for _ in range(EPISODE_STEPS):
