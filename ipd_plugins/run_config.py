@@ -329,10 +329,13 @@ def changed_options(cfg: RunConfig) -> list[str]:
     what the profile gives these components: how a ``--set`` variant is labelled in tables."""
     base = resolve_config(components=cfg.components, run={"profile": cfg.run.profile})
     mine, theirs = cfg.hashed_sections(), base.hashed_sections()
+    values = cfg.to_dict()  # the label shows the value, also where the hash omits it
     out = []
     for section in (*KINDS, "augment"):
         a, b = mine[section], theirs[section]
         out += [
-            f"{section}.{k}={a.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            f"{section}.{k}={values[section].get(k, a.get(k))}"
+            for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)
         ]
     return out

@@ -156,6 +156,9 @@ def test_changed_options_name_what_a_variant_sets_beyond_its_profile():
     assert changed_options(_resolve("run.profile=default")) == []  # the profile's own values
     variant = _resolve("policy.alpha=0.5", "augment.n_aug=2", "run.eval_episodes=3")
     assert changed_options(variant) == ["policy.alpha=0.5", "augment.n_aug=2.0"]
+    # an option back at its value from before it existed is labelled with that value
+    as_written = _resolve("run.profile=default", "policy.few_episodes=0", "augment.max_share=none")
+    assert changed_options(as_written) == ["policy.few_episodes=0", "augment.max_share=None"]
 
 
 def test_a_recorded_config_replays_without_options_added_since(tmp_path):
