@@ -64,6 +64,7 @@ class SequencePolicyConfig(ComponentConfig):
         past_actions (bool): feed the past actions of the window (False: zeros, states only).
         few_episodes (int): below this many dataset episodes, window positions (and, for
             ``ipd-dt``, no Q term); 0 never.
+        compile (bool): ``torch.compile`` the training forward pass.
         autocast_bf16 (bool): run the forward pass under bfloat16 autocast, whatever
             ``run.precision`` says (which turns it on for every component).
     """
@@ -105,6 +106,9 @@ class SequencePolicyConfig(ComponentConfig):
     # bfloat16 autocast for this transformer even where run.precision resolves to fp32 (weights
     # and optimiser stay fp32); run.precision=auto already turns it on where bf16 is native
     autocast_bf16: bool = False
+    # torch.compile the training forward pass (first steps pay the compile time; the model
+    # and checkpoints are the same). For GPUs and long runs; measure before using it on a CPU
+    compile: bool = added_later(False)
     # AdamW learning rate (paper: 3e-4)
     learning_rate: float = 3e-4
     # AdamW weight decay
@@ -320,6 +324,7 @@ class SequencePolicyBase:
         cond = (raw - shift) / scale
         generator = torch.Generator().manual_seed(self.ctx.seed)
         sampler = SequenceSampler(dataset, cond, cfg.context, self.device, generator)
+        self.train_forward = torch.compile(self.net) if cfg.compile else self.net
         params = [p for p in self.net.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         warmup = max(1, cfg.warmup_steps)
@@ -333,7 +338,7 @@ class SequencePolicyBase:
         as detached 0-d tensors."""
         batch = state.sampler.sample(self.cfg.batch_size)
         with self.autocast():
-            pred = self.net(
+            pred = self.train_forward(
                 batch["obs"], batch["act"], batch["cond"], batch["mask"], batch["timestep"]
             )
         loss, info = self.loss(pred.float(), batch, value)
