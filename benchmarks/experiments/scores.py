@@ -43,6 +43,7 @@ from ipd_plugins.baselines import (
 )
 from ipd_plugins.compare import Comparison, load_records, summarise, to_markdown
 from ipd_plugins.files import atomic_write_text
+from ipd_plugins.hardware import resolve_device
 from ipd_plugins.pipeline import run_pipeline
 from ipd_plugins.profiles import PROFILES
 from ipd_plugins.run_config import resolve_config
@@ -138,6 +139,8 @@ def same_run(recorded: dict[str, Any], full: dict[str, Any], identity: dict[str,
         return {names.get(k[:2], k[:2]) + k[2:]: v for k, v in _leaves(tree).items()}
 
     old, now, ident = leaves(recorded), leaves(full), _leaves(identity)
+    if ("run", "device") in old:  # the identity names the device that ran ("auto" resolved)
+        old["run", "device"] = resolve_device(old["run", "device"])
     old = {k: v for k, v in old.items() if not (k in now and k not in ident and v == now[k])}
     return old == ident
 

@@ -19,6 +19,7 @@ return-to-go bookkeeping) next to d3rlpy's ``StatefulTransformerWrapper``, same 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -133,7 +134,7 @@ def pair_around(baseline: Any, settings: Any, ds: Any, ctx: Any) -> SimpleNamesp
             "rtg_scale": 1.0 / baseline.reward_multiplier,
             "position": "timestep",
         },
-        ctx,
+        dataclasses.replace(ctx, precision="fp32"),  # d3rlpy's DT computes in fp32
     )
     net = policy.net.eval()
     copy_scalings(baseline, net)
