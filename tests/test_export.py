@@ -206,7 +206,10 @@ def test_onnx_example_earns_the_return_of_ipd_eval(runs, tmp_path, name):
     model = _export(runs[name], "onnx", tmp_path / "policy.onnx")
     meta = read_metadata(model)
     assert meta["env_id"] == "Pendulum-v1" and meta["eval_seed"] == 100_000
-    assert meta["inputs"][-2:] == ["timesteps", "mask"]
+    # a run on few episodes embeds window positions (policy.few_episodes): no timesteps input
+    stages = json.loads((runs[name] / "stages.json").read_text())
+    few = stages["policy"]["metrics"]["few_episodes_mode"] == 1.0
+    assert meta["inputs"][-1] == "mask" and ("timesteps" in meta["inputs"]) is not few
     assert ("returns_to_go" in meta["inputs"]) == (name == "dt")
     deployed = _deploy(model, episodes=2)
     evaluated = _eval_returns(runs[name], episodes=2)["policy"]

@@ -252,7 +252,8 @@ class SequencePolicyBase:
     # -- training -----------------------------------------------------------------------------
     @property
     def bf16(self) -> bool:
-        """bf16 autocast: the run's precision (``ctx.precision``) or this policy's own switch."""
+        """bf16 autocast in training: the run's precision (``ctx.precision``) or this policy's
+        own switch. Acting computes in fp32 (as an ONNX export does) unless ``autocast_bf16``."""
         return self.cfg.autocast_bf16 or self.ctx.precision == "bf16"
 
     def autocast(self):

@@ -112,7 +112,7 @@ class DtPolicy(SequencePolicyBase):
             on_reward=tracker.observe,
             on_reset=tracker.reset,
             device=self.device,
-            autocast_bf16=self.bf16,
+            autocast_bf16=self.cfg.autocast_bf16,
         )
 
 

@@ -250,7 +250,9 @@ class IpdDtPolicy(SequencePolicyBase):
         def conditioning(obs: torch.Tensor) -> torch.Tensor:
             return value.v(obs)
 
-        return SequenceActor(self.net, conditioning, device=self.device, autocast_bf16=self.bf16)
+        return SequenceActor(
+            self.net, conditioning, device=self.device, autocast_bf16=self.cfg.autocast_bf16
+        )
 
 
 @hookimpl
