@@ -35,6 +35,8 @@ __all__ = [
     "auto_threads",
     "set_threads",
     "PRECISIONS",
+    "cpu_model",
+    "machine_summary",
     "native_bf16",
     "resolve_device",
     "resolve_precision",
@@ -195,7 +197,8 @@ def native_bf16(device: str = "cpu") -> bool:
     return bool(cpu_flags() & BF16_CPU_FLAGS) and bf16_pays()
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -232,7 +235,7 @@ def bf16_pays(min_speedup: float = 1.2) -> bool:
     (and gets the same stage keys) however loaded the machine is later.
     """
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ipd" / "bf16.json"
-    key = f"{_cpu_model()} | torch {torch.__version__}"
+    key = f"{cpu_model()} | torch {torch.__version__}"
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
@@ -268,3 +271,8 @@ def autocast(device: str | torch.device, precision: str) -> torch.autocast:
     """The autocast context of a resolved ``precision`` (a no-op for ``fp32``)."""
     device_type = torch.device(device).type
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def machine_summary() -> str:
+    """``<CPU model>, <n> cores, native bf16: yes|no``: the line benchmarks print."""
+    return f"{cpu_model()}, {os.cpu_count()} cores, native bf16: {'yes' if native_bf16() else 'no'}"

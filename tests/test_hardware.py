@@ -123,7 +123,7 @@ def test_bf16_is_used_only_where_it_measured_faster_and_the_verdict_is_remembere
     assert hardware.resolve_precision("auto") == "fp32" and len(calls) == 1  # measured once
     saved = json.loads((tmp_path / "ipd" / "bf16.json").read_text())
     assert [v["bf16"] for v in saved.values()] == [False]
-    monkeypatch.setattr(hardware, "_cpu_model", lambda: "another CPU")
+    monkeypatch.setattr(hardware, "cpu_model", lambda: "another CPU")
     monkeypatch.setattr(hardware, "_matmul_speedup", lambda: 3.0)
     assert hardware.resolve_precision("auto") == "bf16"
 

@@ -15,27 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def cpu_name() -> str:
-    bf16 = (
-        "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-        if os.path.exists("/proc/cpuinfo")
-        else False
-    )
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-         if ln.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return f"{model}, {os.cpu_count()} cores{', avx512_bf16' if bf16 else ''}"
 
 
 def launch(n: int, threads: int | None, profile: str, work: Path) -> list[dict]:
@@ -75,6 +59,8 @@ def main() -> None:
     ap.add_argument("--append", action="store_true", help="add rows to an existing table")
     args = ap.parse_args()
 
+    from ipd_plugins.hardware import machine_summary
+
     # make the profile's dataset once, so that the timed runs only read it
     from ipd_plugins.profiles import DEFAULT_DATASET
 
@@ -85,7 +71,7 @@ def main() -> None:
         lines += [
             "# Concurrent `ipd run` (issue 21)",
             "",
-            f"Machine: {cpu_name()}. Command: `python benchmarks/speed/concurrent_runs.py "
+            f"Machine: {machine_summary()}. Command: `python benchmarks/speed/concurrent_runs.py "
             f"--counts {args.counts}` (`--profile {args.profile}`, identical runs, own folders).",
             "",
             "| runs at once | threads | threads each run took | wall of the batch (s) | "

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
-import platform
 import statistics
 import sys
 import time
@@ -45,21 +43,12 @@ CURVE_KEYS = {
 }
 
 
-def cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln)
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    from ipd_plugins.hardware import native_bf16
-
-    return f"{model}, {os.cpu_count()} cores, native bf16: {'yes' if native_bf16() else 'no'}"
-
-
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA)"
-    return cpu_name()
+    from ipd_plugins.hardware import machine_summary
+
+    return machine_summary()
 
 
 def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 3) -> float:

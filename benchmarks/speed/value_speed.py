@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from ipd_plugins.data.dataset import TrajectoryDataset
+from ipd_plugins.hardware import cpu_model
 from ipd_plugins.value.d3rlpy_iql import D3rlpyIQLConfig
 from ipd_plugins.value.qov import QOVConfig
 from registry.protocols import BuildContext
@@ -55,16 +55,6 @@ def hopper_sized_dataset(n_episodes: int = 200, length: int = 1000, seed: int = 
     return TrajectoryDataset.from_arrays(
         arrays, np.full(n_episodes, length, np.int64), name="hopper-sized"
     )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -124,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"Command: `{command.strip()}` "
         f"({time.strftime('%Y-%m-%d %H:%M')}, {time.time() - t0:.0f} s)",
         "",
-        f"Machine: {_cpu_model()}, {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__} "
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__} "
         f"with {args.threads} intra-op thread(s). The cores were shared with other jobs: load "
         f"average {load_before[0]:.1f} before and {load_after[0]:.1f} after (1-min). Both "
         "learners ran in this one process, alternating round by round, so they saw the same "
