@@ -65,6 +65,7 @@ def context_for(
     """What a component is built for on ``ds``: its dims, action bounds, env, seed, device and
     precision (``auto`` is resolved here, for ``device``)."""
     low, high = ds.action_bounds
+    device = resolve_device(device)
     return BuildContext(
         obs_dim=ds.obs_dim,
         act_dim=ds.act_dim,
