@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -172,16 +173,17 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 BF16_CPU_FLAGS: frozenset[str] = frozenset({"avx512_bf16", "amx_bf16"})
 
 
-def cpu_flags() -> set[str]:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def native_bf16(device: str = "cpu") -> bool:
@@ -197,6 +199,7 @@ def native_bf16(device: str = "cpu") -> bool:
     return bool(cpu_flags() & BF16_CPU_FLAGS) and bf16_pays()
 
 
+@functools.cache
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows)."""
     try:

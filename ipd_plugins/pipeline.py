@@ -295,12 +295,9 @@ def distill(
 ) -> Any:
     """5. The sequence policy on real + imagined data (sec. 3.4, eq. 26)."""
     policy = _build(cfg, "policy", p.ctx)
-    if getattr(policy, "few", False):
-        echo(
-            f"[policy] {p.dataset.n_episodes} episodes < policy.few_episodes="
-            f"{cfg.configs['policy'].few_episodes}: window positions"
-            + (", no Q term" if cfg.configs["policy"].name == "ipd-dt" else "")
-        )
+    note = getattr(policy, "few_episodes_note", lambda: None)()
+    if note:
+        echo(f"[policy] {note}")
     every = cfg.run.eval_every
 
     def fit(folder: Path, log: Any) -> dict[str, float]:

@@ -212,25 +212,21 @@ class D3rlpyBaseline:
         start = ckpt.restore(objects)
         self.step = start
         self.algo._grad_step = start  # TD3+BC's delayed actor updates count d3rlpy's grad steps
-        self.modules.set_train()
 
         def save(step: int) -> None:
             self.step = step
             ckpt.maybe_save(step, objects, force=True)
 
-        try:
-            metrics = run_updates(
-                self.algo,
-                lambda: self._sample(buffer),
-                start,
-                cfg.n_steps,
-                cfg.log_every,
-                cfg.checkpoint_every,
-                save,
-                log,
-                f"baseline '{cfg.name}'",
-            )
-        finally:
-            self.modules.set_eval()
+        metrics = run_updates(
+            self.algo,
+            lambda: self._sample(buffer),
+            start,
+            cfg.n_steps,
+            cfg.log_every,
+            cfg.checkpoint_every,
+            save,
+            log,
+            f"baseline '{cfg.name}'",
+        )
         self.step = int(metrics["steps"])
         return metrics

@@ -206,7 +206,9 @@ def run_updates(
 ) -> dict[str, float]:
     """d3rlpy's ``algo.update(sample())`` from step ``start + 1`` to ``n_steps`` (what its
     ``fit`` does), with ipd's logging (means over ``log_every`` steps, non-finite losses an
-    error) and ``save(step)`` every ``checkpoint_every`` steps and at the end."""
+    error) and ``save(step)`` every ``checkpoint_every`` steps and at the end. The modules are
+    in train mode while updating (d3rlpy's ``update`` sets it) and in eval mode afterwards,
+    also when training fails."""
     from tqdm.auto import tqdm
 
     sums: dict[str, float] = {}
@@ -230,6 +232,7 @@ def run_updates(
                 save(step)
     finally:
         bar.close()
+        algo.impl.modules.set_eval()
     elapsed = time.perf_counter() - t0
     trained = max(0, n_steps - start)
     return {

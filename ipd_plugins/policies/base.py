@@ -232,6 +232,19 @@ class SequencePolicyBase:
         position = "window" if self.few else cfg.position
         self.net = PolicyNet(cfg, ctx, position).to(self.device)
 
+    def few_episodes_note(self) -> str | None:
+        """What the few-episodes mode changed, for the run's log (None when it is off)."""
+        if not self.few:
+            return None
+        return (
+            f"{self.ctx.dataset_episodes} episodes < policy.few_episodes="
+            f"{self.cfg.few_episodes}: {', '.join(self.few_episodes_changes())}"
+        )
+
+    def few_episodes_changes(self) -> list[str]:
+        """The few-episodes mode's changes to this policy (subclasses add theirs)."""
+        return ["window positions"]
+
     # -- what subclasses define --------------------------------------------------------------
     def raw_conditioning(
         self, dataset: TrajectoryDataset, value: ValueLearner | None
@@ -430,8 +443,7 @@ class SequenceActor:
         self.t = self.t + 1
         was_training = self.net.training  # acting mid-fit (periodic evaluation) must not
         self.net.eval()  # leave dropout switched off for the rest of training
-        device_type = torch.device(self.device).type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+        with autocast(self.device, "bf16" if self.autocast_bf16 else "fp32"):
             pred = self.net(self.obs, self.act_buf, self.cond, self.mask, self.time)  # (B,K,A)
         self.net.train(was_training)
         action = pred[:, -1].float()

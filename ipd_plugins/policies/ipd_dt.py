@@ -193,6 +193,9 @@ class IpdDtPolicy(SequencePolicyBase):
         """Eq. 26's alpha; 0 when trained on few episodes (``few_episodes``)."""
         return 0.0 if self.few else self.cfg.alpha
 
+    def few_episodes_changes(self) -> list[str]:
+        return [*super().few_episodes_changes(), "no Q term"]
+
     def raw_conditioning(
         self, dataset: TrajectoryDataset, value: ValueLearner | None
     ) -> np.ndarray:

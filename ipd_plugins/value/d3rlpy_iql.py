@@ -322,20 +322,17 @@ class D3rlpyIQLLearner:
             self.step = step
             ckpt.maybe_save(step, objects, force=True)
 
-        try:
-            metrics = run_updates(
-                self.algo,
-                lambda: buffer.sample_transition_batch(cfg.batch_size),
-                start,
-                cfg.n_steps,
-                cfg.log_every,
-                cfg.checkpoint_every,
-                save,
-                log,
-                "d3rlpy-iql",
-            )
-        finally:
-            self.modules.set_eval()
+        metrics = run_updates(
+            self.algo,
+            lambda: buffer.sample_transition_batch(cfg.batch_size),
+            start,
+            cfg.n_steps,
+            cfg.log_every,
+            cfg.checkpoint_every,
+            save,
+            log,
+            "d3rlpy-iql",
+        )
         self.step = int(metrics["steps"])
         return {**metrics, "reward_scale": self.reward_scale}
 
