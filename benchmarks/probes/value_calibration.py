@@ -31,9 +31,11 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.policies.sequence_data import discounted_returns_to_go
@@ -98,13 +100,15 @@ def from_runs(run_dirs: list[str]) -> list[str]:
     return rows
 
 
-def with_milestones(dataset: str, seed: int, milestones: list[int], work: Path) -> list[str]:
+def with_milestones(
+    dataset: str, seed: int, milestones: list[int], work: Path, sets: dict[str, Any]
+) -> list[str]:
     from ipd_plugins.pipeline import prepare_run
     from ipd_plugins.run_config import resolve_config
     from registry import get_registry
 
     run = {"dataset": dataset, "seed": seed, "profile": "default", "out_dir": str(work)}
-    cfg = resolve_config(run=run)
+    cfg = resolve_config(run=run, overrides={"value": sets})
     p = prepare_run(cfg.run, echo=lambda _: None)
     ds, ctx = p.dataset, p.ctx
     vconf = cfg.configs["value"]
@@ -115,7 +119,8 @@ def with_milestones(dataset: str, seed: int, milestones: list[int], work: Path) 
         t0 = time.perf_counter()
         value.fit(ds, work_dir=work / f"{dataset}__seed{seed}")
         c = calibration(value, ds, vconf.gamma, vconf.tau)
-        rows.append(row(f"{dataset} qov (`default` config) seed {seed}", steps, c))
+        changed = "".join(f", {k}={v}" for k, v in sets.items())
+        rows.append(row(f"{dataset} qov (`default` config{changed}) seed {seed}", steps, c))
         print(rows[-1], f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return rows
 
@@ -128,6 +133,13 @@ def main() -> None:
     ap.add_argument("--milestones", default="30000,60000,120000", help="comma-separated steps")
     ap.add_argument("--work", default="benchmarks/work/value_cal", help="checkpoints")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="value-config override for --dataset, e.g. --set tau_target=0.01 (YAML value)",
+    )
     ap.add_argument("--out", help="append the rows as a Markdown table to this file")
     args = ap.parse_args()
     if not args.run and not args.dataset:
@@ -137,7 +149,13 @@ def main() -> None:
     rows = from_runs(args.run)
     if args.dataset:
         milestones = sorted(int(m) for m in args.milestones.split(","))
-        rows += with_milestones(args.dataset, args.seed, milestones, Path(args.work))
+        sets = {}
+        for item in args.set:
+            key, sep, text = item.partition("=")
+            if not sep:
+                ap.error(f"--set wants KEY=VALUE, got {item!r}")
+            sets[key] = yaml.safe_load(text)
+        rows += with_milestones(args.dataset, args.seed, milestones, Path(args.work), sets)
     if args.out:
         stamp = time.strftime("%Y-%m-%d %H:%M")
         with open(args.out, "a") as f:
