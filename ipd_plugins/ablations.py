@@ -7,6 +7,10 @@
 * ``rtg`` (fig. 3): ``ipd-dt`` conditioned on V(s) vs the classic ``dt`` policy conditioned on
   several hand-set return-to-go targets (``--set policy.target_return=...``), trained on the
   same augmented data; the spread over seeds is the point of the figure.
+* ``policy`` (not in the paper): another policy (``--policy``, default ``gtp``) swapped in for
+  ``ipd-dt`` after IPD's augmentation (``ipd[policy=gtp]``), and the same policy alone on the
+  data (``augment.n_aug=0``: ``gtp alone``), next to IPD; the labels are what ``ipd compare``
+  calls the same runs made by hand.
 
 Each variant is an ordinary ``ipd run`` (its own run folder, ``<out>/<run name>/seed_<k>``),
 run seed by seed through the sweep engine (:mod:`ipd_plugins.sweep`, in this process by
@@ -18,7 +22,8 @@ variant's label is added to its ``results.json`` (``label``, ``ablation``), and 
 next to it (a line plot for ``n-aug``, bars otherwise).
 
 The same grids by hand: ``ipd run --planner greedy ...``, ``ipd run --set augment.n_aug=2``,
-``ipd run --policy dt --set policy.target_return=3600``, then ``ipd compare <out>``.
+``ipd run --policy dt --set policy.target_return=3600``, ``ipd run --policy gtp --set
+augment.n_aug=0``, then ``ipd compare <out>``.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ __all__ = [
     "planner_variants",
     "n_aug_variants",
     "rtg_variants",
+    "policy_variants",
     "parse_targets",
     "ablation_cells",
     "run_ablation",
     "AblationResult",
 ]
 
-KINDS = ("planner", "n-aug", "rtg")
+KINDS = ("planner", "n-aug", "rtg", "policy")
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,25 @@ def rtg_variants(targets: Sequence[float]) -> list[Variant]:
         for t in targets
     ]
     return out
+
+
+def policy_variants(policy: str) -> list[Variant]:
+    """IPD vs ``policy`` after IPD's augmentation vs ``policy`` alone (no augmentation).
+
+    Labelled as :func:`~ipd_plugins.compare.method_label` labels those runs made by hand.
+    """
+    from ipd_plugins.run_config import DEFAULT_COMPONENTS
+
+    if policy == DEFAULT_COMPONENTS["policy"]:
+        return [
+            Variant("ipd", {}),
+            Variant(f"{policy} alone", {}, {"augment": {"n_aug": 0.0}}),
+        ]
+    return [
+        Variant("ipd", {}),
+        Variant(f"ipd[policy={policy}]", {"policy": policy}),
+        Variant(f"{policy} alone", {"policy": policy}, {"augment": {"n_aug": 0.0}}),
+    ]
 
 
 @dataclass
@@ -196,6 +221,7 @@ def run_ablation(
         "planner": "MPC vs greedy augmentation (paper fig. 2)",
         "n-aug": "Augmentation volume N_aug vs score (paper sec. 4.3)",
         "rtg": "V(s) conditioning vs hand-set return-to-go (paper fig. 3)",
+        "policy": "the policy after IPD's augmentation and alone",
     }
     text = to_markdown(cmp, f"{titles[kind]}: {settings.dataset}, profile {settings.profile}")
     md.parent.mkdir(parents=True, exist_ok=True)

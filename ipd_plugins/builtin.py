@@ -11,8 +11,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ipd_plugins.planners.greedy",
     "ipd_plugins.policies.ipd_dt",
     "ipd_plugins.policies.dt",
+    "ipd_plugins.policies.gtp",
     "ipd_plugins.world_models.pe",
     "ipd_plugins.uncertainty.gjs",
     "ipd_plugins.uncertainty.alternatives",
+    "ipd_plugins.adapters.none",
+    "ipd_plugins.adapters.dwm",
     "ipd_plugins.baselines.configs",
 )

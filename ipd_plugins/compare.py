@@ -15,8 +15,10 @@ normalized_mean``: the mean over the evaluation episodes of one seed):
 
 Method labels: a ``label`` written in ``results.json`` (baselines and ``ipd ablate`` write one),
 else ``ipd`` for the paper's components or ``ipd[planner=greedy,...]`` naming the components
-that differ. Two run folders that still share a label on a dataset (say, two ``--set``
-variants) get the run folder's hash appended so they are not pooled by accident.
+that differ; a run without augmentation (``augment.n_aug=0``) is its policy alone, e.g.
+``gtp alone`` or ``ipd-dt alone[policy.alpha=0.0]``. Two run folders that still share a label on
+a dataset (say, two ``--set`` variants) get the run folder's hash appended so they are not
+pooled by accident.
 """
 
 from __future__ import annotations
@@ -129,7 +131,9 @@ def dataset_label(dataset: dict[str, Any]) -> str:
 def method_label(results: dict[str, Any]) -> str:
     """The results' ``label``/``method``, else ``ipd``, or ``ipd[kind=name,...,section.key=v]``
     with the components and the options (``results["options"]``) that differ from the paper's
-    pipeline at its profile."""
+    pipeline at its profile. Without augmentation (``augment.n_aug=0``) the policy trained on
+    the data alone: ``<policy> alone[...]``, leaving out what then never reaches the policy
+    (world model, uncertainty, planner, augmentation options)."""
     from ipd_plugins.run_config import DEFAULT_COMPONENTS
 
     for key in ("label", "method"):
@@ -137,8 +141,26 @@ def method_label(results: dict[str, Any]) -> str:
             return str(results[key])
     comps = results.get("components", {})
     diff = [f"{k}={v}" for k, v in comps.items() if DEFAULT_COMPONENTS.get(k) != v]
-    diff += list(results.get("options", []))
+    options = list(results.get("options", []))
+    if any(_no_augmentation(o) for o in options):
+        unused = ("world_model", "uncertainty", "planner", "augment", "policy")
+        rest = [d for d in diff + options if d.split("=")[0].split(".")[0] not in unused]
+        rest += [o for o in options if o.startswith("policy.")]
+        policy = comps.get("policy", DEFAULT_COMPONENTS["policy"])
+        return f"{policy} alone" + (f"[{','.join(rest)}]" if rest else "")
+    diff += options
     return "ipd" if not diff else "ipd[" + ",".join(diff) + "]"
+
+
+def _no_augmentation(option: str) -> bool:
+    """``augment.n_aug=0`` (in any spelling of zero): no imagined data reached the policy."""
+    key, _, value = option.partition("=")
+    if key != "augment.n_aug":
+        return False
+    try:
+        return float(value) == 0.0
+    except ValueError:
+        return False
 
 
 def load_records(paths: Iterable[str | Path], actor: str = "policy") -> list[RunRecord]:

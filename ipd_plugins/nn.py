@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["mlp", "EnsembleLinear", "EnsembleMLP", "Normalizer"]
+__all__ = ["mlp", "EnsembleLinear", "EnsembleMLP", "Normalizer", "per_env_call"]
 
 
 def mlp(
@@ -18,15 +20,16 @@ def mlp(
     n_hidden: int = 2,
     dropout: float = 0.0,
     layer_norm: bool = False,
+    activation: type[nn.Module] = nn.ReLU,
 ) -> nn.Sequential:
-    """``n_hidden`` x (Linear [-> LayerNorm] -> ReLU [-> Dropout]) -> Linear."""
+    """``n_hidden`` x (Linear [-> LayerNorm] -> activation [-> Dropout]) -> Linear."""
     layers: list[nn.Module] = []
     d = in_dim
     for _ in range(n_hidden):
         layers.append(nn.Linear(d, hidden))
         if layer_norm:
             layers.append(nn.LayerNorm(hidden))
-        layers.append(nn.ReLU())
+        layers.append(activation())
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         d = hidden
@@ -69,7 +72,8 @@ class _EnsembleLayerNorm(nn.Module):
 
 
 class EnsembleMLP(nn.Module):
-    """E MLPs (Linear -> [LayerNorm] -> ReLU, ``n_hidden`` times, then Linear), batched over E."""
+    """E MLPs (Linear -> [LayerNorm] -> activation, ``n_hidden`` times, then Linear), batched
+    over E."""
 
     def __init__(
         self,
@@ -79,6 +83,7 @@ class EnsembleMLP(nn.Module):
         hidden: int = 400,
         n_hidden: int = 4,
         layer_norm: bool = True,
+        activation: type[nn.Module] = nn.ReLU,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -87,7 +92,7 @@ class EnsembleMLP(nn.Module):
             layers.append(EnsembleLinear(n_members, d, hidden))
             if layer_norm:
                 layers.append(_EnsembleLayerNorm(n_members, hidden))
-            layers.append(nn.ReLU())
+            layers.append(activation())
             d = hidden
         layers.append(EnsembleLinear(n_members, d, out_dim))
         self.net = nn.Sequential(*layers)
@@ -131,3 +136,27 @@ def mixed_forward(net: nn.Module, x: torch.Tensor, precision: str) -> torch.Tens
     with torch.autocast(x.device.type, dtype=torch.bfloat16):
         h = seq[:-1](x)
     return seq[-1](h.float())
+
+
+def per_env_call(
+    module: nn.Module,
+    params: dict[str, torch.Tensor],
+    *inputs: torch.Tensor,
+    output: Callable[[Any], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``module(*inputs)`` with its own weights for every leading index b of the batch.
+
+    ``params`` maps parameter names of ``module`` to (B, ...) tensors (the weights of each of
+    B environments; parameters not named keep the module's), ``inputs`` are (B, ...); the
+    result is (B, ...). ``output`` picks a tensor from the module's output (e.g. d3rlpy's
+    ``ActionOutput.squashed_mu``). ``torch.func.vmap`` over ``functional_call``: one pass of
+    batched matmuls, differentiable w.r.t. the params and the inputs; the module's own
+    parameters are only read. The module must not branch on tensor values.
+    """
+    from torch.func import functional_call, vmap
+
+    def one(p: dict[str, torch.Tensor], *x: torch.Tensor) -> torch.Tensor:
+        y = functional_call(module, p, x)
+        return output(y) if output is not None else y
+
+    return vmap(one)(params, *inputs)

@@ -14,7 +14,7 @@ and TensorBoard events (``tb/``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,10 @@ from ipd_plugins.evaluate import CallableActor, score
 from ipd_plugins.files import atomic_write_text, write_json
 from ipd_plugins.hardware import resolve_device, resolve_precision, set_threads
 from ipd_plugins.provenance import run_meta
-from ipd_plugins.run_config import RunConfig, RunSettings, changed_options
+from ipd_plugins.run_config import RUN_KINDS, RunConfig, RunSettings, changed_options
 from ipd_plugins.stages import StageCache
 from ipd_plugins.uncertainty.reliable import DEFAULT_CALIBRATION_PAIRS, calibrate_kappa
-from registry import KINDS, BuildContext, config_hash, get_registry
+from registry import KINDS, AdaptationContext, BuildContext, config_hash, get_registry
 
 __all__ = [
     "Prepared",
@@ -44,6 +44,7 @@ __all__ = [
     "imagine",
     "distill",
     "evaluate_actors",
+    "adapt_actors",
     "run_pipeline",
     "SEGMENTS_FORMAT",
 ]
@@ -293,7 +294,7 @@ def distill(
     value: Any,
     echo: Echo = print,
 ) -> Any:
-    """5. The sequence policy on real + imagined data (sec. 3.4, eq. 26)."""
+    """5. The policy on real + imagined data (sec. 3.4: ``ipd-dt``, eq. 26; any registered one)."""
     policy = _build(cfg, "policy", p.ctx)
     note = getattr(policy, "few_episodes_note", lambda: None)()
     if note:
@@ -313,18 +314,56 @@ def distill(
     return policy
 
 
-def evaluate_actors(
-    cfg: RunConfig, p: Prepared, policy: Any, value: Any, echo: Echo = print
+def adapt_actors(
+    adapter: Any, actors: dict[str, Any], models: AdaptationContext, echo: Echo = print
 ) -> dict[str, Any]:
-    """6-7. The last checkpoint acting with V(s_t) at every step, and pi_QOP; normalised."""
+    """Every actor wrapped by ``adapter`` (:class:`~registry.protocols.Adapter`), all before
+    any episode runs, so that an actor it cannot adapt fails at once."""
+    if adapter.uses_models and models.world_model is None:
+        raise ValueError(f"adapter {type(adapter).__name__} needs the run's world model")
+    wrapped = {label: adapter.wrap(actor, models) for label, actor in actors.items()}
+    if any(wrapped[k] is not actors[k] for k in actors):
+        echo(f"[evaluate] actors adapted while they act ({type(adapter).__name__})")
+    return wrapped
+
+
+def evaluate_actors(
+    cfg: RunConfig,
+    p: Prepared,
+    policy: Any,
+    value: Any,
+    echo: Echo = print,
+    world_model: Any = None,
+    out_file: str = "eval.json",
+    only: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """6-7. The last checkpoint acting with V(s_t) at every step, and pi_QOP; normalised.
+
+    The run's adapter (``none`` by default) wraps each actor; an adapter that uses models gets
+    ``world_model`` and the value learner's Q. ``only``: the actors to evaluate ("policy",
+    "qop"; None: both, pi_QOP when ``run.eval_qop``). Writes ``out_file`` in the run folder.
+    """
     n, env_id = cfg.run.eval_episodes, p.ctx.env_id
     assert env_id is not None
+    actors = {}
+    if only is None or "policy" in only:
+        actors["policy"] = policy.actor(value)
+    want_qop = cfg.run.eval_qop if only is None else "qop" in only
+    if want_qop:
+        own = getattr(value, "actor", None)  # pi_QOP as an actor an adapter can adapt (qov's)
+        greedy = CallableActor(lambda obs: value.act(obs, deterministic=True))
+        actors["qop"] = own() if callable(own) else greedy
+    adapter = _build(cfg, "adapter", p.ctx)
+    models = AdaptationContext(world_model, value.q, float(value.gamma), cfg.run.seed)
+    actors = adapt_actors(adapter, actors, models, echo)
     echo(f"[evaluate] {n} episodes of {env_id}")
-    scores = {"policy": score(policy.actor(value), env_id, n, cfg.run.seed, p.dataset).to_dict()}
-    if cfg.run.eval_qop:
-        qop = CallableActor(lambda obs: value.act(obs, deterministic=True))
-        scores["qop"] = score(qop, env_id, n, cfg.run.seed, p.dataset).to_dict()
-    write_json(cfg.run_dir / "eval.json", scores)
+    scores = {}
+    for label, actor in actors.items():
+        scores[label] = score(actor, env_id, n, cfg.run.seed, p.dataset).to_dict()
+        report = getattr(actor, "report", None)  # what an adapter did (e.g. DWMActor)
+        if report is not None:
+            scores[label]["adaptation"] = report()
+    write_json(cfg.run_dir / out_file, scores)
     return scores
 
 
@@ -357,12 +396,12 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
     )
     policy = distill(cache, cfg, p, keys["policy"], train_ds, value, echo)
     cache.write(cfg.run_dir / "stages.json")
-    scores = evaluate_actors(cfg, p, policy, value, echo)
+    scores = evaluate_actors(cfg, p, policy, value, echo, world_model=world_model)
 
     records = cache.records
     results = {
         "dataset": {"source": run.dataset, "hash": p.data_hash, **p.dataset.summary()},
-        "components": {k: cfg.components[k] for k in KINDS},
+        "components": {k: cfg.components[k] for k in (RUN_KINDS if cfg.adapting else KINDS)},
         "options": changed_options(cfg),
         "seed": run.seed,
         "scores": scores,

@@ -29,6 +29,7 @@ from registry.config import (
 
 __all__ = [
     "DEFAULT_COMPONENTS",
+    "RUN_KINDS",
     "SECTIONS",
     "RunSettings",
     "RunConfig",
@@ -46,10 +47,16 @@ DEFAULT_COMPONENTS: dict[str, str] = {
     "uncertainty": "gjs",
     "planner": "mpc",
     "policy": "ipd-dt",
+    "adapter": "none",
 }
 
+#: The component kinds of an ``ipd run``: the pipeline's stages, then the adapter, which acts
+#: at evaluation only (no stage, no cache key). At ``none`` (every run before adapters existed)
+#: the adapter is left out of the run's name and hash, so those stay what they were.
+RUN_KINDS: tuple[str, ...] = (*KINDS, "adapter")
+
 #: Config-file / ``--set`` sections of an ``ipd run``.
-SECTIONS: tuple[str, ...] = ("run", *KINDS, "augment")
+SECTIONS: tuple[str, ...] = ("run", *RUN_KINDS, "augment")
 
 #: Options that moved to another section; the old place is still read (saved configs replay).
 MOVED_OPTIONS: dict[tuple[str, str], tuple[str, str]] = {
@@ -126,10 +133,15 @@ class RunConfig:
             "run": dataclass_to_dict(self.run),
             "components": dict(self.components),
         }
-        for kind in KINDS:
+        for kind in RUN_KINDS:
             out[kind] = self.configs[kind].to_dict()
         out["augment"] = dataclass_to_dict(self.augment)
         return out
+
+    @property
+    def adapting(self) -> bool:
+        """An adapter other than the default ``none`` acts at evaluation."""
+        return self.components.get("adapter", "none") != DEFAULT_COMPONENTS["adapter"]
 
     @property
     def run_dir(self) -> Path:
@@ -140,13 +152,16 @@ class RunConfig:
         if self.run.name:
             return self.run.name
         slug = self.run.dataset.replace("/", "_").replace(".", "_").strip("_") or "dataset"
-        comps = "-".join(self.components[k] for k in KINDS)
+        kinds = RUN_KINDS if self.adapting else KINDS  # `none`: the name of an older run
+        comps = "-".join(self.components[k] for k in kinds)
         return f"{slug}__{comps}__{config_hash(self.identity_dict())[:8]}"
 
     def hashed_sections(self) -> dict[str, dict[str, Any]]:
         """Each section's :func:`~registry.config.identity_dict`, a field declared with
         :func:`~registry.config.moved` hashed with the section it came from."""
         out: dict[str, dict[str, Any]] = {k: identity_dict(self.configs[k]) for k in KINDS}
+        if self.adapting:
+            out["adapter"] = identity_dict(self.configs["adapter"])
         out["augment"] = identity_dict(self.augment)
         for kind in KINDS:
             config = self.configs[kind]
@@ -166,10 +181,10 @@ class RunConfig:
     def identity_dict(self) -> dict[str, Any]:
         """What the run-folder hash covers: every section's identity, without the seed and
         where the run is written."""
-        out: dict[str, Any] = {
-            "run": self.run.identity_dict(),
-            "components": dict(self.components),
-        }
+        components = dict(self.components)
+        if not self.adapting:
+            components.pop("adapter", None)  # as runs recorded before adapters existed
+        out: dict[str, Any] = {"run": self.run.identity_dict(), "components": components}
         out.update(self.hashed_sections())
         return out
 
@@ -231,7 +246,7 @@ def pin_options_added_later(data: dict[str, Any]) -> dict[str, Any]:
     reg = get_registry()
     names = {**DEFAULT_COMPONENTS, **data.get("components", {})}
     classes: dict[str, Any] = {"run": RunSettings, "augment": AugmentConfig}
-    classes.update({kind: reg.config_class(kind, names[kind]) for kind in KINDS})
+    classes.update({kind: reg.config_class(kind, names[kind]) for kind in RUN_KINDS})
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for section, values in out.items():
         cls = classes.get(section)
@@ -305,7 +320,7 @@ def resolve_config(
     names.update({k: v for k, v in (components or {}).items() if v})
     reg = get_registry()
     configs: dict[str, ComponentConfig] = {}
-    for kind in KINDS:
+    for kind in RUN_KINDS:
         cls = reg.config_class(kind, names[kind])
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in profile.get(kind, {}).items() if k in fields}
@@ -331,8 +346,8 @@ def changed_options(cfg: RunConfig) -> list[str]:
     mine, theirs = cfg.hashed_sections(), base.hashed_sections()
     values = cfg.to_dict()  # the label shows the value, also where the hash omits it
     out = []
-    for section in (*KINDS, "augment"):
-        a, b = mine[section], theirs[section]
+    for section in (*RUN_KINDS, "augment"):
+        a, b = mine.get(section, {}), theirs.get(section, {})
         out += [
             f"{section}.{k}={values[section].get(k, a.get(k))}"
             for k in sorted(set(a) | set(b))

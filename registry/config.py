@@ -36,8 +36,9 @@ T = TypeVar("T")
 #: The component kinds of IPD's pipeline, in pipeline order.
 KINDS: tuple[str, ...] = ("value", "world_model", "uncertainty", "planner", "policy")
 
-#: Every registered kind: the pipeline's, then the baselines ``ipd baseline`` runs.
-ALL_KINDS: tuple[str, ...] = (*KINDS, "baseline")
+#: Every registered kind: the pipeline's, the adapters that adapt a trained actor while it
+#: acts (evaluation only: no stage, no cache key), then the baselines ``ipd baseline`` runs.
+ALL_KINDS: tuple[str, ...] = (*KINDS, "adapter", "baseline")
 
 
 @dataclasses.dataclass

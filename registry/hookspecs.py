@@ -61,9 +61,18 @@ def ipd_register_planner() -> list[type[ComponentConfig]]:
 
 @hookspec
 def ipd_register_policy() -> list[type[ComponentConfig]]:
-    """Called when the registry is built; returns sequence-policy config classes.
+    """Called when the registry is built; returns policy config classes.
 
-    A sequence policy implements :class:`registry.protocols.SequencePolicy`.
+    A policy (with a context window or without) implements :class:`registry.protocols.Policy`.
+    """
+
+
+@hookspec
+def ipd_register_adapter() -> list[type[ComponentConfig]]:
+    """Called when the registry is built; returns adapter config classes (``--adapter NAME``).
+
+    An adapter implements :class:`registry.protocols.Adapter`: it wraps a trained actor for
+    evaluation and adapts the actor's weights while it acts (DWM-MPC); ``none`` is the default.
     """
 
 

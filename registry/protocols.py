@@ -30,8 +30,14 @@ __all__ = [
     "UncertaintyMetric",
     "PlanningContext",
     "Planner",
+    "Policy",
     "SequencePolicy",
     "Actor",
+    "WorldModelSample",
+    "DifferentiableWorldModel",
+    "AdaptableActor",
+    "AdaptationContext",
+    "Adapter",
 ]
 
 #: ``log(step, {"loss": ...})``: where components report training curves.
@@ -121,6 +127,35 @@ class WorldModel(Protocol):
     def load(self, path: Path) -> None: ...
 
 
+@dataclass(frozen=True)
+class WorldModelSample:
+    """One reparameterised imagined transition: a differentiable function of (obs, act)."""
+
+    next_obs: torch.Tensor  # (B,O) differentiable w.r.t. obs and act (the noise held fixed)
+    reward: torch.Tensor  # (B,) differentiable w.r.t. obs and act
+    done: torch.Tensor  # (B,) bool, no gradient: the episode would terminate at next_obs
+
+
+@runtime_checkable
+class DifferentiableWorldModel(WorldModel, Protocol):
+    """A :class:`WorldModel` whose sample is differentiable: what inference-time adaptation
+    (the ``dwm`` adapter) backpropagates through.
+
+    ``noise_dim`` is the number D of standard-normal numbers one transition consumes (e.g. a
+    member choice and a Gaussian draw); with the noise fixed, :meth:`rsample_step` is a
+    deterministic function of (obs, act).
+    """
+
+    noise_dim: int
+
+    def rsample_step(
+        self, obs: torch.Tensor, act: torch.Tensor, noise: torch.Tensor
+    ) -> WorldModelSample:
+        """(B,O), (B,A), (B,D) standard normals -> one sampled transition per row, with
+        gradients to obs and act (the model's own weights stay as they are; computed in the
+        dtype of the inputs)."""
+
+
 @runtime_checkable
 class UncertaintyMetric(Protocol):
     """U(s,a) from the ensemble's per-member Gaussians (paper eq. 8-12)."""
@@ -157,7 +192,12 @@ class Planner(Protocol):
 
 @runtime_checkable
 class Actor(Protocol):
-    """Acts in B parallel environments with whatever memory the policy needs."""
+    """Acts in B parallel environments with whatever memory the policy needs.
+
+    The evaluator calls ``reset`` once, then ``act`` and ``observe`` once per step, for every
+    policy alike: a sequence policy keeps its context window here (``ipd-dt``, ``dt``), a
+    state-only policy (``gtp``) keeps nothing and ignores ``observe``.
+    """
 
     def reset(self, obs: torch.Tensor) -> None:
         """Start B new episodes from the first observations (B,O)."""
@@ -166,12 +206,17 @@ class Actor(Protocol):
         """(B,O) current observations -> (B,A) actions; call once per env step."""
 
     def observe(self, reward: torch.Tensor) -> None:
-        """(B,) rewards of the last step (used for return-to-go conditioning)."""
+        """(B,) rewards of the last step (e.g. for return-to-go conditioning)."""
 
 
 @runtime_checkable
-class SequencePolicy(Protocol):
-    """The distilled sequence policy (paper sec. 3.4)."""
+class Policy(Protocol):
+    """The policy the pipeline trains last (paper sec. 3.4) and evaluates.
+
+    With or without a context window: a sequence policy (``ipd-dt``, ``dt``) trains on windows
+    of the episodes, a state-only policy (``gtp``) on their transitions (s, a, r, s',
+    terminated). Either acts through an :class:`Actor`, whose memory is its own business.
+    """
 
     def fit(
         self,
@@ -180,11 +225,79 @@ class SequencePolicy(Protocol):
         work_dir: Path | None = None,
         log: Logger | None = None,
     ) -> dict[str, float]:
-        """Train on ``dataset`` (real + imagined); ``value`` supplies V tokens and Q guidance."""
+        """Train on ``dataset`` (real + imagined steps); ``value`` is the value stage's learner
+        (``ipd-dt``'s V tokens and Q guidance; a policy may ignore it). Checkpoint periodically
+        into ``work_dir`` and resume from it; report curves through ``log``."""
 
     def actor(self, value: ValueLearner | None) -> Actor:
         """An :class:`Actor` for evaluation rollouts."""
 
-    def save(self, path: Path) -> None: ...
+    def save(self, path: Path) -> None:
+        """Write the weights (no pickles)."""
 
-    def load(self, path: Path) -> None: ...
+    def load(self, path: Path) -> None:
+        """Read weights written by :meth:`save` (weights-only)."""
+
+
+#: The protocol's name from before policies without a context window (kept for plugins).
+SequencePolicy = Policy
+
+
+@runtime_checkable
+class AdaptableActor(Actor, Protocol):
+    """An :class:`Actor` whose policy weights an :class:`Adapter` may change while it acts.
+
+    Weights are passed in explicitly, one set per environment: ``params`` maps the names of
+    :meth:`adapt_parameters` to tensors with a leading B axis, so that B episodes adapt
+    independently in one batched pass and the actor's own weights are never modified.
+    Imagined rollouts run N rows per environment (N particles): observations (B,N,O).
+    """
+
+    def adapt_parameters(self, which: str) -> dict[str, torch.Tensor]:
+        """The pretrained weights an adapter may change, name -> tensor (the live tensors; the
+        caller copies them). ``which``: "all" (every weight of the policy network) or "head"
+        (its output layer). Raises ``ValueError`` when this actor cannot be adapted."""
+
+    def imagine_start(self, n: int, context: int = 0) -> Any:
+        """The memory of n imagined rollouts per env that start at the observations the next
+        :meth:`act_with` gets (None for memoryless actors). ``context``: the window of a
+        sequence actor in imagination, its last ``context`` steps (0: its own)."""
+
+    def differentiable_act(
+        self, obs: torch.Tensor, params: dict[str, torch.Tensor], memory: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """(B,N,O) imagined observations, per-env ``params`` (B,...) and the memory -> (B,N,A)
+        actions, differentiable w.r.t. obs and params, and the memory after this step."""
+
+    def act_with(self, obs: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`Actor.act` with per-env ``params`` (B,...) in place of the pretrained ones:
+        (B,O) -> (B,A), the real step (it advances the actor's memory as ``act`` does)."""
+
+
+@dataclass(frozen=True)
+class AdaptationContext:
+    """The trained models an adapter may use while an actor acts; all stay frozen."""
+
+    world_model: WorldModel | None  # the run's (or the dataset's) trained world model
+    # Q(s, a): (B,O), (B,A) -> (B,) in the dataset's reward units (the world model's), with
+    # gradients to s and a; the min over a critic pair where there is one
+    q: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    gamma: float = 0.99  # the discount Q was trained with
+    seed: int = 0  # the run's seed (adapters seed their noise from it)
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """Inference-time adaptation of a trained actor (DWM-MPC; evaluation only, no stage).
+
+    ``uses_models``: whether :meth:`wrap` needs the context's world model and Q (runners load
+    or train them only then).
+    """
+
+    uses_models: bool
+
+    def wrap(self, actor: Actor, models: AdaptationContext) -> Actor:
+        """An :class:`Actor` with per-episode state around ``actor``: ``reset(obs)`` restores
+        the pretrained weights exactly (every episode starts from them), ``act(obs)`` adapts
+        the weights at ``obs`` and then acts with them; the adapted weights persist until the
+        next ``reset``. Raises ``ValueError`` (naming the actor) when it cannot adapt it."""

@@ -203,7 +203,8 @@ def test_budgets_follow_the_profile_and_dt_targets():
 def test_bad_options_fail_with_a_sentence(store, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["baseline", "sac", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "is not one of bc, cql, dt, iql, td3+bc" in result.output
+    assert result.exit_code == 2
+    assert "is not one of bc, cql, dt, iql, rebrac, td3+bc" in result.output
     result = _baseline("iql", tmp_path, "--set", "planner.n_mpc=3", check=False)
     assert result.exit_code == 2 and "sections: run, baseline" in result.output
     result = _baseline("iql", tmp_path, "--set", "baseline.nope=3", check=False)

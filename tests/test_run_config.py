@@ -122,10 +122,10 @@ def test_stage_keys_of_the_profiles_are_the_ones_runs_were_cached_under(monkeypa
     # quick/default augment and policy keys changed on purpose with issue 27's profile options
     # (augment.max_share, policy.few_episodes); their value and world-model keys did not.
     # default's value, augment and policy keys changed on purpose with issue 21's re-balance
-    # (value.tau_target 0.02, policy.n_steps 10k); its world-model key did not
+    # (value.tau_target 0.02, policy.n_steps 8k); its world-model key did not
     expected = {
         "quick": ("8bfd55a228e29930", "f6cc56e08f177032", "d4f0112460ee6c84", "1044cf5c776b5e1f"),
-        "default": ("e393cd71546d92f9", "94e4c83ec2ae1357", "a9b42fb797c9d438", "9fa7f8977576635f"),
+        "default": ("e393cd71546d92f9", "94e4c83ec2ae1357", "a9b42fb797c9d438", "f31f8a16a5658d1d"),
         "paper": ("d7ba225f24db2be1", "326c822a21b4b39c", "1184f2501927917f", "dc94fddd92012dd1"),
     }
     for profile, keys in expected.items():

@@ -1,4 +1,4 @@
-"""d3rlpy baselines (IQL, CQL, TD3+BC, BC, Decision Transformer) on IPD's data and evaluator.
+"""d3rlpy baselines (IQL, CQL, TD3+BC, ReBRAC, BC, DT) on IPD's data and evaluator.
 
 ``configs`` (the registered configs), ``trainer`` (d3rlpy behind resumable, weights-only
 plumbing), ``run`` (one seed of ``ipd baseline``).
@@ -12,6 +12,7 @@ from ipd_plugins.baselines.configs import (
     CQLBaselineConfig,
     DTBaselineConfig,
     IQLBaselineConfig,
+    ReBRACBaselineConfig,
     TD3PlusBCBaselineConfig,
 )
 from ipd_plugins.baselines.run import (
@@ -21,7 +22,7 @@ from ipd_plugins.baselines.run import (
     resolve_baseline,
     run_baseline,
 )
-from ipd_plugins.baselines.trainer import D3rlpyBaseline, DTActor
+from ipd_plugins.baselines.trainer import D3rlpyActor, D3rlpyBaseline, DTActor
 
 __all__ = [
     "BUILTIN_BASELINES",
@@ -32,6 +33,8 @@ __all__ = [
     "DTBaselineConfig",
     "IQLBaselineConfig",
     "TD3PlusBCBaselineConfig",
+    "ReBRACBaselineConfig",
+    "D3rlpyActor",
     "D3rlpyBaseline",
     "DTActor",
     "baseline_identity",

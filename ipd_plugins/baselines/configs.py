@@ -1,4 +1,4 @@
-"""The d3rlpy baselines' configs: IQL, CQL, TD3+BC, BC and the Decision Transformer.
+"""The d3rlpy baselines' configs: IQL, CQL, TD3+BC, ReBRAC, BC and the Decision Transformer.
 
 Each is a registered component of kind ``baseline`` (hook ``ipd_register_baseline``), so a
 third-party baseline plugs in the same way. Hyperparameters are d3rlpy's config defaults, with
@@ -29,6 +29,8 @@ __all__ = [
     "IQLBaselineConfig",
     "CQLBaselineConfig",
     "TD3PlusBCBaselineConfig",
+    "ReBRACBaselineConfig",
+    "REBRAC_BETAS",
     "BCBaselineConfig",
     "DTBaselineConfig",
     "BUILTIN_BASELINES",
@@ -236,6 +238,88 @@ class TD3PlusBCBaselineConfig(BaselineConfig):
         )
 
 
+#: ReBRAC's (actor_beta, critic_beta) per D4RL dataset (Tarasov et al. 2023, as d3rlpy's
+#: ``reproductions/offline/rebrac.py``): ``--set baseline.actor_beta=... critic_beta=...``.
+REBRAC_BETAS: dict[str, tuple[float, float]] = {
+    "halfcheetah-random": (0.001, 0.1),
+    "halfcheetah-medium": (0.001, 0.01),
+    "halfcheetah-expert": (0.01, 0.01),
+    "halfcheetah-medium-replay": (0.01, 0.001),
+    "halfcheetah-full-replay": (0.001, 0.1),
+    "hopper-random": (0.001, 0.01),
+    "hopper-medium": (0.01, 0.001),
+    "hopper-expert": (0.1, 0.001),
+    "hopper-medium-expert": (0.1, 0.01),
+    "hopper-medium-replay": (0.05, 0.5),
+    "hopper-full-replay": (0.01, 0.01),
+    "walker2d-random": (0.01, 0.0),
+    "walker2d-medium": (0.05, 0.1),
+    "walker2d-expert": (0.01, 0.5),
+    "walker2d-medium-expert": (0.01, 0.01),
+    "walker2d-medium-replay": (0.05, 0.01),
+    "walker2d-full-replay": (0.01, 0.01),
+}
+
+
+@dataclass
+class ReBRACBaselineConfig(BaselineConfig):
+    r"""d3rlpy ReBRAC (Tarasov et al. 2023): TD3+BC with decoupled actor and critic penalties,
+    deeper networks, LayerNorm in the critics and large batches.
+
+    :math:`J(\phi) = E[\lambda Q(s, \pi(s)) - \beta_1 (a - \pi(s))^2]`, :math:`\lambda = 1 /
+    E|Q|`; the critic's target subtracts :math:`\beta_2 (a' - \hat a')^2`. DWM-MPC's base
+    policy (arXiv 2603.22430): ``ipd baseline rebrac --adapter dwm``. Defaults: d3rlpy's
+    reproduction script (3 x 256 layers, critic LayerNorm, batch 1024, lr 1e-3, betas 0.01 /
+    0.01 where its table has no entry); the profile sets ``n_steps`` and ``hidden`` as for the
+    other MLP baselines. The per-dataset betas are in :data:`REBRAC_BETAS`.
+
+    Args:
+        actor_beta: :math:`\beta_1`, the actor's BC penalty. critic_beta: :math:`\beta_2`.
+        critic_layer_norm: LayerNorm in the critic's hidden layers (ReBRAC's).
+        update_actor_interval, target_smoothing_sigma, target_smoothing_clip: as TD3.
+    """
+
+    name: ClassVar[str] = "rebrac"
+
+    # 1024-transition minibatches (ReBRAC, d3rlpy's reproduction)
+    batch_size: int = 1024
+    # deeper networks than the 2 x 256 of the other baselines (ReBRAC: 3 x 256)
+    n_layers: int = 3
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    # beta_1: weight of (a - pi(s))^2 in the actor loss; larger -> closer to the data
+    actor_beta: float = 0.01
+    # beta_2: weight of (a' - a'_data)^2 in the critic target; larger -> more conservative Q
+    critic_beta: float = 0.01
+    # LayerNorm in the critic (ReBRAC's; the actor has none, as d3rlpy's reproduction)
+    critic_layer_norm: bool = True
+    # delayed actor updates and target-policy smoothing (TD3)
+    update_actor_interval: int = 2
+    target_smoothing_sigma: float = 0.2
+    target_smoothing_clip: float = 0.5
+
+    def d3rlpy_config(self, scalers: dict[str, Any]) -> Any:
+        import d3rlpy
+        from d3rlpy.models.encoders import VectorEncoderFactory
+
+        critic = VectorEncoderFactory(
+            hidden_units=[self.hidden] * self.n_layers, use_layer_norm=self.critic_layer_norm
+        )
+        return d3rlpy.algos.ReBRACConfig(
+            **scalers,
+            batch_size=self.batch_size,
+            actor_learning_rate=self.actor_lr,
+            critic_learning_rate=self.critic_lr,
+            actor_encoder_factory=self.encoder(),
+            critic_encoder_factory=critic,
+            actor_beta=self.actor_beta,
+            critic_beta=self.critic_beta,
+            update_actor_interval=self.update_actor_interval,
+            target_smoothing_sigma=self.target_smoothing_sigma,
+            target_smoothing_clip=self.target_smoothing_clip,
+        )
+
+
 @dataclass
 class BCBaselineConfig(BaselineConfig):
     """d3rlpy BC: a deterministic MLP policy regressed on the dataset's actions (MSE).
@@ -356,6 +440,7 @@ BUILTIN_BASELINES: tuple[type[BaselineConfig], ...] = (
     IQLBaselineConfig,
     CQLBaselineConfig,
     TD3PlusBCBaselineConfig,
+    ReBRACBaselineConfig,
     BCBaselineConfig,
     DTBaselineConfig,
 )

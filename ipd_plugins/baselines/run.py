@@ -6,6 +6,11 @@ uses (checked by the same :func:`~ipd_plugins.pipeline.prepare`), in one stage o
 and is scored by the same :func:`~ipd_plugins.evaluate.score` (same episodes, same
 normalisation, last checkpoint). The run folder ``<out>/<name>/seed_<k>/`` has the same files as
 an IPD run's, so ``ipd compare`` reads both.
+
+With ``--adapter NAME`` (e.g. ``dwm``, DWM-MPC) the baseline's actor is adapted while it acts:
+the Q is the baseline's own critic, and the world model is the ``pe`` (section ``world_model``)
+that ``ipd run`` trains on the same dataset, profile and seed: the same stage of the same
+cache, trained here if no run has trained it yet and reused if one has.
 """
 
 from __future__ import annotations
@@ -24,11 +29,17 @@ from ipd_plugins.baselines.trainer import D3rlpyBaseline
 from ipd_plugins.evaluate import score
 from ipd_plugins.files import atomic_write_text, write_json
 from ipd_plugins.hardware import set_threads
-from ipd_plugins.pipeline import Prepared, prepare_run
+from ipd_plugins.pipeline import (
+    Prepared,
+    adapt_actors,
+    fit_world_model,
+    prepare_run,
+    stage_keys,
+)
 from ipd_plugins.provenance import run_meta
-from ipd_plugins.run_config import RunSettings, resolve_config
+from ipd_plugins.run_config import DEFAULT_COMPONENTS, RunConfig, RunSettings, resolve_config
 from ipd_plugins.stages import StageCache
-from registry import get_registry
+from registry import AdaptationContext, get_registry
 from registry.config import config_hash, dataclass_from_dict, dataclass_to_dict, identity_dict
 
 __all__ = [
@@ -38,13 +49,16 @@ __all__ = [
     "baseline_run_name",
     "baseline_key",
     "resolve_settings",
+    "resolve_adaptation",
+    "adapt_baseline_actor",
     "run_baseline",
     "TrainedBaseline",
     "load_trained_baseline",
 ]
 
-#: Config-file / ``--set`` sections of an ``ipd baseline`` run.
-SECTIONS = ("run", "baseline")
+#: Config-file / ``--set`` sections of an ``ipd baseline`` run (``adapter`` and ``world_model``
+#: configure ``--adapter``).
+SECTIONS = ("run", "baseline", "adapter", "world_model")
 
 
 def resolve_baseline(
@@ -78,20 +92,40 @@ def _slug(source: str) -> str:
     return source.replace("/", "_").replace(".", "_").strip("_") or "dataset"
 
 
-def baseline_identity(settings: RunSettings, config: BaselineConfig) -> dict[str, Any]:
-    """What a baseline's run-folder hash covers (cf. ``RunConfig.identity_dict``)."""
-    return {
+def baseline_identity(
+    settings: RunSettings, config: BaselineConfig, adaptation: RunConfig | None = None
+) -> dict[str, Any]:
+    """What a baseline's run-folder hash covers (cf. ``RunConfig.identity_dict``); an adapter
+    (``adaptation``, see :func:`resolve_adaptation`) adds itself and its world model."""
+    out: dict[str, Any] = {
         "baseline": {"algo": config.name, **identity_dict(config)},
         "run": settings.identity_dict(),
     }
+    if adaptation is not None:
+        out["adapter"] = {
+            "name": adaptation.components["adapter"],
+            **identity_dict(adaptation.configs["adapter"]),
+        }
+        out["world_model"] = adaptation.hash_part("world_model")
+    return out
 
 
-def baseline_run_name(settings: RunSettings, config: BaselineConfig) -> str:
-    """``<dataset>__baseline-<algo>__<hash of the config and run settings except seed>``."""
+def baseline_method(config: BaselineConfig, adaptation: RunConfig | None = None) -> str:
+    """``<algo>``, or ``<algo>+<adapter>`` when an adapter acts (``rebrac+dwm``)."""
+    if adaptation is None:
+        return config.name
+    return f"{config.name}+{adaptation.components['adapter']}"
+
+
+def baseline_run_name(
+    settings: RunSettings, config: BaselineConfig, adaptation: RunConfig | None = None
+) -> str:
+    """``<dataset>__baseline-<method>__<hash of the configs and run settings except seed>``."""
     if settings.name:
         return settings.name
-    body = baseline_identity(settings, config)
-    return f"{_slug(settings.dataset)}__baseline-{config.name}__{config_hash(body)[:8]}"
+    body = baseline_identity(settings, config, adaptation)
+    method = baseline_method(config, adaptation)
+    return f"{_slug(settings.dataset)}__baseline-{method}__{config_hash(body)[:8]}"
 
 
 def baseline_key(config: BaselineConfig, data_hash: str, env_id: str | None, seed: int) -> str:
@@ -120,30 +154,98 @@ def resolve_settings(
     return settings, bconf
 
 
+def resolve_adaptation(
+    settings: RunSettings,
+    overrides: dict[str, dict[str, Any]],
+    file: dict[str, Any],
+    adapter: str | None = None,
+) -> RunConfig | None:
+    """The adapter of a baseline run and the world model it uses, as the
+    :class:`~ipd_plugins.run_config.RunConfig` ``ipd run`` would resolve for the same settings
+    (so the world model's config and stage key are an IPD run's); None without an adapter.
+
+    ``adapter``: ``--adapter``, else ``adapter.name`` (``--set``, else the config file), else
+    ``none``; the ``adapter`` and ``world_model`` sections: file < ``--set``.
+    """
+    values = {**file.get("adapter", {}), **overrides.get("adapter", {})}
+    name = adapter or values.pop("name", None) or DEFAULT_COMPONENTS["adapter"]
+    values.pop("name", None)
+    if name == DEFAULT_COMPONENTS["adapter"] and not values:
+        return None
+    world_model = {**file.get("world_model", {}), **overrides.get("world_model", {})}
+    cfg = resolve_config(
+        components={"adapter": name},
+        run=dataclass_to_dict(settings),
+        overrides={"adapter": values, "world_model": world_model},
+    )
+    return cfg if cfg.adapting else None
+
+
+def adapt_baseline_actor(
+    adaptation: RunConfig,
+    p: Prepared,
+    cache: StageCache,
+    baseline: D3rlpyBaseline,
+    actor: Any,
+    echo: Callable[[str], None] = print,
+) -> Any:
+    """``actor`` wrapped by the run's adapter, with the baseline's critic as Q and, when the
+    adapter uses models, the dataset's world model (trained in ``cache`` or reused)."""
+    adapter = get_registry().create(
+        "adapter", adaptation.components["adapter"], adaptation.configs["adapter"], p.ctx
+    )
+    world_model = q = None
+    if adapter.uses_models:
+        q = baseline.q_function()
+        if q is None:
+            raise ValueError(
+                f"baseline '{baseline.config.name}' has no critic: adapter "
+                f"'{adaptation.components['adapter']}' needs its Q for the terminal value "
+                "(rebrac, td3+bc, iql and cql have one)"
+            )
+        key = stage_keys(adaptation, p.data_hash, p.ctx.env_id)["world_model"]
+        world_model = fit_world_model(cache, adaptation, p, key)
+    models = AdaptationContext(world_model, q, baseline.gamma, adaptation.run.seed)
+    return adapt_actors(adapter, {"policy": actor}, models, echo)["policy"]
+
+
 def run_baseline(
     algo: str,
     run: dict[str, Any] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     file: dict[str, Any] | None = None,
     echo: Callable[[str], None] = print,
+    adapter: str | None = None,
 ) -> dict[str, Any]:
     """Train (or resume / reuse) and evaluate one seed of a baseline; returns ``results.json``.
 
     ``run`` holds :class:`~ipd_plugins.run_config.RunSettings` values (``None`` = default);
-    ``overrides`` the parsed ``--set`` options (sections ``run`` and ``baseline``); ``file`` a
-    config file (the same sections; a baseline run's ``config.yaml`` replays it).
+    ``overrides`` the parsed ``--set`` options (sections :data:`SECTIONS`); ``file`` a config
+    file (the same sections; a baseline run's ``config.yaml`` replays it); ``adapter`` the
+    adapter that acts with the baseline's actor (``--adapter``).
     """
     t_start = time.perf_counter()
-    settings, bconf = resolve_settings(algo, run, dict(overrides or {}), dict(file or {}))
-    run_dir = Path(settings.out_dir) / baseline_run_name(settings, bconf) / f"seed_{settings.seed}"
+    overrides, file = dict(overrides or {}), dict(file or {})
+    settings, bconf = resolve_settings(algo, run, overrides, file)
+    adaptation = resolve_adaptation(settings, overrides, file, adapter)
+    name = baseline_run_name(settings, bconf, adaptation)
+    run_dir = Path(settings.out_dir) / name / f"seed_{settings.seed}"
     threads = set_threads(settings.threads)
     p = prepare_run(settings, echo)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_out = {
         "run": dataclass_to_dict(settings),
         "baseline": {"algo": algo, **bconf.to_dict()},
-        "meta": run_meta(p.data_hash, f"ipd baseline {algo} --config {run_dir / 'config.yaml'}"),
     }
+    if adaptation is not None:
+        config_out["adapter"] = {
+            "name": adaptation.components["adapter"],
+            **adaptation.configs["adapter"].to_dict(),
+        }
+        config_out["world_model"] = adaptation.configs["world_model"].to_dict()
+    config_out["meta"] = run_meta(
+        p.data_hash, f"ipd baseline {algo} --config {run_dir / 'config.yaml'}"
+    )
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_out, sort_keys=False))
     echo(f"run folder: {run_dir}")
 
@@ -159,19 +261,28 @@ def run_baseline(
         settings.seed,
     )
     cache.records = {"train": record}
+    actor = baseline.actor()
+    if adaptation is not None:  # may train (or reuse) the dataset's world model
+        actor = adapt_baseline_actor(adaptation, p, cache, baseline, actor, echo)
     cache.write(run_dir / "stages.json")
 
     n = settings.eval_episodes
     echo(f"[evaluate] {n} episodes of {p.ctx.env_id}")
     assert p.ctx.env_id is not None
-    scores = {"policy": score(baseline.actor(), p.ctx.env_id, n, settings.seed, p.dataset)}
-    scores = {k: v.to_dict() for k, v in scores.items()}
+    scores = {"policy": score(actor, p.ctx.env_id, n, settings.seed, p.dataset).to_dict()}
+    report = getattr(actor, "report", None)  # what the adapter did
+    if report is not None:
+        scores["policy"]["adaptation"] = report()
     write_json(run_dir / "eval.json", scores)
+    method = baseline_method(bconf, adaptation)
+    components = {"baseline": algo}
+    if adaptation is not None:
+        components["adapter"] = adaptation.components["adapter"]
     results = {
         "dataset": {"source": settings.dataset, "hash": p.data_hash, **p.dataset.summary()},
-        "method": algo,
-        "label": algo,
-        "components": {"baseline": algo},
+        "method": method,
+        "label": method,
+        "components": components,
         "seed": settings.seed,
         "scores": scores,
         "target_return": baseline.target_return,
@@ -192,6 +303,7 @@ class TrainedBaseline:
     settings: RunSettings
     prepared: Prepared
     baseline: D3rlpyBaseline
+    file: dict[str, Any] = dataclasses.field(default_factory=dict)  # its config.yaml
 
     @property
     def dataset(self) -> Any:
@@ -220,4 +332,4 @@ def load_trained_baseline(run_dir: str | Path) -> TrainedBaseline:
     p = prepare_run(settings, lambda m: None)
     baseline = D3rlpyBaseline(bconf, p.ctx, p.dataset)
     baseline.load(Path(stages["train"]["path"]) / "weights.pt")
-    return TrainedBaseline(settings, p, baseline)
+    return TrainedBaseline(settings, p, baseline, conf)

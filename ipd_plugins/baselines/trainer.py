@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ipd_plugins.baselines.configs import BaselineConfig
     from ipd_plugins.data.dataset import TrajectoryDataset
 
-__all__ = ["D3rlpyBaseline", "DTActor"]
+__all__ = ["D3rlpyBaseline", "DTActor", "D3rlpyActor"]
 
 _FORMAT = "ipd.baseline/1"
 
@@ -66,6 +66,69 @@ class DTActor:
 
     def observe(self, reward: torch.Tensor) -> None:
         self.last_reward = np.asarray(torch.as_tensor(reward).cpu().numpy(), np.float64).reshape(-1)
+
+
+class D3rlpyActor:
+    """:class:`registry.protocols.Actor` of a d3rlpy MLP algorithm: its greedy action
+    (``predict``), and a :class:`registry.protocols.AdaptableActor` over its policy network.
+
+    The adapted weights are those of ``impl.policy`` (the imitator for BC): "all", or "head"
+    (the output layer: ``_fc`` of a deterministic policy, ``_mu`` of a Gaussian one). The
+    differentiable action is d3rlpy's greedy one written in torch: observation scaler, the
+    policy's ``squashed_mu``, action scaler reversed.
+    """
+
+    def __init__(self, algo: Any):
+        from ipd_plugins.evaluate import CallableActor
+
+        self.algo = algo
+        self._greedy = CallableActor(algo.predict, as_numpy=True)
+
+    def reset(self, obs: torch.Tensor) -> None:
+        pass
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        return self._greedy.act(obs)
+
+    def observe(self, reward: torch.Tensor) -> None:
+        pass
+
+    # -- AdaptableActor ----------------------------------------------------------------------
+    def _policy(self) -> torch.nn.Module:
+        modules = self.algo.impl.modules
+        policy = getattr(modules, "policy", None) or getattr(modules, "imitator", None)
+        if policy is None:
+            raise ValueError(f"d3rlpy {type(self.algo).__name__} has no policy network to adapt")
+        return policy
+
+    def adapt_parameters(self, which: str) -> dict[str, torch.Tensor]:
+        policy = self._policy()
+        params = dict(policy.named_parameters())
+        if which == "all":
+            return params
+        if which == "head":
+            head = "_fc" if hasattr(policy, "_fc") else "_mu"
+            return {k: v for k, v in params.items() if k.split(".")[0] == head}
+        raise ValueError(f"d3rlpy actor: which must be 'all' or 'head', got {which!r}")
+
+    def imagine_start(self, n: int, context: int = 0) -> None:
+        return None
+
+    def differentiable_act(
+        self, obs: torch.Tensor, params: dict[str, torch.Tensor], memory: Any
+    ) -> tuple[torch.Tensor, None]:
+        from ipd_plugins.nn import per_env_call
+
+        config = self.algo.config
+        x = config.observation_scaler.transform(obs) if config.observation_scaler else obs
+        action = per_env_call(self._policy(), params, x, output=lambda out: out.squashed_mu)
+        if config.action_scaler:
+            action = config.action_scaler.reverse_transform(action)
+        return action, None
+
+    def act_with(self, obs: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        obs = torch.as_tensor(obs, dtype=torch.float32).to(self.algo.impl.device)
+        return self.differentiable_act(obs[:, None], params, None)[0][:, 0]
 
 
 class D3rlpyBaseline:
@@ -144,14 +207,35 @@ class D3rlpyBaseline:
     # acting
     def actor(self) -> Any:
         """The evaluator's :class:`~registry.protocols.Actor` for this algorithm."""
-        from ipd_plugins.evaluate import CallableActor
-
         if self.algo is None:
             raise RuntimeError(f"baseline '{self.config.name}': fit or load it before acting")
         self.modules.set_eval()
         if self.is_dt:
             return DTActor(self.algo, self.target_return)
-        return CallableActor(self.algo.predict, as_numpy=True)
+        return D3rlpyActor(self.algo)
+
+    @property
+    def gamma(self) -> float:
+        """The discount the algorithm's critic was trained with."""
+        return float(getattr(self.algo.config, "gamma", 0.99))
+
+    def q_function(self) -> Any:
+        """``q(obs (B,O), act (B,A)) -> (B,)``: the min over the critic ensemble, in the
+        dataset's reward units (d3rlpy's Q is in the scaled rewards it trained on), with
+        gradients to obs and act; None for an algorithm without a critic (BC, DT)."""
+        if self.algo is None:
+            raise RuntimeError(f"baseline '{self.config.name}': fit or load it before acting")
+        forwarder = getattr(self.algo.impl, "_q_func_forwarder", None)
+        if forwarder is None or self.is_dt:
+            return None
+        config, scale = self.algo.config, self.reward_multiplier
+
+        def q(obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+            x = config.observation_scaler.transform(obs) if config.observation_scaler else obs
+            a = config.action_scaler.transform(act) if config.action_scaler else act
+            return forwarder.compute_expected_q(x, a, reduction="min").reshape(-1) / scale
+
+        return q
 
     # persistence
     def save(self, path: Path) -> None:

@@ -1,6 +1,6 @@
 """The ``ipd`` command line (click). Nothing outside this package imports click.
 
-One module per command family: ``run`` (``ipd run``, ``ipd eval``), ``baseline``, ``compare``
+One module per command family: ``run`` (``ipd run``), ``eval``, ``baseline``, ``compare``
 (``ipd compare``, ``ipd ablate``), ``data`` (``ipd data ...``), ``export``, ``plugins``; shared
 options and the clean-error handling in ``options``.
 """
@@ -13,10 +13,11 @@ from ipd_plugins import __version__
 from ipd_plugins.commands.baseline import baseline
 from ipd_plugins.commands.compare import ablate, compare
 from ipd_plugins.commands.data import data
+from ipd_plugins.commands.eval import eval_run
 from ipd_plugins.commands.export import export
 from ipd_plugins.commands.options import IpdGroup, debug_option
 from ipd_plugins.commands.plugins import plugins
-from ipd_plugins.commands.run import eval_run, run
+from ipd_plugins.commands.run import run
 from ipd_plugins.commands.sweep import sweep
 
 __all__ = ["main"]
@@ -28,8 +29,9 @@ __all__ = ["main"]
 def main() -> None:
     """ipd: Imaginary Planning Distillation for offline RL, built from swappable plugins.
 
-    Components of five kinds (value, world_model, uncertainty, planner, policy) and the
-    baselines are pluggy plugins; `ipd plugins` lists them. Errors print one `Error:` line;
+    Components of five kinds (value, world_model, uncertainty, planner, policy), the
+    adapters (inference-time adaptation, `--adapter dwm`) and the baselines are pluggy
+    plugins; `ipd plugins` lists them. Errors print one `Error:` line;
     `--debug` (here or on any command) shows the traceback.
     """
     quiet_third_party_output()

@@ -116,7 +116,8 @@ def _finish(kind: str, variants: Callable[[], list], opts: dict[str, Any]) -> No
 
 @click.group()
 def ablate() -> None:
-    """The paper's ablations as one command each: planner, n-aug, rtg (paper section 4.3).
+    """The paper's ablations as one command each: planner, n-aug, rtg (paper section 4.3);
+    policy: another policy after IPD's augmentation and alone.
 
     Every variant is an `ipd run` in its own run folder; variants run seed by seed so the stage
     cache trains the value function and world model once per seed. Finished variants are not
@@ -128,6 +129,7 @@ def ablate() -> None:
       ipd ablate planner --dataset walker2d-medium-replay --seeds 0,1,2 --profile default
       ipd ablate n-aug --dataset hopper-medium --values 0,0.5,1,2
       ipd ablate rtg --dataset halfcheetah-medium-replay --targets 0.5x,1x,1.5x,6000
+      ipd ablate policy --policy gtp --dataset hopper-medium
     """
 
 
@@ -183,3 +185,27 @@ def ablate_rtg(targets: str, **opts: Any) -> None:
         return rtg_variants(parse_targets(targets, ds.episode_returns()))
 
     _finish("rtg", variants, opts)
+
+
+@ablate.command("policy")
+@_ablation_options
+@click.option(
+    "--policy",
+    default="gtp",
+    show_default=True,
+    help="the policy to swap in for ipd-dt (`ipd plugins policy NAME` lists its options)",
+)
+def ablate_policy(policy: str, **opts: Any) -> None:
+    """IPD vs POLICY after IPD's augmentation (ipd[policy=POLICY]) vs POLICY alone on the data
+    (augment.n_aug=0: 'POLICY alone'), e.g. GTP alone and after IPD.
+
+    --set options apply to every variant: a policy option must exist in both policies.
+    """
+    from ipd_plugins.ablations import policy_variants
+    from registry import get_registry
+
+    def variants() -> list:
+        get_registry().config_class("policy", policy)  # an unknown name fails here, listed
+        return policy_variants(policy)
+
+    _finish("policy", variants, opts)

@@ -1,17 +1,16 @@
-"""``ipd run`` and ``ipd eval``."""
+"""``ipd run`` (``ipd eval`` is in :mod:`ipd_plugins.commands.eval`)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 import numpy as np
 
-from ipd_plugins.commands.options import debug_option, echo, run_options, usage_errors
+from ipd_plugins.commands.options import echo, run_options, usage_errors
 from registry import KINDS
 
-__all__ = ["run", "eval_run", "print_scores", "summarise_seeds"]
+__all__ = ["run", "print_scores", "summarise_seeds"]
 
 
 def print_scores(results: dict[str, Any]) -> None:
@@ -48,7 +47,11 @@ def summarise_seeds(all_results: list[dict[str, Any]]) -> None:
 @click.option("--world-model", "world_model", help="world model (default pe)")
 @click.option("--uncertainty", help="uncertainty metric (default gjs)")
 @click.option("--planner", help="planner (default mpc)")
-@click.option("--policy", help="sequence policy (default ipd-dt)")
+@click.option("--policy", help="policy (default ipd-dt; e.g. gtp)")
+@click.option(
+    "--adapter",
+    help="adapt the actors' weights while they act in evaluation, e.g. dwm (default none)",
+)
 @run_options("training, augmentation and evaluation")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def run(
@@ -70,6 +73,7 @@ def run(
     \b
     Examples:
       ipd run --planner greedy
+      ipd run --adapter dwm --set adapter.lr=5e-5
       ipd run --dataset hopper-medium --profile default --seeds 0,1,2
       ipd run --dataset expert.hdf5 --env Hopper-v5 --clip-actions
       ipd run --config runs/<run>/seed_0      # replay a run
@@ -86,9 +90,10 @@ def run(
         ]
     all_results = []
     for cfg in configs:
+        kinds = (*KINDS, "adapter") if cfg.adapting else KINDS
         echo(
             "components: "
-            + ", ".join(f"{k}={cfg.components[k]}" for k in KINDS)
+            + ", ".join(f"{k}={cfg.components[k]}" for k in kinds)
             + f" | profile {cfg.run.profile} | dataset {cfg.run.dataset} | seed {cfg.run.seed}"
         )
         results = run_pipeline(cfg, echo=echo, progress=not quiet)
@@ -97,23 +102,3 @@ def run(
         all_results.append(results)
     if len(all_results) > 1:
         summarise_seeds(all_results)
-
-
-@click.command("eval")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--episodes", type=click.IntRange(min=1), help="episodes (default: the run's)")
-@debug_option
-def eval_run(run_dir: str, episodes: int | None) -> None:
-    """Re-evaluate the final policy of a finished `ipd run` seed folder (writes eval.json)."""
-    from ipd_plugins.data.runs import load_trained
-    from ipd_plugins.pipeline import Prepared, evaluate_actors
-
-    trained = load_trained(run_dir, echo=echo)
-    cfg = trained.cfg
-    if episodes is not None:
-        cfg.run.eval_episodes = episodes
-    p = Prepared(trained.dataset, trained.ctx, trained.dataset.content_hash())
-    value, policy = trained.components["value"], trained.components["policy"]
-    scores = evaluate_actors(cfg, p, policy, value, echo)
-    print_scores({"scores": scores})
-    click.echo(json.dumps({k: v.get("normalized_mean") for k, v in scores.items()}))

@@ -24,8 +24,13 @@ def read_stages(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_run(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The :class:`~ipd_plugins.run_config.RunConfig` and stage record of an ``ipd run`` folder."""
+def load_run(
+    run_dir: str | Path,
+    components: dict[str, str | None] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The :class:`~ipd_plugins.run_config.RunConfig` and stage record of an ``ipd run`` folder
+    (``components``/``overrides``: applied over its config, as ``ipd eval --adapter --set``)."""
     from ipd_plugins.run_config import load_config_file, resolve_config
 
     run_dir = Path(run_dir)
@@ -34,7 +39,7 @@ def load_run(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     file = load_config_file(run_dir / "config.yaml")
     if "baseline" in file:
         raise ValueError(f"{run_dir} is an `ipd baseline` run folder, not an `ipd run` one")
-    cfg = resolve_config(file=file)
+    cfg = resolve_config(file=file, components=components, overrides=overrides)
     cfg.run.out_dir = str(run_dir.resolve().parents[1])  # so that cfg.run_dir is this folder
     cfg.run.name = run_dir.resolve().parent.name
     return cfg, read_stages(run_dir)
@@ -55,11 +60,14 @@ def load_trained(
     run_dir: str | Path,
     kinds: tuple[str, ...] = ("value", "policy"),
     echo: Callable[[str], None] = print,
+    components: dict[str, str | None] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> TrainedRun:
-    """Rebuild the ``kinds`` components of a finished run and load their trained weights."""
+    """Rebuild the ``kinds`` components of a finished run and load their trained weights
+    (``components``/``overrides``: see :func:`load_run`)."""
     from ipd_plugins.pipeline import prepare_run
 
-    cfg, stages = load_run(run_dir)
+    cfg, stages = load_run(run_dir, components, overrides)
     p = prepare_run(cfg.run, echo)
     reg = get_registry()
     components = {}

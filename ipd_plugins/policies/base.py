@@ -386,6 +386,12 @@ class SequenceActor:
 
     ``conditioning(obs (B,O)) -> (B,)`` gives the raw (unscaled) conditioning of the current step;
     ``on_reward(reward (B,))`` updates whatever state it keeps (the return-to-go for ``dt``).
+
+    With ``state_conditioning`` (the conditioning is a function of the observation alone, as
+    ``ipd-dt``'s V(s)) it is also a :class:`registry.protocols.AdaptableActor`: an imagined step
+    is appended to the window like a real one, its token the conditioning of the imagined state
+    (no gradient flows through the token), so imagined rollouts see the real context followed
+    by the imagined steps.
     """
 
     def __init__(
@@ -396,10 +402,12 @@ class SequenceActor:
         on_reset: Callable[[int], None] | None = None,
         device: str = "cpu",
         autocast_bf16: bool = False,
+        state_conditioning: bool = False,
     ):
         self.net, self.device = net, device
         self._conditioning, self._on_reward, self._on_reset = conditioning, on_reward, on_reset
         self.autocast_bf16 = autocast_bf16
+        self.state_conditioning = state_conditioning
         self.context = net.model.context
         self.obs = self.act_buf = self.cond = self.mask = self.time = None
         self.t = torch.zeros(0, dtype=torch.long)
@@ -423,9 +431,8 @@ class SequenceActor:
         assert obs.dim() == 2 and obs.shape[1] == O, f"obs must be (B,{O}), got {tuple(obs.shape)}"
         return obs
 
-    @torch.inference_mode()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        obs = self._check(obs)
+    def _advance(self, obs: torch.Tensor) -> None:
+        """Append the current step to every env's window (its action slot a placeholder)."""
         if self.obs is None or self.obs.shape[0] != obs.shape[0]:
             raise RuntimeError(
                 f"call reset() with the first observations of all {obs.shape[0]} envs before act()"
@@ -441,6 +448,11 @@ class SequenceActor:
         self.mask = torch.cat([self.mask[:, 1:], torch.ones_like(self.mask[:, :1])], dim=1)
         self.time = torch.cat([self.time[:, 1:], self.t[:, None]], dim=1)
         self.t = self.t + 1
+
+    @torch.inference_mode()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        obs = self._check(obs)
+        self._advance(obs)
         was_training = self.net.training  # acting mid-fit (periodic evaluation) must not
         self.net.eval()  # leave dropout switched off for the rest of training
         with autocast(self.device, "bf16" if self.autocast_bf16 else "fp32"):
@@ -454,3 +466,95 @@ class SequenceActor:
         if self._on_reward is not None:
             reward = torch.as_tensor(reward, dtype=torch.float32).to(self.device).reshape(-1)
             self._on_reward(reward)
+
+    # -- AdaptableActor (inference-time adaptation) --------------------------------------------
+    def adapt_parameters(self, which: str) -> dict[str, torch.Tensor]:
+        """``which``: "all" (every weight of the transformer) or "head" (``model.head``)."""
+        if not self.state_conditioning:
+            raise ValueError(
+                "this sequence policy conditions on something other than the state (e.g. dt's "
+                "return-to-go, which depends on the rewards so far): its imagined steps cannot be "
+                "conditioned, so it cannot be adapted (ipd-dt, conditioned on V(s), can)"
+            )
+        params = dict(self.net.named_parameters())
+        if which == "all":
+            return params
+        if which == "head":
+            return {k: v for k, v in params.items() if k.startswith("model.head.")}
+        raise ValueError(f"sequence actor: which must be 'all' or 'head', got {which!r}")
+
+    def imagine_start(self, n: int, context: int = 0) -> dict[str, torch.Tensor]:
+        """The windows before the next real step, n copies per env, cut to the last
+        ``context`` steps (0: all K): obs (B,n,c,O), act (B,n,c,A), cond/mask/time (B,n,c),
+        t (B,n) the time of the next step."""
+        if self.obs is None:
+            raise RuntimeError("call reset() before imagining")
+        c = min(context or self.context, self.context)
+
+        def rows(w: torch.Tensor) -> torch.Tensor:
+            w = w[:, -c:]
+            w = w.clone() if w.is_inference() else w
+            return w[:, None].expand(w.shape[0], n, *w.shape[1:])
+
+        names = ("obs", "act", "cond", "mask", "time")
+        windows = (self.obs, self.act_buf, self.cond, self.mask, self.time)
+        memory = {k: rows(w) for k, w in zip(names, windows, strict=True)}
+        t = self.t.clone() if self.t.is_inference() else self.t
+        memory["t"] = t[:, None].expand(t.shape[0], n)
+        return memory
+
+    def _forward_per_env(self, params: dict[str, torch.Tensor], *windows: torch.Tensor):
+        """(B,N,c,...) windows, params (B,...) -> (B,N,c,A): env b's windows through the
+        network with env b's weights (a loop over B: the transformer branches on the mask,
+        which ``torch.func.vmap`` cannot batch)."""
+        from torch.func import functional_call
+
+        was_training = self.net.training
+        self.net.eval()  # no dropout while adapting or acting
+        try:
+            out = [
+                functional_call(
+                    self.net, {k: v[b] for k, v in params.items()}, tuple(w[b] for w in windows)
+                )
+                for b in range(windows[0].shape[0])
+            ]
+        finally:
+            self.net.train(was_training)
+        return torch.stack(out)
+
+    def differentiable_act(
+        self, obs: torch.Tensor, params: dict[str, torch.Tensor], memory: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(B,N,O) imagined states appended to the windows -> (B,N,A) actions (differentiable
+        w.r.t. the states and params) and the windows with the step and its action."""
+        B, N, O = obs.shape
+        with torch.no_grad():
+            raw = torch.as_tensor(self._conditioning(obs.reshape(B * N, O).detach()))
+            token = ((raw.to(self.device) - self.net.cond_shift) / self.net.cond_scale).reshape(
+                B, N, 1
+            )
+        m = memory
+
+        def push(w: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+            return torch.cat([w[:, :, 1:], new.to(w.dtype)], dim=2)
+
+        obs_w = push(m["obs"], obs[:, :, None])
+        act_w = push(m["act"], torch.zeros_like(m["act"][:, :, :1]))
+        cond_w = push(m["cond"], token)
+        mask_w = push(m["mask"], torch.ones_like(m["mask"][:, :, :1]))
+        time_w = push(m["time"], m["t"][..., None])
+        action = self._forward_per_env(params, obs_w, act_w, cond_w, mask_w, time_w)[:, :, -1]
+        act_w = torch.cat([act_w[:, :, :-1], action[:, :, None]], dim=2)
+        new = {"obs": obs_w, "act": act_w, "cond": cond_w, "mask": mask_w, "time": time_w}
+        new["t"] = m["t"] + 1
+        return action, new
+
+    @torch.no_grad()
+    def act_with(self, obs: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`act` with env b's weights ``params[...][b]`` (fp32, no autocast)."""
+        obs = self._check(obs)
+        self._advance(obs)
+        windows = (self.obs, self.act_buf, self.cond, self.mask, self.time)
+        action = self._forward_per_env(params, *(w[:, None] for w in windows))[:, 0, -1]
+        self.act_buf[:, -1] = action.to(self.act_buf.dtype)
+        return action.float()

@@ -254,7 +254,11 @@ class IpdDtPolicy(SequencePolicyBase):
             return value.v(obs)
 
         return SequenceActor(
-            self.net, conditioning, device=self.device, autocast_bf16=self.cfg.autocast_bf16
+            self.net,
+            conditioning,
+            device=self.device,
+            autocast_bf16=self.cfg.autocast_bf16,
+            state_conditioning=True,  # V(s): imagined steps can be conditioned (adaptable)
         )
 
 

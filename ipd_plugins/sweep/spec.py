@@ -163,8 +163,9 @@ def _split_key(key: Any, sections: Sequence[str], where: str) -> tuple[str, str,
 
 def _method(label: str, body: Any, where: str) -> MethodSpec:
     from ipd_plugins.baselines.run import SECTIONS as BASELINE_SECTIONS
+    from ipd_plugins.run_config import RUN_KINDS as KINDS  # the pipeline's kinds and adapter
     from ipd_plugins.run_config import SECTIONS
-    from registry import KINDS, get_registry
+    from registry import get_registry
 
     if body is None:
         body = {}

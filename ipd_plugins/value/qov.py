@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ipd_plugins.files import atomic_save, safe_load
-from ipd_plugins.nn import EnsembleMLP, Normalizer, mixed_forward, mlp
+from ipd_plugins.nn import EnsembleMLP, Normalizer, mixed_forward, mlp, per_env_call
 from ipd_plugins.returns import reward_factor
 from ipd_plugins.training import Checkpointer, TransitionSampler
 from ipd_plugins.value.losses import (
@@ -53,7 +53,7 @@ from registry.protocols import BuildContext, Logger
 if TYPE_CHECKING:
     from ipd_plugins.data.dataset import TrajectoryDataset
 
-__all__ = ["QOVConfig", "QOVLearner", "bernoulli_drop_mask", "ipd_register_value"]
+__all__ = ["QOVConfig", "QOVLearner", "QOPActor", "bernoulli_drop_mask", "ipd_register_value"]
 
 _FORMAT = "ipd.value.qov/1"
 _STATS = (
@@ -354,6 +354,10 @@ class QOVLearner:
             mean = (mean + std * torch.randn_like(mean)).clamp(-1.0, 1.0)
         return n.act_center + n.act_half * mean
 
+    def actor(self) -> QOPActor:
+        """pi_QOP's mean as an evaluation :class:`~registry.protocols.Actor` (adaptable)."""
+        return QOPActor(self)
+
     # -- the protocol: persistence ---------------------------------------------------------
     def save(self, path: Path) -> None:
         """Weights, normaliser, scalings and the config, weights-only (``atomic_save``)."""
@@ -545,6 +549,55 @@ class QOVLearner:
             reward_scale=float(n.reward_scale),
         )
         return metrics
+
+
+class QOPActor:
+    """pi_QOP's deterministic action (its mean) in B environments; memoryless.
+
+    Implements :class:`registry.protocols.AdaptableActor` for inference-time adaptation: the
+    adapted weights are the actor MLP's ("all") or its output layer's ("head"); the
+    observation normaliser, the tanh and the rescaling to the bounds stay as trained.
+    """
+
+    def __init__(self, learner: QOVLearner):
+        self.learner = learner
+
+    def reset(self, obs: torch.Tensor) -> None:
+        pass
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.learner.act(torch.as_tensor(obs, dtype=torch.float32), deterministic=True)
+
+    def observe(self, reward: torch.Tensor) -> None:
+        pass
+
+    # -- AdaptableActor ----------------------------------------------------------------------
+    def adapt_parameters(self, which: str) -> dict[str, torch.Tensor]:
+        actor = self.learner.nets.actor  # n_layers x (Linear, ReLU[, Dropout]), Linear
+        params = dict(actor.named_parameters())
+        if which == "all":
+            return params
+        if which == "head":
+            last = str(len(actor) - 1)  # the output Linear
+            return {k: v for k, v in params.items() if k.split(".")[0] == last}
+        raise ValueError(f"pi_QOP: which must be 'all' or 'head', got {which!r}")
+
+    def imagine_start(self, n: int, context: int = 0) -> None:
+        return None
+
+    def differentiable_act(
+        self, obs: torch.Tensor, params: dict[str, torch.Tensor], memory: Any
+    ) -> tuple[torch.Tensor, None]:
+        """(B,N,O), params (B,...) -> (B,N,A) ``center + half tanh(f_psi(norm(s)))``."""
+        n = self.learner.nets
+        if n.actor.training:
+            raise RuntimeError("pi_QOP adapts in eval mode (no dropout); call nets.eval()")
+        mean = torch.tanh(per_env_call(n.actor, params, n.obs_norm(obs)))  # (B,N,A) in [-1,1]
+        return n.act_center + n.act_half * mean, None
+
+    def act_with(self, obs: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        obs = torch.as_tensor(obs).to(self.learner.device)
+        return self.differentiable_act(obs[:, None], params, None)[0][:, 0]
 
 
 def _adam(groups: list[dict[str, Any]], device: torch.device) -> torch.optim.Adam:

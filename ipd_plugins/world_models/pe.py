@@ -43,7 +43,7 @@ from ipd_plugins.world_models.termination import (
 )
 from registry.config import ComponentConfig
 from registry.hookspecs import hookimpl
-from registry.protocols import BuildContext, Logger, WorldModelStep
+from registry.protocols import BuildContext, Logger, WorldModelSample, WorldModelStep
 
 if TYPE_CHECKING:
     from ipd_plugins.data.dataset import TrajectoryDataset
@@ -341,6 +341,66 @@ class ProbabilisticEnsemble:
             with self._autocast(self.step_dtype):
                 done = self._done(obs, act, next_obs)
         return WorldModelStep(next_obs, reward, done, member_mean, member_var)
+
+    # -- DifferentiableWorldModel protocol (inference-time adaptation, the `dwm` adapter) ------
+    @property
+    def noise_dim(self) -> int:
+        """D of :meth:`rsample_step`: one number for the member, O for the Gaussian draw."""
+        return self.obs_dim + 1
+
+    def rsample_step(
+        self, obs: torch.Tensor, act: torch.Tensor, noise: torch.Tensor
+    ) -> WorldModelSample:
+        """(B,O), (B,A), (B,1+O) standard normals -> s', r differentiable in (obs, act).
+
+        :meth:`step`'s draw written as a function of fixed noise (the reparameterisation):
+        member ``k = floor(Phi(noise[:, 0]) E)`` (uniform over the E members), then
+        ``s' = s + (mu_k + sigma_k noise[:, 1:]) std_delta + mean_delta`` for ``sample="member"``
+        (``mu_k`` alone for "member_mean", the members' average for "ensemble_mean"); ``r`` is
+        the reward model's prediction for (s, a). The member choice is piecewise constant (no
+        gradient), the rest is differentiable. Runs in the inputs' dtype, without autocast
+        (``step_dtype`` does not apply) and outside ``inference_mode``; ``done`` carries no
+        gradient. The weights are only read: gradients to them are never taken here.
+        """
+        self._check_inputs(obs, act)
+        if noise.shape != (obs.shape[0], self.noise_dim):
+            raise ValueError(
+                f"pe.rsample_step: noise must be (B, {self.noise_dim}) = (B, 1 + obs_dim) for "
+                f"B={obs.shape[0]}, got {tuple(noise.shape)}"
+            )
+        m, cfg = self.modules, self.config
+        x = m.in_norm(torch.cat([obs, act], -1))  # (B, O+A) standardised
+        if cfg.sample == "ensemble_mean":
+            delta_n = m.dynamics(x)[..., : self.obs_dim].mean(0)  # (B,O)
+        else:
+            E = cfg.n_members
+            k = (torch.special.ndtr(noise[:, 0].detach()) * E).long().clamp_(0, E - 1)  # (B,)
+            delta_n, raw = self._member_forward(x, k).split(self.obs_dim, dim=-1)  # (B,O) each
+            if cfg.sample == "member":
+                logvar = soft_bound_logvar(raw, cfg.min_logvar, cfg.max_logvar)
+                delta_n = delta_n + (0.5 * logvar).exp() * noise[:, 1:]
+        next_obs = obs + delta_n * m.delta_norm.std + m.delta_norm.mean  # (B,O) raw units
+        reward = m.rew_norm.inverse(m.reward(x).mean(0)).squeeze(-1)  # (B,)
+        with torch.no_grad():
+            done = self._done(obs.detach(), act.detach(), next_obs.detach())
+        return WorldModelSample(next_obs, reward, done)
+
+    def _member_forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """(B, O+A) standardised inputs, (B,) a member per row -> (B, 2O) that member's output.
+
+        Each row goes through its own member only (not all E): rows are grouped by member into
+        an (E, C, O+A) grid, C the largest group, zero-padded (LayerNorm is per row, so padding
+        changes no other row), and gathered back. A third of the all-members cost at E = 3.
+        """
+        B, E = x.shape[0], self.config.n_members
+        counts = torch.bincount(k, minlength=E)  # (E,)
+        order = torch.argsort(k, stable=True)  # rows grouped by member
+        first = torch.cumsum(counts, 0) - counts  # (E,) each group's first place in `order`
+        slot = torch.empty_like(k)
+        slot[order] = torch.arange(B, device=x.device) - first[k[order]]  # place in its group
+        grid = x.new_zeros(E, int(counts.max()), x.shape[1])
+        grid = torch.index_put(grid, (k, slot), x)  # out of place: gradients reach x
+        return self.modules.dynamics(grid)[k, slot]  # (E, C, 2O) -> (B, 2O)
 
     def fit(
         self, dataset: TrajectoryDataset, work_dir: Path | None = None, log: Logger | None = None
