@@ -3,7 +3,8 @@
 A profile is a set of overrides applied over the paper's defaults (each component config's
 own defaults) before the user's ``--config`` file and ``--set`` options. An override is applied
 only to components whose config has that field, so a third-party component without, say,
-``n_steps`` simply keeps its own defaults.
+``n_steps`` simply keeps its own defaults. A sub-section named after a component (``policy:
+gtp: {...}``) applies to that component only, over the section's shared keys.
 
 The ``baseline`` section configures ``ipd baseline`` (:mod:`ipd_plugins.baselines`): its plain
 keys apply to every baseline, its ``<algo>`` sub-sections to one. Budgets are matched to IPD's
@@ -26,6 +27,17 @@ DEFAULT_DATASET: dict[str, str] = {
     "paper": "hopper-medium",
 }
 
+#: `gtp` at a CPU budget (a policy's own sub-section overrides the shared policy keys): the
+#: paper's batch, its cheap K = 2 sampler, and a faster teacher EMA with EDM-weighted flow loss.
+#: Chosen on pendulum-medium, 4k steps, one seed (benchmarks/results/gtp_speed.md): paper
+#: settings -5 (K 2) / 11 (K 5), ema_rate 0.05 39 / 60, plus flow_weighting edm 57 / 60.
+_GTP_CPU: dict[str, Any] = {
+    "batch_size": 256,
+    "sample_steps": 2,
+    "ema_rate": 0.05,
+    "flow_weighting": "edm",
+}
+
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # A demo of every stage in a few minutes on 2 CPU cores: small networks, few steps.
     "quick": {
@@ -42,6 +54,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "n_head": 2,
             "batch_size": 32,
             "warmup_steps": 150,
+            "gtp": _GTP_CPU | {"n_steps": 3_000, "hidden": 128},
         },
         "baseline": {
             "n_steps": 3_000,
@@ -85,6 +98,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "n_head": 4,
             "batch_size": 64,
             "warmup_steps": 800,
+            # 20k steps of GTP (K = 2, own critic) take about as long as 8k of ipd-dt
+            "gtp": _GTP_CPU | {"n_steps": 20_000},
         },
         "baseline": {
             "n_steps": 30_000,

@@ -323,7 +323,10 @@ def resolve_config(
     for kind in RUN_KINDS:
         cls = reg.config_class(kind, names[kind])
         fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in profile.get(kind, {}).items() if k in fields}
+        section = profile.get(kind, {})
+        values = {k: v for k, v in section.items() if k in fields}
+        # a sub-section named after the component (e.g. policy.gtp) overrides the shared keys
+        values.update(section.get(names[kind], {}))
         # a file's section configures the component the file names; a flag that swaps the
         # component (e.g. --planner greedy over a replayed mpc run) starts from its defaults
         if file.get("components", {}).get(kind, DEFAULT_COMPONENTS[kind]) == names[kind]:

@@ -183,3 +183,23 @@ def test_a_recorded_config_replays_without_options_added_since(tmp_path):
     written.write_text(yaml.safe_dump(data))
     fresh = resolve_config(file=load_config_file(written))
     assert fresh.augment.max_share == 0.1 and fresh.configs["policy"].few_episodes == 50
+
+
+def test_a_profile_sub_section_configures_its_component_only(monkeypatch):
+    from ipd_plugins import profiles
+
+    custom = {"policy": {"n_steps": 111, "batch_size": 7, "gtp": {"batch_size": 33}}}
+    monkeypatch.setitem(profiles.PROFILES, "custom", custom)
+    gtp = resolve_config(
+        run={"profile": "custom", "dataset": "pendulum-medium"}, components={"policy": "gtp"}
+    )
+    dt = resolve_config(run={"profile": "custom", "dataset": "pendulum-medium"})
+    assert (gtp.configs["policy"].n_steps, gtp.configs["policy"].batch_size) == (111, 33)
+    assert (dt.configs["policy"].n_steps, dt.configs["policy"].batch_size) == (111, 7)
+    # --set still wins over the sub-section
+    over = resolve_config(
+        run={"profile": "custom", "dataset": "pendulum-medium"},
+        components={"policy": "gtp"},
+        overrides={"policy": {"batch_size": 5}},
+    )
+    assert over.configs["policy"].batch_size == 5
