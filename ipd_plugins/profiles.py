@@ -105,7 +105,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "n_steps": 30_000,
             "hidden": 256,
             "dt": {
-                "n_steps": 10_000,
+                "n_steps": 8_000,
                 "n_layer": 3,
                 "n_embd": 128,
                 "n_head": 4,
