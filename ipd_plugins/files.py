@@ -17,7 +17,15 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "atomic_write_text", "write_json", "atomic_save", "safe_load"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_text",
+    "write_json",
+    "atomic_save",
+    "safe_load",
+    "load_component",
+    "load_state_checked",
+]
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -73,4 +81,37 @@ def safe_load(path: str | Path) -> Any:
         raise ValueError(
             f"{path} cannot be read as a weights-only checkpoint (truncated, corrupted or not "
             f"written by ipd; it is never unpickled): {first}"
+        ) from err
+
+
+def load_component(path: str | Path, fmt: str, what: str, dims: tuple[int, int]) -> dict[str, Any]:
+    """:func:`safe_load` a component checkpoint ``{"format", "obs_dim", "act_dim", "state", ...}``
+    and check that it is a ``what`` (``format == fmt``) made for ``dims`` = (obs_dim, act_dim)."""
+    blob = safe_load(path)
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise ValueError(f"{path} is not a {what} checkpoint (format {fmt})")
+    saved = (blob["obs_dim"], blob["act_dim"])
+    if saved != tuple(dims):
+        raise ValueError(
+            f"{path} was trained for obs_dim, act_dim = {saved}; this {what} is built for {dims}"
+        )
+    return blob
+
+
+def load_state_checked(
+    module: torch.nn.Module,
+    blob: dict[str, Any],
+    path: str | Path,
+    what: str,
+    sizes: dict[str, Any],
+) -> None:
+    """``module.load_state_dict(blob["state"])``; a shape mismatch raises :class:`ValueError`
+    naming the saved and the current ``sizes`` (config keys, e.g. hidden and n_layers)."""
+    try:
+        module.load_state_dict(blob["state"])
+    except RuntimeError as err:
+        saved = {k: blob.get("config", {}).get(k) for k in sizes}
+        here = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise ValueError(
+            f"{path} does not fit this {what}'s networks (saved {saved}, here {here}): {err}"
         ) from err

@@ -322,6 +322,9 @@ def test_qov_save_load_round_trip(tmp_path, chain):
     torch.save({"format": "something else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a qov checkpoint"):
         wrong.load(tmp_path / "other.pt")
+    elsewhere = QOVConfig(**SMALL).create(BuildContext(CHAIN + 1, 1, (-1.0,), (1.0,)))
+    with pytest.raises(ValueError, match=r"trained for obs_dim, act_dim = \(\d+, 1\)"):
+        elsewhere.load(tmp_path / "qov.pt")
 
 
 class _Interrupt(Exception):

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ipd_plugins.files import atomic_save, safe_load
+from ipd_plugins.files import atomic_save, load_component, load_state_checked
 from ipd_plugins.nn import EnsembleMLP, Normalizer, mixed_forward, mlp
 from ipd_plugins.policies.gtp_impl import (
     Phi,
@@ -637,23 +637,9 @@ class GtpPolicy:
         )
 
     def load(self, path: Path) -> None:
-        blob = safe_load(path)
-        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a gtp policy checkpoint (format {_FORMAT})")
-        dims = (blob["obs_dim"], blob["act_dim"])
-        if dims != (self.ctx.obs_dim, self.ctx.act_dim):
-            raise ValueError(
-                f"{path} was trained for obs_dim, act_dim = {dims}; this policy is built for "
-                f"{(self.ctx.obs_dim, self.ctx.act_dim)}"
-            )
-        try:
-            self.nets.load_state_dict(blob["state"])
-        except RuntimeError as err:
-            saved = {k: blob["config"].get(k) for k in ("hidden", "n_layers")}
-            raise ValueError(
-                f"{path} does not fit this gtp policy's networks (saved {saved}, here "
-                f"hidden={self.cfg.hidden}, n_layers={self.cfg.n_layers}): {err}"
-            ) from err
+        blob = load_component(path, _FORMAT, "gtp policy", (self.ctx.obs_dim, self.ctx.act_dim))
+        sizes = {"hidden": self.cfg.hidden, "n_layers": self.cfg.n_layers}
+        load_state_checked(self.nets, blob, path, "gtp policy", sizes)
         self.nets.to(self.device).eval()
 
 

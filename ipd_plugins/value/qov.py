@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ipd_plugins.files import atomic_save, safe_load
+from ipd_plugins.files import atomic_save, load_component, load_state_checked
 from ipd_plugins.nn import EnsembleMLP, Normalizer, mixed_forward, mlp, per_env_call
 from ipd_plugins.returns import reward_factor
 from ipd_plugins.training import Checkpointer, TransitionSampler
@@ -374,23 +374,9 @@ class QOVLearner:
         )
 
     def load(self, path: Path) -> None:
-        blob = safe_load(path)
-        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a qov checkpoint (format {_FORMAT})")
-        dims = (blob["obs_dim"], blob["act_dim"])
-        if dims != (self.ctx.obs_dim, self.ctx.act_dim):
-            raise ValueError(
-                f"{path} was trained for obs_dim, act_dim = {dims}, this learner is built for "
-                f"{(self.ctx.obs_dim, self.ctx.act_dim)}"
-            )
-        try:
-            self.nets.load_state_dict(blob["state"])
-        except RuntimeError as err:
-            saved = {k: blob["config"].get(k) for k in ("hidden", "n_layers")}
-            raise ValueError(
-                f"{path} does not fit this learner's networks (saved {saved}, here "
-                f"hidden={self.config.hidden}, n_layers={self.config.n_layers}): {err}"
-            ) from err
+        blob = load_component(path, _FORMAT, "qov", (self.ctx.obs_dim, self.ctx.act_dim))
+        sizes = {"hidden": self.config.hidden, "n_layers": self.config.n_layers}
+        load_state_checked(self.nets, blob, path, "qov", sizes)
         self.step = int(blob.get("step", 0))
         self.nets.eval()
 
