@@ -17,7 +17,15 @@ from click.testing import CliRunner
 from tiny import TINY_IPD as TINY
 
 from ipd_plugins.commands import main
-from ipd_plugins.sweep import describe, expand, find_finished, load_spec, parse_spec, run_sweep
+from ipd_plugins.sweep import (
+    describe,
+    expand,
+    find_finished,
+    load_spec,
+    parse_spec,
+    run_sweep,
+    select,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MPC = {"set": TINY}
@@ -184,6 +192,28 @@ def test_the_score_table_spec_is_the_72_runs_of_scores_py():
     text = describe(trials, finished, spec)
     assert "72 trials" in text and "shared by several trials: none" in text
     assert "value 18, world_model 18, augment 18, policy 18, baseline 54" in text
+
+
+def test_a_slice_of_the_tuning_spec_keeps_its_run_folders():
+    spec = load_spec(ROOT / "benchmarks" / "experiments" / "tuning.yaml")
+    whole = {(t.label, t.dataset, t.seed): t.run_dir for t in expand(spec)}
+    assert len(whole) == 54 and not any(t.error for t in expand(spec))
+    part = select(spec, ["hopper-medium-replay"], [1, 2], ["ipd", "gtp alone"])
+    trials = expand(part)
+    assert [(t.label, t.seed) for t in trials] == [
+        ("ipd", 1), ("gtp alone", 1), ("ipd", 2), ("gtp alone", 2)
+    ]  # fmt: skip
+    assert all(whole[t.label, t.dataset, t.seed] == t.run_dir for t in trials)
+    assert select(spec) == spec
+    with pytest.raises(ValueError, match="no method 'gtp'; the spec's methods: 'ipd'"):
+        select(spec, methods=["gtp"])
+    with pytest.raises(ValueError, match="no seed 7"):
+        select(spec, seeds=[7])
+    out = CliRunner().invoke(
+        main, ["sweep", str(ROOT / "benchmarks/experiments/tuning.yaml"), "--dry-run",
+               "--methods", "dt", "--seeds", "0", "--datasets", "hopper-medium"],
+    )  # fmt: skip
+    assert out.exit_code == 0 and "1 trials: " in out.output and "baseline-dt" in out.output
 
 
 def test_bad_specs_fail_with_a_sentence(tmp_path):

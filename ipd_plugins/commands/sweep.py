@@ -30,6 +30,18 @@ __all__ = ["sweep"]
 )
 @click.option("--out", "out_dir", help="run folders + stage cache (default: the spec's 'out')")
 @click.option(
+    "--datasets",
+    metavar="A,B",
+    help="only these of the spec's datasets (comma-separated; default all)",
+)
+@click.option("--seeds", metavar="0,1", help="only these of the spec's seeds")
+@click.option(
+    "--methods",
+    metavar="LABEL,...",
+    help="only these of the spec's method labels (e.g. --methods ipd,dt: a slice run first is "
+    "then done when the whole spec runs)",
+)
+@click.option(
     "--progress-seconds",
     type=click.FloatRange(min=0.1),
     default=60.0,
@@ -44,6 +56,9 @@ def sweep(
     num_cpus: int | None,
     serial: bool,
     out_dir: str | None,
+    datasets: str | None,
+    seeds: str | None,
+    methods: str | None,
     progress_seconds: float,
 ) -> None:
     """Run the grid of SPEC (YAML or TOML): datasets x methods x options x seeds.
@@ -71,15 +86,24 @@ def sweep(
       ipd sweep benchmarks/experiments/scores.yaml --dry-run
       ipd sweep grid.yaml                      # a local Ray instance
       ipd sweep grid.yaml --address auto       # the cluster this node belongs to
+      ipd sweep grid.yaml --methods ipd --seeds 0   # a slice first
       ipd compare runs/grid                    # the table of what finished
     """
     import dataclasses
 
     from ipd_plugins.sweep import dry_run as plan
-    from ipd_plugins.sweep import load_spec, run_sweep
+    from ipd_plugins.sweep import load_spec, run_sweep, select
+
+    def names(text: str | None) -> list[str] | None:
+        return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
 
     with usage_errors():
         spec = load_spec(spec_file)
+        try:
+            seed_list = None if seeds is None else [int(x) for x in names(seeds) or []]
+        except ValueError:
+            raise ValueError(f"--seeds takes comma-separated integers, got {seeds!r}") from None
+        spec = select(spec, names(datasets), seed_list, names(methods))
         if out_dir:
             spec = dataclasses.replace(spec, out=out_dir)
         if dry_run:

@@ -59,6 +59,7 @@ from ipd_plugins.sweep.spec import (
     find_finished,
     load_spec,
     parse_spec,
+    select,
 )
 from ipd_plugins.sweep.trials import SweepResult, TrialOutcome, finish_trial, run_trial
 
@@ -72,6 +73,7 @@ __all__ = [
     "SweepResult",
     "load_spec",
     "parse_spec",
+    "select",
     "expand",
     "find_finished",
     "describe",

@@ -80,6 +80,37 @@ def load_spec(path: str | Path) -> SweepSpec:
     return parse_spec(data, source=str(path), default_name=path.stem)
 
 
+def select(
+    spec: SweepSpec,
+    datasets: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    methods: Sequence[str] | None = None,
+) -> SweepSpec:
+    """A slice of ``spec``: only these datasets (their ``dataset`` source as written), seeds and
+    method labels (``None``: all). The trials keep their run folders, so a slice run first is
+    done when the whole spec runs. A name the spec does not have is an error naming the ones
+    it has."""
+
+    def pick(wanted: Sequence[Any] | None, have: list[Any], key: Callable[[Any], Any], what: str):
+        if wanted is None:
+            return have
+        names = [key(x) for x in have]
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            raise ValueError(
+                f"{spec.source}: no {what} {', '.join(map(repr, unknown))}; the spec's {what}s: "
+                + ", ".join(map(repr, names))
+            )
+        return [x for x in have if key(x) in wanted]
+
+    return dataclasses.replace(
+        spec,
+        datasets=pick(datasets, spec.datasets, lambda d: str(d["dataset"]), "dataset"),
+        seeds=pick(seeds, spec.seeds, int, "seed"),
+        methods=pick(methods, spec.methods, lambda m: m.label, "method"),
+    )
+
+
 def _read_plain(path: Path) -> dict[str, Any]:
     """The spec's mapping, read like a run config (safe YAML, TOML) but with list values."""
     if path.suffix == ".toml":
