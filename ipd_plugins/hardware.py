@@ -4,7 +4,8 @@ Two runs that each take every core slow each other down by an order of magnitude
 machine (OpenMP threads spin while they wait for a core), not by two. So every ``ipd`` process
 that sets its threads writes a *claim* (``<pid>.json``: how many threads it took) into a shared
 folder, under a file lock, and a new run takes only the cores that neither the live claims nor
-other work (the 1-minute load beyond what the claims explain) already use -- at least one.
+other work (the 1-minute load, or the cores busy right now where fewer, beyond what the claims
+explain) already use -- at least one.
 Runs started at the same moment see each other's claims at once, where the load average
 would lag by a minute. Claims of processes that have exited are removed by the next reader.
 
@@ -56,11 +57,39 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _load() -> float:
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs since boot (Linux ``/proc/stat``), else None."""
     try:
-        return os.getloadavg()[0]
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (fields[3] + fields[4], sum(fields)) if len(fields) == 8 else None
+
+
+def _busy_cores(window: float = 0.2) -> float | None:
+    """Cores busy over the last ``window`` seconds (all processes), or None off Linux."""
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(window)
+    second = _cpu_times()
+    if second is None or second[1] <= first[1]:
+        return None
+    idle, total = second[0] - first[0], second[1] - first[1]
+    return (1.0 - idle / total) * (os.cpu_count() or 1)
+
+
+def _load() -> float:
+    """Other work on the machine, in cores: the 1-minute load average, or the cores busy right
+    now where that is lower (the average still counts a job that ended a minute ago; a run
+    started just after it would otherwise take one thread for its whole life)."""
+    try:
+        load = os.getloadavg()[0]
     except (AttributeError, OSError):
-        return 0.0
+        load = 0.0
+    busy = _busy_cores() if load > 0.5 else None
+    return load if busy is None else min(load, busy)
 
 
 def claims_dir() -> Path:

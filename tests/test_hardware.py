@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -74,6 +75,28 @@ def test_a_live_claim_holds_its_cores(claims):
             assert hardware.set_threads(None) == 1
         finally:
             other.kill()
+
+
+def test_a_job_that_just_ended_does_not_cost_a_core(claims, monkeypatch):
+    # the 1-minute load average still shows a job that ended seconds ago; the cores are idle
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.2, 0.8))
+    monkeypatch.setattr(hardware, "_busy_cores", lambda window=0.2: 0.05)
+    assert hardware.auto_threads() == 2
+    monkeypatch.setattr(hardware, "_busy_cores", lambda window=0.2: 1.0)  # it is still running
+    assert hardware.auto_threads() == 1
+    monkeypatch.setattr(hardware, "_busy_cores", lambda window=0.2: None)  # no /proc/stat
+    assert hardware.auto_threads() == 1
+
+
+def test_busy_cores_sees_a_spinning_process():
+    if hardware._busy_cores(0.05) is None:
+        pytest.skip("no /proc/stat")
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert hardware._busy_cores(0.5) >= 0.6
+    finally:
+        spin.kill()
 
 
 def test_an_explicit_number_wins_over_the_rule_and_is_claimed(claims):
