@@ -23,12 +23,13 @@ import torch
 import yaml
 
 from ipd_plugins.augment import augment
+from ipd_plugins.curve import missing_steps, read_curve, with_curve
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import CallableActor, score
 from ipd_plugins.files import atomic_write_text, write_json
 from ipd_plugins.hardware import resolve_device, resolve_precision, set_threads
 from ipd_plugins.provenance import run_meta
-from ipd_plugins.run_config import RUN_KINDS, RunConfig, RunSettings, changed_options
+from ipd_plugins.run_config import RUN_KINDS, RunConfig, RunSettings, changed_options, curve_key
 from ipd_plugins.stages import StageCache
 from ipd_plugins.uncertainty.reliable import DEFAULT_CALIBRATION_PAIRS, calibrate_kappa
 from registry import KINDS, AdaptationContext, BuildContext, config_hash, get_registry
@@ -44,6 +45,8 @@ __all__ = [
     "imagine",
     "distill",
     "evaluate_actors",
+    "score_policy",
+    "policy_curve",
     "adapt_actors",
     "run_pipeline",
     "SEGMENTS_FORMAT",
@@ -174,7 +177,8 @@ def stage_keys(cfg: RunConfig, data_hash: str, env_id: str | None) -> dict[str, 
 
     Runs that share a key share that stage's artifact (e.g. a planner ablation shares the value
     and world-model keys). The precision the trainable stages use on this machine is part of
-    their keys when it is bf16 (fp32 keys are those of the runs from before the option).
+    their keys when it is bf16 (fp32 keys are those of the runs from before the option), and so
+    is the curve the policy stage scores with ``run.eval_every`` (:func:`curve_key`).
     """
     seed = cfg.run.seed
     bf16 = ("bf16",) if resolve_precision(cfg.run.precision, cfg.run.device) == "bf16" else ()
@@ -192,7 +196,9 @@ def stage_keys(cfg: RunConfig, data_hash: str, env_id: str | None) -> dict[str, 
         seed,
         SEGMENTS_FORMAT,
     )
-    policy = config_hash("policy", aug, value, cfg.hash_part("policy"), seed, *bf16)
+    adapter = cfg.hash_part("adapter") if cfg.adapting else None
+    curve = curve_key(cfg.run, adapter)  # () without run.eval_every
+    policy = config_hash("policy", aug, value, cfg.hash_part("policy"), seed, *bf16, *curve)
     return {"value": value, "world_model": world_model, "augment": aug, "policy": policy}
 
 
@@ -293,25 +299,40 @@ def distill(
     train_ds: TrajectoryDataset,
     value: Any,
     echo: Echo = print,
+    world_model: Any = None,
 ) -> Any:
-    """5. The policy on real + imagined data (sec. 3.4: ``ipd-dt``, eq. 26; any registered one)."""
+    """5. The policy on real + imagined data (sec. 3.4: ``ipd-dt``, eq. 26; any registered one).
+
+    With ``run.eval_every``, the policy is scored every ``eval_every`` steps as
+    :func:`evaluate_actors` scores the final one (``world_model``: for an adapter that uses
+    it), without changing its training (:mod:`ipd_plugins.curve`)."""
     policy = _build(cfg, "policy", p.ctx)
     note = getattr(policy, "few_episodes_note", lambda: None)()
     if note:
         echo(f"[policy] {note}")
-    every = cfg.run.eval_every
+
+    def evaluate() -> Any:
+        return score_policy(cfg, p, policy, value, world_model)
 
     def fit(folder: Path, log: Any) -> dict[str, float]:
-        def log_with_eval(step: int, values: dict[str, float]) -> None:
-            log(step, values)
-            if every and step > 0 and step % every == 0:
-                res = score(policy.actor(value), p.ctx.env_id, 3, cfg.run.seed, p.dataset)
-                log(step, {"eval_normalized": res.normalized_mean or res.mean_return})
-
-        return policy.fit(train_ds, value, work_dir=folder, log=log_with_eval)
+        logged = with_curve(log, cfg.run.eval_every, evaluate, policy, value)
+        return policy.fit(train_ds, value, work_dir=folder, log=logged)
 
     cache.fit("policy", key, policy, fit, cfg.run.seed + 3)
     return policy
+
+
+def score_policy(
+    cfg: RunConfig, p: Prepared, policy: Any, value: Any, world_model: Any = None
+) -> Any:
+    """The policy's :class:`~ipd_plugins.evaluate.EvalResult` exactly as
+    :func:`evaluate_actors` scores it (the run's adapter, episodes and evaluation seeds): a
+    curve point. Says nothing."""
+    assert p.ctx.env_id is not None
+    adapter = _build(cfg, "adapter", p.ctx)
+    models = AdaptationContext(world_model, value.q, float(value.gamma), cfg.run.seed)
+    actors = adapt_actors(adapter, {"policy": policy.actor(value)}, models, lambda _: None)
+    return score(actors["policy"], p.ctx.env_id, cfg.run.eval_episodes, cfg.run.seed, p.dataset)
 
 
 def adapt_actors(
@@ -374,6 +395,26 @@ def write_run_config(cfg: RunConfig, data_hash: str) -> None:
     atomic_write_text(cfg.run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False))
 
 
+def policy_curve(cfg: RunConfig, cache: StageCache, echo: Echo = print) -> list[dict[str, Any]]:
+    """The policy stage's curve points (``log.csv``) at multiples of ``run.eval_every``; says
+    which are missing (the curve is in the stage's key, so only a stage whose log.csv predates
+    the points' format lacks them)."""
+    every = cfg.run.eval_every
+    record = cache.records.get("policy")
+    if not every or record is None:
+        return []
+    curve = read_curve(Path(record.path) / "log.csv", every)
+    n_steps = getattr(cfg.configs["policy"], "n_steps", None)
+    missing = missing_steps(curve, every, n_steps, cfg.run.eval_episodes)
+    if missing:
+        echo(
+            f"[policy] no {cfg.run.eval_episodes}-episode curve point at step(s) "
+            f"{', '.join(map(str, missing))} in {record.path}/log.csv (a stage logged "
+            "before curve points had this format; delete it to retrain)"
+        )
+    return curve
+
+
 def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> dict[str, Any]:
     """Run (or resume, or reuse) every stage of one seed; returns ``results.json``'s content."""
     t_start = time.perf_counter()
@@ -394,9 +435,10 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
     train_ds, aug_report = imagine(
         cache, cfg, p, keys["augment"], value, world_model, progress=progress
     )
-    policy = distill(cache, cfg, p, keys["policy"], train_ds, value, echo)
+    policy = distill(cache, cfg, p, keys["policy"], train_ds, value, echo, world_model)
     cache.write(cfg.run_dir / "stages.json")
     scores = evaluate_actors(cfg, p, policy, value, echo, world_model=world_model)
+    curve = policy_curve(cfg, cache, echo)
 
     records = cache.records
     results = {
@@ -412,5 +454,7 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
         "threads": threads,
         "precision": p.ctx.precision,
     }
+    if cfg.run.eval_every:
+        results["curve"] = curve
     write_json(cfg.run_dir / "results.json", results)
     return results

@@ -38,6 +38,8 @@ __all__ = [
     "resolve_config",
     "changed_options",
     "MOVED_OPTIONS",
+    "check_eval_every",
+    "curve_key",
 ]
 
 #: The paper's pipeline: what ``ipd run`` uses when no component flag is given.
@@ -78,7 +80,12 @@ class RunSettings:
     # fp32; every trainable component follows it (hardware.py, benchmarks/results/precision.md)
     precision: str = added_later("auto", before="fp32")
     eval_episodes: int = 10  # evaluation episodes of the final policy (last checkpoint)
-    eval_every: int = 0  # policy steps between periodic evaluations in the learning curve; 0: off
+    # steps between curve points: the policy (a baseline) scored as the final evaluation scores
+    # the last checkpoint, into its log.csv and results.json's `curve`; a multiple of the
+    # stage's log_every; 0: off. A point at step k equals a k-step run's score for policies
+    # whose schedule does not depend on n_steps (ipd-dt, DT); for others (gtp's curriculum,
+    # IQL's cosine schedule) it is a learning curve (ipd_plugins/curve.py)
+    eval_every: int = 0
     eval_qop: bool = True  # also score the value learner's own policy pi_QOP (IQL-style)
     env_id: str | None = None  # the gymnasium env of the data (overrides the file's; --env)
     clip_actions: bool = False  # clip dataset actions into the action space instead of failing
@@ -189,6 +196,25 @@ class RunConfig:
         return out
 
 
+def check_eval_every(eval_every: int, log_every: int | None, where: str) -> None:
+    """A curve point is scored when the stage logs (every ``log_every`` steps), so
+    ``run.eval_every`` must be a multiple of ``log_every`` (``where``: "policy.log_every")."""
+    if eval_every and log_every and eval_every % log_every:
+        raise ValueError(
+            f"run.eval_every={eval_every} must be a multiple of {where}={log_every}: the "
+            f"curve is scored when the stage logs, every {log_every} steps"
+        )
+
+
+def curve_key(settings: RunSettings, adapter: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """What a policy's (a baseline's) stage key adds when it scores a curve: the points are in
+    its ``log.csv``, so a stage trained without them (or with other ones) is not reused.
+    ``adapter``: the adapter the points act through. Empty without a curve (keys unchanged)."""
+    if not settings.eval_every:
+        return ()
+    return ("curve", settings.eval_every, settings.eval_episodes, adapter or {})
+
+
 # -- reading configs ---------------------------------------------------------------------------
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a run config (YAML or TOML; a run folder or its ``config.yaml`` replays that run).
@@ -290,10 +316,13 @@ def resolve_config(
     components: dict[str, str | None] | None = None,
     run: dict[str, Any] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    check_curve: bool = True,
 ) -> RunConfig:
     """Paper defaults < profile < config file < command-line flags < ``--set`` overrides.
 
-    Every value is checked here (types, ranges, component names), before any stage trains.
+    Every value is checked here (types, ranges, component names), before any stage trains;
+    ``check_curve``: also ``run.eval_every`` against ``policy.log_every`` (False: the run
+    settings serve a baseline, which checks them against its own ``log_every``).
     """
     file = _move_options(dict(file or {}))
     overrides = _move_options(dict(overrides or {}))
@@ -339,6 +368,9 @@ def resolve_config(
         **overrides.get("augment", {}),
     }
     aug = dataclass_from_dict(AugmentConfig, aug_values, "augment settings")
+    if check_curve:
+        log_every = getattr(configs["policy"], "log_every", None)
+        check_eval_every(settings.eval_every, log_every, "policy.log_every")
     return RunConfig(settings, names, configs, aug)
 
 

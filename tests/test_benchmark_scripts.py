@@ -451,3 +451,35 @@ def test_precision_benchmark_writes_speed_peak_and_same_batch_curves(store, tmp_
         cells = [float(c) for c in row.strip("|").split("|")[1:]]
         fp32, bf16 = cells[0::2], cells[1::2]
         np.testing.assert_allclose(bf16, fp32, rtol=0.05)
+
+
+def test_budget_plot_averages_the_curves_over_seeds(tmp_path):
+    budget_plot = _script("budget_plot")
+
+    def run(folder: str, seed: int, label: str, curve: list | None, score: float, steps: int):
+        seed_dir = tmp_path / folder / f"hopper-medium__{label}__0/seed_{seed}"
+        seed_dir.mkdir(parents=True)
+        results = {
+            "label": label, "seed": seed, "dataset": {"source": "hopper-medium"},
+            "scores": {"policy": {"normalized_mean": score, "mean_return": 1.0}},
+        }  # fmt: skip
+        if curve is not None:
+            results["curve"] = [
+                {"step": k, "normalized_mean": v, "normalized_std": 1.0, "mean_return": 0.0,
+                 "std_return": 0.0, "n_episodes": 10} for k, v in curve
+            ]  # fmt: skip
+        (seed_dir / "results.json").write_text(json.dumps(results))
+        (seed_dir / "config.yaml").write_text(yaml.safe_dump({"baseline": {"n_steps": steps}}))
+
+    run("budget", 0, "ipd", [(2000, 10.0), (4000, 30.0)], 30.0, 4000)
+    run("budget", 1, "ipd", [(2000, 20.0), (4000, 50.0)], 50.0, 4000)
+    run("tuning", 0, "dt", None, 60.0, 8000)
+    curves = budget_plot.load([str(tmp_path / "budget")])
+    assert dict(curves["hopper-medium"]["ipd"]) == {2000: [10.0, 20.0], 4000: [30.0, 50.0]}
+    reference = budget_plot.load_reference([str(tmp_path / "tuning")])
+    assert dict(reference["hopper-medium"]["dt"]) == {8000: [60.0]}
+    text = budget_plot.markdown(curves, reference)
+    assert "| ipd | 15.0 +- 5.0 (2) | 40.0 +- 10.0 (2) |  |" in text
+    assert "| dt (final) |  |  | 60.0 +- 0.0 (1) |" in text
+    budget_plot.plot(curves, reference, tmp_path / "budget.png")
+    assert (tmp_path / "budget.png").stat().st_size > 1000

@@ -86,7 +86,7 @@ def test_local_sweep_makes_a_shared_stage_once_and_a_rerun_does_nothing(swept):
     assert len(list(logs.glob("stage-value-*.log"))) == 1
     summary = json.loads((out / "sweeps" / "grid" / "summary.json").read_text())
     assert summary["counts"] == {
-        "done": 0, "finished": 2, "failed": 0, "invalid": 1, "cancelled": 0,
+        "done": 0, "finished": 2, "failed": 0, "invalid": 1, "cancelled": 0, "not run": 0,
     }  # fmt: skip
     assert len({t["node"] for t in summary["trials"] if t["node"]}) == 1
 
@@ -101,6 +101,21 @@ def test_local_sweep_makes_a_shared_stage_once_and_a_rerun_does_nothing(swept):
     from ipd_plugins.compare import load_records
 
     assert {r.label for r in load_records([out])} == {"mpc", "greedy"}
+
+    # --collect: the finished trials go to the record, a new one is listed, nothing runs
+    data = yaml.safe_load(spec.read_text())
+    data["record"] = str(spec.parent / "record")
+    data["methods"].pop("bad")
+    data["methods"]["later"] = {"set": [*TINY, "planner.n_mpc=5"]}
+    grown = spec.parent / "grown.yaml"
+    grown.write_text(yaml.safe_dump(data, sort_keys=False))
+    before = sorted(out.glob("*/seed_*"))
+    got = CliRunner().invoke(main, ["sweep", str(grown), "--collect"], catch_exceptions=False)
+    assert got.exit_code == 0 and "3 trials: 0 finished now, 2 earlier, 0 failed, 1 not run" in (
+        got.output
+    ), got.output
+    assert {r.label for r in load_records([spec.parent / "record"])} == {"mpc", "greedy"}
+    assert sorted(out.glob("*/seed_*")) == before and "[value]" not in got.output
 
 
 def _killer(marker: str):

@@ -26,6 +26,7 @@ import yaml
 
 from ipd_plugins.baselines.configs import BaselineConfig
 from ipd_plugins.baselines.trainer import D3rlpyBaseline
+from ipd_plugins.curve import missing_steps, read_curve, with_curve
 from ipd_plugins.evaluate import score
 from ipd_plugins.files import atomic_write_text, write_json
 from ipd_plugins.hardware import set_threads
@@ -37,7 +38,14 @@ from ipd_plugins.pipeline import (
     stage_keys,
 )
 from ipd_plugins.provenance import run_meta
-from ipd_plugins.run_config import DEFAULT_COMPONENTS, RunConfig, RunSettings, resolve_config
+from ipd_plugins.run_config import (
+    DEFAULT_COMPONENTS,
+    RunConfig,
+    RunSettings,
+    check_eval_every,
+    curve_key,
+    resolve_config,
+)
 from ipd_plugins.stages import StageCache
 from registry import AdaptationContext, get_registry
 from registry.config import config_hash, dataclass_from_dict, dataclass_to_dict, identity_dict
@@ -51,6 +59,7 @@ __all__ = [
     "resolve_settings",
     "resolve_adaptation",
     "adapt_baseline_actor",
+    "baseline_world_model",
     "run_baseline",
     "TrainedBaseline",
     "load_trained_baseline",
@@ -128,9 +137,17 @@ def baseline_run_name(
     return f"{_slug(settings.dataset)}__baseline-{method}__{config_hash(body)[:8]}"
 
 
-def baseline_key(config: BaselineConfig, data_hash: str, env_id: str | None, seed: int) -> str:
-    """The stage-cache key of a baseline's trained weights."""
-    return config_hash("baseline", config.name, data_hash, identity_dict(config), env_id, seed)
+def baseline_key(
+    config: BaselineConfig,
+    data_hash: str,
+    env_id: str | None,
+    seed: int,
+    curve: tuple[Any, ...] = (),
+) -> str:
+    """The stage-cache key of a baseline's trained weights (``curve``: see
+    :func:`~ipd_plugins.run_config.curve_key`)."""
+    body = (config.name, data_hash, identity_dict(config), env_id, seed, *curve)
+    return config_hash("baseline", *body)
 
 
 def resolve_settings(
@@ -149,8 +166,11 @@ def resolve_settings(
     file_algo = file_baseline.pop("algo", algo)
     if file_algo != algo:
         raise ValueError(f"the config file is for baseline '{file_algo}', not '{algo}'")
-    settings = resolve_config(run=run_values).run  # the run settings, profile defaults included
+    # the run settings, profile defaults included (eval_every is checked against the baseline's
+    # log_every, not the policy's)
+    settings = resolve_config(run=run_values, check_curve=False).run
     bconf = resolve_baseline(algo, settings.profile, file_baseline, overrides.get("baseline"))
+    check_eval_every(settings.eval_every, bconf.log_every, "baseline.log_every")
     return settings, bconf
 
 
@@ -177,8 +197,42 @@ def resolve_adaptation(
         components={"adapter": name},
         run=dataclass_to_dict(settings),
         overrides={"adapter": values, "world_model": world_model},
+        check_curve=False,
     )
     return cfg if cfg.adapting else None
+
+
+def _quiet(message: str) -> None:
+    """An ``echo`` that says nothing (curve points)."""
+
+
+def _adapter_and_q(adaptation: RunConfig, p: Prepared, baseline: D3rlpyBaseline) -> tuple[Any, Any]:
+    """The run's adapter and, when it uses models, the baseline's critic (fails without one)."""
+    adapter = get_registry().create(
+        "adapter", adaptation.components["adapter"], adaptation.configs["adapter"], p.ctx
+    )
+    if not adapter.uses_models:
+        return adapter, None
+    q = baseline.q_function()
+    if q is None:
+        raise ValueError(
+            f"baseline '{baseline.config.name}' has no critic: adapter "
+            f"'{adaptation.components['adapter']}' needs its Q for the terminal value "
+            "(rebrac, td3+bc, iql and cql have one)"
+        )
+    return adapter, q
+
+
+def baseline_world_model(
+    adaptation: RunConfig, p: Prepared, cache: StageCache, baseline: D3rlpyBaseline
+) -> Any:
+    """The world model the run's adapter uses (trained in ``cache`` or reused); None when it
+    uses none. Fails first if the adapter needs a critic the baseline does not have."""
+    adapter, _ = _adapter_and_q(adaptation, p, baseline)
+    if not adapter.uses_models:
+        return None
+    key = stage_keys(adaptation, p.data_hash, p.ctx.env_id)["world_model"]
+    return fit_world_model(cache, adaptation, p, key)
 
 
 def adapt_baseline_actor(
@@ -188,23 +242,16 @@ def adapt_baseline_actor(
     baseline: D3rlpyBaseline,
     actor: Any,
     echo: Callable[[str], None] = print,
+    world_model: Any = None,
 ) -> Any:
     """``actor`` wrapped by the run's adapter, with the baseline's critic as Q and, when the
-    adapter uses models, the dataset's world model (trained in ``cache`` or reused)."""
-    adapter = get_registry().create(
-        "adapter", adaptation.components["adapter"], adaptation.configs["adapter"], p.ctx
-    )
-    world_model = q = None
-    if adapter.uses_models:
-        q = baseline.q_function()
-        if q is None:
-            raise ValueError(
-                f"baseline '{baseline.config.name}' has no critic: adapter "
-                f"'{adaptation.components['adapter']}' needs its Q for the terminal value "
-                "(rebrac, td3+bc, iql and cql have one)"
-            )
-        key = stage_keys(adaptation, p.data_hash, p.ctx.env_id)["world_model"]
-        world_model = fit_world_model(cache, adaptation, p, key)
+    adapter uses models, the dataset's world model (``world_model``, else trained in ``cache``
+    or reused)."""
+    adapter, q = _adapter_and_q(adaptation, p, baseline)
+    if not adapter.uses_models:
+        world_model = None
+    elif world_model is None:
+        world_model = baseline_world_model(adaptation, p, cache, baseline)
     models = AdaptationContext(world_model, q, baseline.gamma, adaptation.run.seed)
     return adapt_actors(adapter, {"policy": actor}, models, echo)["policy"]
 
@@ -251,24 +298,37 @@ def run_baseline(
 
     baseline = D3rlpyBaseline(bconf, p.ctx, p.dataset)
     cache = StageCache(settings.out_dir, echo, tb_dir=run_dir / "tb")
-    key = baseline_key(bconf, p.data_hash, p.ctx.env_id, settings.seed)
+    adapter = baseline_identity(settings, bconf, adaptation).get("adapter")
+    curve = curve_key(settings, adapter)
+    key = baseline_key(bconf, p.data_hash, p.ctx.env_id, settings.seed, curve)
+    n = settings.eval_episodes
+    assert p.ctx.env_id is not None
+    world_model, made = None, {}
+    if adaptation is not None and settings.eval_every:
+        # the curve's actors are adapted too: the world model they use (and the check that
+        # the baseline has a critic) comes first
+        world_model = baseline_world_model(adaptation, p, cache, baseline)
+        made = dict(cache.records)
+
+    def evaluate() -> Any:  # a curve point: the final evaluation of the current weights
+        actor = baseline.actor()
+        if adaptation is not None:
+            actor = adapt_baseline_actor(adaptation, p, cache, baseline, actor, _quiet, world_model)
+        return score(actor, p.ctx.env_id, n, settings.seed, p.dataset)
+
+    def fit(folder: Path, log: Any) -> dict[str, float]:
+        logged = with_curve(log, settings.eval_every, evaluate, baseline)
+        return baseline.fit(p.dataset, work_dir=folder, log=logged)
+
     echo(f"[baseline] {algo}, {bconf.n_steps} steps")
-    record = cache.fit(
-        "baseline",
-        key,
-        baseline,
-        lambda folder, log: baseline.fit(p.dataset, work_dir=folder, log=log),
-        settings.seed,
-    )
-    cache.records = {"train": record}
+    record = cache.fit("baseline", key, baseline, fit, settings.seed)
+    cache.records = {"train": record, **made}
     actor = baseline.actor()
     if adaptation is not None:  # may train (or reuse) the dataset's world model
-        actor = adapt_baseline_actor(adaptation, p, cache, baseline, actor, echo)
+        actor = adapt_baseline_actor(adaptation, p, cache, baseline, actor, echo, world_model)
     cache.write(run_dir / "stages.json")
 
-    n = settings.eval_episodes
     echo(f"[evaluate] {n} episodes of {p.ctx.env_id}")
-    assert p.ctx.env_id is not None
     scores = {"policy": score(actor, p.ctx.env_id, n, settings.seed, p.dataset).to_dict()}
     report = getattr(actor, "report", None)  # what the adapter did
     if report is not None:
@@ -292,6 +352,15 @@ def run_baseline(
         "wall_seconds": time.perf_counter() - t_start,
         "threads": threads,
     }
+    if settings.eval_every:
+        results["curve"] = read_curve(Path(record.path) / "log.csv", settings.eval_every)
+        missing = missing_steps(results["curve"], settings.eval_every, bconf.n_steps, n)
+        if missing:
+            echo(
+                f"[baseline] no {n}-episode curve point at step(s) "
+                f"{', '.join(map(str, missing))} in {record.path}/log.csv (a stage logged "
+                "before curve points had this format; delete it to retrain)"
+            )
     write_json(run_dir / "results.json", results)
     return results
 

@@ -28,6 +28,12 @@ __all__ = ["sweep"]
 @click.option(
     "--serial", is_flag=True, help="no Ray: run the trials one after another in this process"
 )
+@click.option(
+    "--collect",
+    is_flag=True,
+    help="run nothing: label and record the trials that have finished (run by an earlier "
+    "sweep, or by hand with the same options), list the ones that have not",
+)
 @click.option("--out", "out_dir", help="run folders + stage cache (default: the spec's 'out')")
 @click.option(
     "--datasets",
@@ -55,6 +61,7 @@ def sweep(
     address: str | None,
     num_cpus: int | None,
     serial: bool,
+    collect: bool,
     out_dir: str | None,
     datasets: str | None,
     seeds: str | None,
@@ -109,24 +116,30 @@ def sweep(
         if dry_run:
             click.echo(plan(spec))
             return
-        if serial and (address or num_cpus):
-            raise ValueError("--serial runs without Ray: it takes neither --address nor --num-cpus")
+        if (serial or collect) and (address or num_cpus):
+            flag = "--serial" if serial else "--collect"
+            raise ValueError(f"{flag} runs without Ray: it takes neither --address nor --num-cpus")
+        if serial and collect:
+            raise ValueError("--collect runs nothing: it takes no --serial")
     result = run_sweep(
         spec,
         address=address,
         num_cpus=num_cpus,
-        executor="serial" if serial else "ray",
+        executor="collect" if collect else "serial" if serial else "ray",
         echo=echo,
         progress_seconds=progress_seconds,
     )
     now, earlier = result.count("finished"), result.count("done")
     bad = [o for o in result.outcomes if o.status in ("failed", "invalid")]
+    waiting = result.count("not run")
     click.echo(
         f"{len(result.outcomes)} trials: {now} finished now, {earlier} earlier, {len(bad)} failed"
+        + (f", {waiting} not run" if collect else "")
     )
     for o in bad:
         click.echo(f"  failed: {o.trial.title}: {o.error}")
     click.echo(f"summary: {result.summary}")
-    click.echo(f"compare: ipd compare {spec.out} --out {spec.out}/{spec.name}.md")
+    where = spec.record if collect and spec.record else spec.out
+    click.echo(f"compare: ipd compare {where} --out {where}/{spec.name}.md")
     if bad:
         raise click.exceptions.Exit(1)

@@ -125,11 +125,12 @@ def run_trials(
 
     ``executor``: ``"ray"`` (a local Ray instance sized to ``num_cpus`` or the machine, or the
     cluster at ``address``; see the module docstring) or ``"serial"`` (in this process, one
-    after another, ``progress`` bars allowed). ``logs``: the folder of the Ray tasks' logs
-    (default ``<out>/sweeps/logs``). ``runtime_env`` goes to ``ray.init``.
+    after another, ``progress`` bars allowed) or ``"collect"`` (nothing runs: the finished
+    trials are labelled and recorded, the others are ``not run``). ``logs``: the folder of the
+    Ray tasks' logs (default ``<out>/sweeps/logs``). ``runtime_env`` goes to ``ray.init``.
     """
-    if executor not in ("ray", "serial"):
-        raise ValueError(f"unknown executor '{executor}'; executors: ray, serial")
+    if executor not in ("ray", "serial", "collect"):
+        raise ValueError(f"unknown executor '{executor}'; executors: ray, serial, collect")
     outcomes: dict[int, TrialOutcome] = {}
     todo = []
     for t in trials:
@@ -148,7 +149,10 @@ def run_trials(
     counter = _Progress(len(trials), echo, prefix, progress_seconds)
     counter.done = sum(1 for o in outcomes.values() if o.status == "done")
     counter.failed = sum(1 for o in outcomes.values() if o.status == "invalid")
-    if todo:
+    if executor == "collect":  # run nothing: the finished ones are labelled and recorded above
+        for t in todo:
+            outcomes[t.index] = TrialOutcome(t, "not run")
+    elif todo:
         if executor == "serial":
             _run_serial(todo, outcomes, counter, record, echo, progress)
         else:
@@ -229,7 +233,8 @@ def run_sweep(
         runtime_env=runtime_env,
     )
     result = SweepResult(outcomes, folder / "summary.json")
-    counts = {s: result.count(s) for s in ("done", "finished", "failed", "invalid", "cancelled")}
+    statuses = ("done", "finished", "failed", "invalid", "cancelled", "not run")
+    counts = {s: result.count(s) for s in statuses}
     write_json(
         folder / "summary.json",
         {

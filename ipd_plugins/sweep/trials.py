@@ -20,9 +20,11 @@ def _stage_keys(trial: Trial, data_hash: str, env_id: str | None) -> dict[str, s
 
         return stage_keys(resolved, data_hash, env_id)
     from ipd_plugins.baselines.run import baseline_key
+    from ipd_plugins.run_config import curve_key
 
-    settings, bconf = resolved
-    return {"baseline": baseline_key(bconf, data_hash, env_id, settings.seed)}
+    settings, bconf = resolved  # a sweep's baselines act without an adapter
+    curve = curve_key(settings)
+    return {"baseline": baseline_key(bconf, data_hash, env_id, settings.seed, curve)}
 
 
 def _shared(keys: dict[int, dict[str, str]]) -> dict[tuple[str, str], list[int]]:
@@ -37,8 +39,8 @@ def _shared(keys: dict[int, dict[str, str]]) -> dict[tuple[str, str], list[int]]
 # -- outcomes ----------------------------------------------------------------------------------
 @dataclass
 class TrialOutcome:
-    """What became of a trial: ``done`` (earlier), ``finished`` (now), ``failed``, ``invalid``
-    or ``cancelled``."""
+    """What became of a trial: ``done`` (earlier), ``finished`` (now), ``failed``, ``invalid``,
+    ``cancelled`` or ``not run`` (``ipd sweep --collect``)."""
 
     trial: Trial
     status: str
