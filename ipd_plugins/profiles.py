@@ -30,7 +30,9 @@ DEFAULT_DATASET: dict[str, str] = {
 #: `gtp` at a CPU budget (a policy's own sub-section overrides the shared policy keys): the
 #: paper's batch, its cheap K = 2 sampler, and a faster teacher EMA with EDM-weighted flow loss.
 #: Chosen on pendulum-medium, 4k steps, one seed (benchmarks/results/gtp_speed.md): paper
-#: settings -5 (K 2) / 11 (K 5), ema_rate 0.05 39 / 60, plus flow_weighting edm 57 / 60.
+#: settings -5 (K 2) / 11 (K 5), ema_rate 0.05 39 / 60, plus flow_weighting edm 57 / 60. The own
+#: critic's target rate stays the paper's 0.005: 0.02 calibrates Q within 20k steps but IPD+GTP
+#: collapsed with it on hopper-medium seed 0 (2.3 against 30.6; gtp_scores.md, tuning section).
 _GTP_CPU: dict[str, Any] = {
     "batch_size": 256,
     "sample_steps": 2,
