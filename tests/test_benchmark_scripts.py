@@ -483,3 +483,18 @@ def test_budget_plot_averages_the_curves_over_seeds(tmp_path):
     assert "| dt (final) |  |  | 60.0 +- 0.0 (1) |" in text
     budget_plot.plot(curves, reference, tmp_path / "budget.png")
     assert (tmp_path / "budget.png").stat().st_size > 1000
+
+
+def test_dwm_table_picks_the_step_size_on_the_tuning_seed_and_reports_the_others():
+    dwm_scores = _script("dwm_scores")
+    run = "/o/hopper-medium-replay__baseline-rebrac__ab12cd34/seed_{}"
+
+    def row(seed: int, lr: float, without: float, with_: float) -> dict:
+        return {"run": run.format(seed), "actor": "policy", "lr": lr, "options": [],
+                "without": without, "with": with_}  # fmt: skip
+
+    rows = [row(0, 1e-5, 50.0, 55.0), row(0, 1e-4, 50.0, 40.0), row(1, 1e-5, 60.0, 62.0),
+            row(2, 1e-5, 40.0, 46.0), row(2, 1e-4, 40.0, 99.0)]  # fmt: skip
+    text = dwm_scores.table(rows)
+    assert "| hopper-medium-replay | rebrac | 1e-05 | 50.0 -> 55.0 | 1, 2 | 50.0 +- 10.0 | " in text
+    assert "| 54.0 +- 8.0 | 4.0 +- 2.0 |" in text

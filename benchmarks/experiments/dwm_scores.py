@@ -10,16 +10,28 @@ same command resumes. Choose the step size on one seed and report it on the othe
         --lrs 1e-5,5e-5,2e-4 --actor qop --out benchmarks/results/dwm/tune.jsonl
     python benchmarks/experiments/dwm_scores.py --runs runs/<run>/seed_1 runs/<run>/seed_2 \
         --lrs 5e-5 --actor qop --out benchmarks/results/dwm/report.jsonl
+
+``--table FILE.jsonl ...`` writes the with/without table instead (nothing runs): per dataset and
+actor, the step size that scored best on the tuning seed (the lowest seed evaluated with more
+than one step size), then every other seed at that step size: mean +- std over seeds without
+and with the adapter, and the change::
+
+    python benchmarks/experiments/dwm_scores.py --table benchmarks/results/dwm/*.jsonl \
+        --out benchmarks/results/dwm_table.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 
 def evaluate(run: Path, lr: float, actors: list[str], extra: list[str]) -> dict:
@@ -33,15 +45,66 @@ def evaluate(run: Path, lr: float, actors: list[str], extra: list[str]) -> dict:
     return {"file": str(path), "seconds": time.perf_counter() - t0, **json.loads(path.read_text())}
 
 
+def _where(run: str) -> tuple[str, str, int]:
+    """(dataset, method, seed) of a seed folder ``.../<dataset>__<method>__<hash>/seed_<k>``."""
+    folder, seed = Path(run).parent.name, Path(run).name
+    dataset, method = folder.split("__")[:2]
+    return dataset, method, int(re.sub(r"\D", "", seed) or 0)
+
+
+def table(rows: list[dict]) -> str:
+    """The with/without markdown table of :func:`main`'s rows (see the module docstring)."""
+    cells: dict = defaultdict(lambda: defaultdict(dict))  # (dataset, actor) -> seed -> lr -> row
+    for row in rows:
+        dataset, method, seed = _where(row["run"])
+        actor = "pi_QOP" if row["actor"] == "qop" else method.removeprefix("baseline-")
+        if row["actor"] == "policy" and not method.startswith("baseline-"):
+            actor = "ipd-dt"
+        opts = ", ".join(row["options"])
+        cells[dataset, actor + (f" ({opts})" if opts else "")][seed][row["lr"]] = row
+    lines = [
+        "| dataset | actor | lr (tuning seed) | tuning seed: without -> with | seeds | without "
+        "| with | change |",
+        "|---|---|---:|---|---|---:|---:|---:|",
+    ]
+    for (dataset, actor), seeds in sorted(cells.items()):
+        tuned = [s for s in sorted(seeds) if len(seeds[s]) > 1]
+        if not tuned:
+            continue
+        t = tuned[0]
+        lr, best = max(seeds[t].items(), key=lambda kv: kv[1]["with"])
+        others = [s for s in sorted(seeds) if s != t and lr in seeds[s]]
+        base = [seeds[s][lr]["without"] for s in others]
+        adapted = [seeds[s][lr]["with"] for s in others]
+        delta = [a - b for a, b in zip(adapted, base, strict=True)]
+
+        def ms(v: list[float]) -> str:
+            return f"{np.mean(v):.1f} +- {np.std(v):.1f}" if v else "-"
+
+        lines.append(
+            f"| {dataset} | {actor} | {lr:g} | {best['without']:.1f} -> {best['with']:.1f} | "
+            f"{', '.join(map(str, others)) or '-'} | {ms(base)} | {ms(adapted)} | {ms(delta)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--runs", nargs="+", required=True, help="finished seed folders")
-    ap.add_argument("--lrs", required=True, help="comma-separated adapter.lr values")
+    ap.add_argument("--table", nargs="+", metavar="JSONL", help="write the table of these rows")
+    ap.add_argument("--runs", nargs="+", help="finished seed folders")
+    ap.add_argument("--lrs", help="comma-separated adapter.lr values")
     ap.add_argument("--actor", action="append", default=[], choices=["policy", "qop"],
                     help="`ipd run` folders: only these actors (default: the run's)")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="adapter.KEY=VALUE")
-    ap.add_argument("--out", required=True, help="JSON lines, appended")
+    ap.add_argument("--out", required=True, help="JSON lines, appended (--table: markdown)")
     args = ap.parse_args()
+    if args.table:
+        rows = [json.loads(x) for f in args.table for x in Path(f).read_text().splitlines() if x]
+        Path(args.out).write_text(table(rows))
+        print(f"wrote {args.out}")
+        return
+    if not args.runs or not args.lrs:
+        ap.error("--runs and --lrs are required (or --table)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
