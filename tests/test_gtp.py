@@ -29,7 +29,7 @@ from ipd_plugins.policies.gtp_impl import (
     sampling_times,
     solution_map,
 )
-from registry import Policy, manager
+from registry import Policy, get_registry, manager
 from registry.protocols import Actor, BuildContext
 
 
@@ -440,3 +440,53 @@ def test_policy_ablation_labels_are_the_hand_run_labels():
         "ipd-dt alone"
     )
     assert [v.label for v in policy_variants("ipd-dt")] == ["ipd", "ipd-dt alone"]
+
+
+def test_gtp_actor_is_adaptable_and_its_imagined_actions_differentiable():
+    """The dwm adapter's view of gtp: its own weights per env act as `act` (same noise);
+    the imagined K-step sample is fixed for a real step and its gradient in the weights
+    matches central differences (float64, steps of 1e-3: through K = 5 steps from T = 80 the
+    forward pass carries ~1e-9 of round-off, which swamps differences of smaller steps)."""
+    from registry import AdaptableActor
+
+    torch.manual_seed(0)
+    ctx = BuildContext(obs_dim=3, act_dim=2, act_low=(-1.0, -2.0), act_high=(1.0, 2.0))
+    policy = get_registry().create("policy", "gtp", {"hidden": 16, "n_layers": 2}, ctx)
+    a, b = policy.actor(), policy.actor()
+    assert isinstance(a, AdaptableActor)
+    params = a.adapt_parameters("all")
+    head = a.adapt_parameters("head")
+    assert set(head) == {"f.4.weight", "f.4.bias"} and set(head) < set(params)
+    obs = torch.randn(2, 3)
+    a.reset(obs), b.reset(obs)
+    per_env = {k: v.detach()[None].expand(2, *v.shape) for k, v in params.items()}
+    for _ in range(3):
+        assert torch.allclose(b.act_with(obs, per_env), a.act(obs), atol=1e-5)
+        first, _ = b.differentiable_act(obs[:, None].expand(2, 4, 3), per_env, b.imagine_start(4))
+        again, _ = b.differentiable_act(obs[:, None].expand(2, 4, 3), per_env, b.imagine_start(4))
+        assert torch.equal(first, again)  # the same noise for every inner step of a real step
+        obs = obs + 0.1
+    with pytest.raises(ValueError, match="which must be 'all' or 'head'"):
+        a.adapt_parameters("some")
+
+    policy.nets.double()
+    b.times = b.times.double()
+    obs = torch.randn(2, 4, 3, dtype=torch.float64)
+    weights = {k: v.detach().double()[None].repeat(2, *[1] * v.dim()).requires_grad_(True)
+               for k, v in head.items()}  # fmt: skip
+
+    def objective(w):
+        actions, _ = b.differentiable_act(obs, w, b.imagine_start(4))
+        return actions.square().sum((1, 2)) + actions[..., 0].sum(1)  # (B,)
+
+    grads = torch.autograd.grad(objective(weights).sum(), list(weights.values()))
+    for (name, w), g in zip(weights.items(), grads, strict=True):
+        for i in range(0, w[1].numel(), 3):
+            with torch.no_grad():
+                plus = {k: v.clone() for k, v in weights.items()}
+                minus = {k: v.clone() for k, v in weights.items()}
+                plus[name][1].view(-1)[i] += 1e-3
+                minus[name][1].view(-1)[i] -= 1e-3
+                fd = (objective(plus) - objective(minus)) / 2e-3
+            assert abs(float(fd[0])) < 1e-8  # env 1's weights do not move env 0's actions
+            assert float(g[1].reshape(-1)[i]) == pytest.approx(float(fd[1]), rel=1e-4, abs=1e-7)

@@ -157,8 +157,8 @@ class DWMAdapter:
                 f"adapter 'dwm' cannot adapt a {name}: it does not implement "
                 "registry.protocols.AdaptableActor (adapt_parameters, imagine_start, "
                 "differentiable_act, act_with). Adaptable: pi_QOP of value 'qov', the 'ipd-dt' "
-                "policy and d3rlpy's MLP baselines; for another value learner's pi_QOP set "
-                "run.eval_qop=false"
+                "and 'gtp' policies and d3rlpy's MLP baselines; for another value learner's "
+                "pi_QOP set run.eval_qop=false"
             )
         wm = models.world_model
         if wm is None or not isinstance(wm, DifferentiableWorldModel):

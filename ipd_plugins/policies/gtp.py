@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ipd_plugins.files import atomic_save, load_component, load_state_checked
-from ipd_plugins.nn import EnsembleMLP, Normalizer, mixed_forward, mlp
+from ipd_plugins.nn import EnsembleMLP, Normalizer, mixed_forward, mlp, per_env_call
 from ipd_plugins.policies.gtp_impl import (
     Phi,
     actor_losses,
@@ -48,6 +48,7 @@ from ipd_plugins.policies.gtp_impl import (
     sample_actions,
     sample_times,
     sampling_times,
+    solution_map,
     time_features,
 )
 from ipd_plugins.training import Checkpointer, TransitionSampler
@@ -692,14 +693,26 @@ class GtpActor:
 
     The initial noise comes from a generator re-seeded with ``seed`` at every :meth:`reset`,
     so an evaluation is a function of the seed; :meth:`observe` keeps nothing.
+
+    Implements :class:`registry.protocols.AdaptableActor` (an adapter such as ``dwm`` may
+    change the solution map's weights while it acts): the adapted weights are phi's MLP
+    ("all") or its output layer ("head"); the EDM preconditioning, the normaliser and the
+    bounds stay as trained. An imagined action is the same K-step sample, differentiable in
+    the observation and the weights, from noise that is fixed for the real step (the same for
+    every inner step of the adapter, new at the next real step).
     """
 
     def __init__(self, nets: _Nets, times: torch.Tensor, seed: int = 0, device: Any = "cpu"):
         self.nets, self.times, self.seed, self.device = nets, times, int(seed), device
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.steps = 0  # real steps since reset: seeds the imagined rollouts' noise
 
     def reset(self, obs: torch.Tensor) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.steps = 0
+
+    def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator).to(self.device)
 
     @torch.inference_mode()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
@@ -707,12 +720,57 @@ class GtpActor:
         obs = torch.as_tensor(obs, dtype=torch.float32).to(self.device)
         O, A = n.actor.obs_dim, n.actor.act_dim
         assert obs.dim() == 2 and obs.shape[1] == O, f"obs must be (B,{O}), got {tuple(obs.shape)}"
-        noise = torch.randn((obs.shape[0], A), generator=self.generator).to(self.device)
-        a_u = sample_actions(n.phi(n.actor), n.obs_norm(obs), self.times, noise)  # fp32
+        a_u = sample_actions(
+            n.phi(n.actor), n.obs_norm(obs), self.times, self._noise((len(obs), A))
+        )
+        self.steps += 1
         return n.act_center + n.act_half * a_u
 
     def observe(self, reward: torch.Tensor) -> None:
         pass
+
+    # -- AdaptableActor ----------------------------------------------------------------------
+    def adapt_parameters(self, which: str) -> dict[str, torch.Tensor]:
+        f = self.nets.actor.f  # n_layers x (Linear, Mish), Linear
+        params = {f"f.{k}": v for k, v in f.named_parameters()}
+        if which == "all":
+            return params
+        if which == "head":
+            last = str(len(f) - 1)
+            return {k: v for k, v in params.items() if k.split(".")[1] == last}
+        raise ValueError(f"gtp: which must be 'all' or 'head', got {which!r}")
+
+    def imagine_start(self, n: int, context: int = 0) -> torch.Generator:
+        """The noise of this real step's imagined actions (a generator seeded by the step)."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
+
+    def _sample_with(
+        self, obs: torch.Tensor, params: dict[str, torch.Tensor], noise: torch.Tensor
+    ) -> torch.Tensor:
+        """(B,N,O) raw obs, per-env params, (B,N,A) noise -> (B,N,A) actions in the bounds."""
+        n, times = self.nets, self.times
+        obs_n, a = n.obs_norm(obs), noise * times[0]
+        B, N, A = a.shape
+        for i in range(times.shape[0] - 1):
+            t, tau = times[i].expand(B, N), times[i + 1].expand(B, N)
+            phi = per_env_call(n.actor, params, obs_n, a, t, tau)  # (B,N,A)
+            flat = solution_map(
+                phi.reshape(-1, A), a.reshape(-1, A), t.reshape(-1), tau.reshape(-1)
+            )
+            a = flat.reshape(B, N, A)
+        return n.act_center + n.act_half * a.clamp(-1.0, 1.0)
+
+    def differentiable_act(
+        self, obs: torch.Tensor, params: dict[str, torch.Tensor], memory: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Generator]:
+        noise = torch.randn((*obs.shape[:2], self.nets.actor.act_dim), generator=memory)
+        return self._sample_with(obs, params, noise.to(obs.device)), memory
+
+    def act_with(self, obs: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        obs = torch.as_tensor(obs, dtype=torch.float32).to(self.device)
+        noise = self._noise((len(obs), self.nets.actor.act_dim))
+        self.steps += 1
+        return self._sample_with(obs[:, None], params, noise[:, None])[:, 0]
 
 
 @hookimpl
