@@ -213,6 +213,11 @@ def test_a_slice_of_the_tuning_spec_keeps_its_run_folders():
     spec = load_spec(ROOT / "benchmarks" / "experiments" / "tuning.yaml")
     whole = {(t.label, t.dataset, t.seed): t.run_dir for t in expand(spec)}
     assert len(whole) == 54 and not any(t.error for t in expand(spec))
+    for name, n in (("budget", 18), ("ablations", 27)):  # issue 26's grids share its folders
+        other = expand(load_spec(ROOT / "benchmarks" / "experiments" / f"{name}.yaml"))
+        assert len(other) == n and not any(t.error for t in other), name
+    ipd = {t.run_dir for t in other if t.label == "ipd"}
+    assert ipd == {whole["ipd", "hopper-medium", s] for s in (0, 1, 2)}
     part = select(spec, ["hopper-medium-replay"], [1, 2], ["ipd", "gtp alone"])
     trials = expand(part)
     assert [(t.label, t.seed) for t in trials] == [
