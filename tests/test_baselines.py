@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from tiny import TINY_DT_BASELINE
 
 from ipd_plugins.baselines import D3rlpyBaseline, DTBaselineConfig, resolve_baseline
 from ipd_plugins.commands import main
@@ -25,19 +26,11 @@ TINY = [
     "run.eval_episodes=2",
     "run.threads=1",
 ]
-TINY_DT = [
-    "baseline.n_layer=1",
-    "baseline.n_embd=32",
-    "baseline.n_head=2",
-    "baseline.context=5",
-    "baseline.batch_size=16",
-    "baseline.warmup_steps=10",
-]
 
 
 def _baseline(algo: str, out: Path, *extra: str, check: bool = True):
     args = ["baseline", algo, "--dataset", "pendulum-medium-replay", "--out", str(out)]
-    for item in TINY + (TINY_DT if algo == "dt" else []):
+    for item in TINY + (TINY_DT_BASELINE if algo == "dt" else []):
         args += ["--set", item]
     result = CliRunner().invoke(main, [*args, *extra], catch_exceptions=not check)
     if check:

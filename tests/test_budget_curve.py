@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny import TINY_IPD
+from tiny import TINY_DT_BASELINE, TINY_IPD
 
 from ipd_plugins.commands import main
 from ipd_plugins.curve import isolated, read_curve
@@ -20,12 +20,7 @@ BASELINE = [
     "baseline.hidden=32",
     "baseline.checkpoint_every=20",
     "baseline.log_every=10",
-    "baseline.n_layer=1",
-    "baseline.n_embd=32",
-    "baseline.n_head=2",
-    "baseline.context=5",
-    "baseline.batch_size=16",
-    "baseline.warmup_steps=10",
+    *TINY_DT_BASELINE,
     "run.eval_episodes=2",
     "run.threads=1",
 ]

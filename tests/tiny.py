@@ -24,3 +24,13 @@ TINY_IPD = [
     "run.eval_episodes=2",
     "run.threads=1",
 ]
+
+#: the Decision Transformer baseline's network and schedule at a size that trains in seconds
+TINY_DT_BASELINE = [
+    "baseline.n_layer=1",
+    "baseline.n_embd=32",
+    "baseline.n_head=2",
+    "baseline.context=5",
+    "baseline.batch_size=16",
+    "baseline.warmup_steps=10",
+]
