@@ -211,3 +211,21 @@ def test_bad_options_fail_with_a_sentence(store, tmp_path):
     ctx = BuildContext(3, 1, (-np.inf,), (np.inf,), "cpu", 0, "Pendulum-v1")
     with pytest.raises(ValueError, match="finite action bounds"):
         D3rlpyBaseline(resolve_baseline("bc", "quick"), ctx, None)
+
+
+def test_rebrac_takes_the_papers_betas_for_the_dataset():
+    from ipd_plugins.baselines.run import resolve_settings
+
+    def betas(dataset: str, **overrides):
+        run = {"dataset": dataset, "profile": "quick"}
+        _, cfg = resolve_settings("rebrac", run, {"baseline": overrides}, {})
+        return cfg.actor_beta, cfg.critic_beta
+
+    assert betas("hopper-medium") == (0.01, 0.001)
+    assert betas("hopper-medium-replay") == (0.05, 0.5)  # its own row, not hopper-medium's
+    assert betas("ipd/walker2d/medium-replay-v0") == (0.05, 0.01)
+    assert betas("pendulum-medium") == (0.01, 0.01)  # not in the paper's table
+    assert betas("hopper-medium-replay", critic_beta=0.2) == (0.05, 0.2)  # --set wins
+    # the other baselines have no per-dataset defaults
+    _, iql = resolve_settings("iql", {"dataset": "hopper-medium", "profile": "quick"}, {}, {})
+    assert iql == resolve_baseline("iql", "quick")

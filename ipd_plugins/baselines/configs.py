@@ -61,6 +61,13 @@ class BaselineConfig(ComponentConfig):
 
     kind: ClassVar[str] = "baseline"
     name: ClassVar[str] = ""
+
+    @classmethod
+    def dataset_defaults(cls, dataset: str) -> dict[str, Any]:
+        """Defaults that depend on the dataset (a method's published per-dataset settings),
+        above the profile and below a config file and ``--set``; none by default."""
+        return {}
+
     #: a sequence model (windows of ``context`` steps, acting on a return-to-go), as ``dt``
     sequence: ClassVar[bool] = False
 
@@ -269,9 +276,11 @@ class ReBRACBaselineConfig(BaselineConfig):
     :math:`J(\phi) = E[\lambda Q(s, \pi(s)) - \beta_1 (a - \pi(s))^2]`, :math:`\lambda = 1 /
     E|Q|`; the critic's target subtracts :math:`\beta_2 (a' - \hat a')^2`. DWM-MPC's base
     policy (arXiv 2603.22430): ``ipd baseline rebrac --adapter dwm``. Defaults: d3rlpy's
-    reproduction script (3 x 256 layers, critic LayerNorm, batch 1024, lr 1e-3, betas 0.01 /
-    0.01 where its table has no entry); the profile sets ``n_steps`` and ``hidden`` as for the
-    other MLP baselines. The per-dataset betas are in :data:`REBRAC_BETAS`.
+    reproduction script (3 x 256 layers, critic LayerNorm, batch 1024, lr 1e-3); the profile
+    sets ``n_steps`` and ``hidden`` as for the other MLP baselines. The betas are the paper's
+    for the dataset (:data:`REBRAC_BETAS`, the longest name the dataset's id contains:
+    ``hopper-medium-replay`` gets its own, not ``hopper-medium``'s, which d3rlpy's script
+    gives it), 0.01 / 0.01 for other data; ``--set`` wins.
 
     Args:
         actor_beta: :math:`\beta_1`, the actor's BC penalty. critic_beta: :math:`\beta_2`.
@@ -288,6 +297,7 @@ class ReBRACBaselineConfig(BaselineConfig):
     actor_lr: float = 1e-3
     critic_lr: float = 1e-3
     # beta_1: weight of (a - pi(s))^2 in the actor loss; larger -> closer to the data
+    # (the dataset's from REBRAC_BETAS where it has one: dataset_defaults)
     actor_beta: float = 0.01
     # beta_2: weight of (a' - a'_data)^2 in the critic target; larger -> more conservative Q
     critic_beta: float = 0.01
@@ -297,6 +307,16 @@ class ReBRACBaselineConfig(BaselineConfig):
     update_actor_interval: int = 2
     target_smoothing_sigma: float = 0.2
     target_smoothing_clip: float = 0.5
+
+    @classmethod
+    def dataset_defaults(cls, dataset: str) -> dict[str, Any]:
+        """The paper's (actor_beta, critic_beta) for ``dataset`` (:data:`REBRAC_BETAS`)."""
+        text = dataset.replace("/", "-").lower()
+        known = [name for name in REBRAC_BETAS if name in text]
+        if not known:
+            return {}
+        actor_beta, critic_beta = REBRAC_BETAS[max(known, key=len)]
+        return {"actor_beta": actor_beta, "critic_beta": critic_beta}
 
     def d3rlpy_config(self, scalers: dict[str, Any]) -> Any:
         import d3rlpy

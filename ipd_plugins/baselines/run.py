@@ -75,9 +75,11 @@ def resolve_baseline(
     profile: str,
     file: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
+    dataset: str | None = None,
 ) -> BaselineConfig:
     """Its defaults < the profile's ``baseline`` section (shared keys, then its ``algo``
-    sub-section) < a config file's ``baseline`` section < ``--set baseline.KEY=VALUE``."""
+    sub-section) < its settings for ``dataset`` (``dataset_defaults``, e.g. ReBRAC's betas)
+    < a config file's ``baseline`` section < ``--set baseline.KEY=VALUE``."""
     from ipd_plugins.profiles import PROFILES
 
     names = get_registry().names("baseline")
@@ -90,6 +92,8 @@ def resolve_baseline(
     section = PROFILES[profile].get("baseline", {})
     values = {k: v for k, v in section.items() if k in fields and not isinstance(v, dict)}
     values.update({k: v for k, v in section.get(algo, {}).items() if k in fields})
+    if dataset is not None:
+        values.update(cls.dataset_defaults(dataset))
     values.update(file or {})
     values.update(overrides or {})
     config = dataclass_from_dict(cls, values, f"baseline '{algo}'")
@@ -169,7 +173,9 @@ def resolve_settings(
     # the run settings, profile defaults included (eval_every is checked against the baseline's
     # log_every, not the policy's)
     settings = resolve_config(run=run_values, check_curve=False).run
-    bconf = resolve_baseline(algo, settings.profile, file_baseline, overrides.get("baseline"))
+    bconf = resolve_baseline(
+        algo, settings.profile, file_baseline, overrides.get("baseline"), settings.dataset
+    )
     check_eval_every(settings.eval_every, bconf.log_every, "baseline.log_every")
     return settings, bconf
 
