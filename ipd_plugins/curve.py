@@ -36,6 +36,7 @@ __all__ = [
     "with_curve",
     "read_curve",
     "missing_steps",
+    "stage_curve",
 ]
 
 #: ``log.csv`` keys of a curve point. ``eval_normalized`` is the normalised mean (the mean
@@ -163,3 +164,26 @@ def missing_steps(
         return []
     have = {p["step"] for p in curve if p["n_episodes"] == episodes}
     return [k for k in range(every, n_steps + 1, every) if k not in have]
+
+
+def stage_curve(
+    stage_dir: str | Path,
+    every: int,
+    n_steps: int | None,
+    episodes: int,
+    echo: Callable[[str], None],
+    stage: str,
+) -> list[dict[str, Any]]:
+    """The curve of a trained stage (:func:`read_curve` of its ``log.csv``), saying which points
+    are missing (the curve is in the stage's key, so only a stage whose log.csv predates the
+    points' format lacks them)."""
+    path = Path(stage_dir) / "log.csv"
+    curve = read_curve(path, every)
+    missing = missing_steps(curve, every, n_steps, episodes)
+    if missing:
+        echo(
+            f"[{stage}] no {episodes}-episode curve point at step(s) "
+            f"{', '.join(map(str, missing))} in {path} (a stage logged before curve points had "
+            "this format; delete it to retrain)"
+        )
+    return curve

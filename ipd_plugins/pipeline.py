@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from ipd_plugins.augment import augment
-from ipd_plugins.curve import missing_steps, read_curve, with_curve
+from ipd_plugins.curve import stage_curve, with_curve
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import CallableActor, score
 from ipd_plugins.files import atomic_write_text, write_json
@@ -396,23 +396,15 @@ def write_run_config(cfg: RunConfig, data_hash: str) -> None:
 
 
 def policy_curve(cfg: RunConfig, cache: StageCache, echo: Echo = print) -> list[dict[str, Any]]:
-    """The policy stage's curve points (``log.csv``) at multiples of ``run.eval_every``; says
-    which are missing (the curve is in the stage's key, so only a stage whose log.csv predates
-    the points' format lacks them)."""
-    every = cfg.run.eval_every
+    """The policy stage's curve points at multiples of ``run.eval_every``
+    (:func:`~ipd_plugins.curve.stage_curve`)."""
     record = cache.records.get("policy")
-    if not every or record is None:
+    if not cfg.run.eval_every or record is None:
         return []
-    curve = read_curve(Path(record.path) / "log.csv", every)
     n_steps = getattr(cfg.configs["policy"], "n_steps", None)
-    missing = missing_steps(curve, every, n_steps, cfg.run.eval_episodes)
-    if missing:
-        echo(
-            f"[policy] no {cfg.run.eval_episodes}-episode curve point at step(s) "
-            f"{', '.join(map(str, missing))} in {record.path}/log.csv (a stage logged "
-            "before curve points had this format; delete it to retrain)"
-        )
-    return curve
+    return stage_curve(
+        record.path, cfg.run.eval_every, n_steps, cfg.run.eval_episodes, echo, "policy"
+    )
 
 
 def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import yaml
 
 from ipd_plugins.baselines.configs import BaselineConfig
 from ipd_plugins.baselines.trainer import D3rlpyBaseline
-from ipd_plugins.curve import missing_steps, read_curve, with_curve
+from ipd_plugins.curve import stage_curve, with_curve
 from ipd_plugins.evaluate import score
 from ipd_plugins.files import atomic_write_text, write_json
 from ipd_plugins.hardware import set_threads
@@ -115,12 +115,19 @@ def baseline_identity(
         "run": settings.identity_dict(),
     }
     if adaptation is not None:
-        out["adapter"] = {
-            "name": adaptation.components["adapter"],
-            **identity_dict(adaptation.configs["adapter"]),
-        }
+        out["adapter"] = adapter_identity(adaptation)
         out["world_model"] = adaptation.hash_part("world_model")
     return out
+
+
+def adapter_identity(adaptation: RunConfig | None) -> dict[str, Any] | None:
+    """The adapter's name and options as run-folder hashes and stage keys see them."""
+    if adaptation is None:
+        return None
+    return {
+        "name": adaptation.components["adapter"],
+        **identity_dict(adaptation.configs["adapter"]),
+    }
 
 
 def baseline_method(config: BaselineConfig, adaptation: RunConfig | None = None) -> str:
@@ -304,8 +311,7 @@ def run_baseline(
 
     baseline = D3rlpyBaseline(bconf, p.ctx, p.dataset)
     cache = StageCache(settings.out_dir, echo, tb_dir=run_dir / "tb")
-    adapter = baseline_identity(settings, bconf, adaptation).get("adapter")
-    curve = curve_key(settings, adapter)
+    curve = curve_key(settings, adapter_identity(adaptation))
     key = baseline_key(bconf, p.data_hash, p.ctx.env_id, settings.seed, curve)
     n = settings.eval_episodes
     assert p.ctx.env_id is not None
@@ -359,14 +365,8 @@ def run_baseline(
         "threads": threads,
     }
     if settings.eval_every:
-        results["curve"] = read_curve(Path(record.path) / "log.csv", settings.eval_every)
-        missing = missing_steps(results["curve"], settings.eval_every, bconf.n_steps, n)
-        if missing:
-            echo(
-                f"[baseline] no {n}-episode curve point at step(s) "
-                f"{', '.join(map(str, missing))} in {record.path}/log.csv (a stage logged "
-                "before curve points had this format; delete it to retrain)"
-            )
+        every = settings.eval_every
+        results["curve"] = stage_curve(record.path, every, bconf.n_steps, n, echo, "baseline")
     write_json(run_dir / "results.json", results)
     return results
 

@@ -48,7 +48,6 @@ from ipd_plugins.policies.gtp_impl import (
     sample_actions,
     sample_times,
     sampling_times,
-    solution_map,
     time_features,
 )
 from ipd_plugins.training import Checkpointer, TransitionSampler
@@ -747,18 +746,19 @@ class GtpActor:
     def _sample_with(
         self, obs: torch.Tensor, params: dict[str, torch.Tensor], noise: torch.Tensor
     ) -> torch.Tensor:
-        """(B,N,O) raw obs, per-env params, (B,N,A) noise -> (B,N,A) actions in the bounds."""
-        n, times = self.nets, self.times
-        obs_n, a = n.obs_norm(obs), noise * times[0]
-        B, N, A = a.shape
-        for i in range(times.shape[0] - 1):
-            t, tau = times[i].expand(B, N), times[i + 1].expand(B, N)
-            phi = per_env_call(n.actor, params, obs_n, a, t, tau)  # (B,N,A)
-            flat = solution_map(
-                phi.reshape(-1, A), a.reshape(-1, A), t.reshape(-1), tau.reshape(-1)
-            )
-            a = flat.reshape(B, N, A)
-        return n.act_center + n.act_half * a.clamp(-1.0, 1.0)
+        """(B,N,O) raw obs, per-env params, (B,N,A) noise -> (B,N,A) actions in the bounds:
+        eq. 15's sampler (:func:`sample_actions`) on the B*N rows, phi run with each env's
+        weights."""
+        n = self.nets
+        B, N, A = noise.shape
+
+        def phi(o: torch.Tensor, a: torch.Tensor, t: torch.Tensor, tau: torch.Tensor):
+            per_env = (o.view(B, N, -1), a.view(B, N, A), t.view(B, N), tau.view(B, N))
+            return per_env_call(n.actor, params, *per_env).reshape(B * N, A)
+
+        obs_n = n.obs_norm(obs).reshape(B * N, -1)
+        a_u = sample_actions(phi, obs_n, self.times, noise.reshape(B * N, A))
+        return n.act_center + n.act_half * a_u.view(B, N, A)
 
     def differentiable_act(
         self, obs: torch.Tensor, params: dict[str, torch.Tensor], memory: torch.Generator

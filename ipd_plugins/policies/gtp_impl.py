@@ -152,7 +152,6 @@ def sampling_times(k: int, t_min: float, t_max: float, rho: float) -> torch.Tens
     return times
 
 
-@torch.no_grad()
 def sample_actions(
     phi: Phi, obs: torch.Tensor, times: torch.Tensor, noise: torch.Tensor, clip: float = 1.0
 ) -> torch.Tensor:
@@ -160,6 +159,7 @@ def sample_actions(
     ``a_{t_{i+1}} = Phi(s, a_{t_i}, t_i, t_{i+1})``; the result is clipped to ``[-clip, clip]``.
 
     ``obs`` (B,O), ``times`` (K+1,) from :func:`sampling_times`, ``noise`` (B,A) standard normal.
+    Differentiable (through ``phi``); callers that only act wrap it in ``torch.no_grad``.
     """
     assert noise.shape[0] == obs.shape[0], f"noise must have {obs.shape[0]} rows"
     B = obs.shape[0]
