@@ -218,6 +218,9 @@ def test_a_slice_of_the_tuning_spec_keeps_its_run_folders():
         assert len(other) == n and not any(t.error for t in other), name
     ipd = {t.run_dir for t in other if t.label == "ipd"}
     assert ipd == {whole["ipd", "hopper-medium", s] for s in (0, 1, 2)}
+    table = expand(load_spec(ROOT / "benchmarks" / "experiments" / "table_v2.yaml"))
+    assert len(table) == 144 and not any(t.error for t in table)
+    assert {t.seed for t in table} == {10, 11, 12}  # seeds no tuning has seen
     part = select(spec, ["hopper-medium-replay"], [1, 2], ["ipd", "gtp alone"])
     trials = expand(part)
     assert [(t.label, t.seed) for t in trials] == [
