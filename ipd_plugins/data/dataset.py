@@ -18,7 +18,19 @@ import numpy as np
 from ipd_plugins.data.errors import DatasetError
 from ipd_plugins.data.validate import as_flags, validate_dataset
 
-__all__ = ["TrajectoryDataset", "Episode", "DatasetError"]
+__all__ = ["TrajectoryDataset", "Episode", "DatasetError", "ARRAY_FIELDS"]
+
+# The arrays a dataset is made of (besides ``extras``): what concat joins, content_hash hashes
+# and an npz file holds.
+ARRAY_FIELDS = (
+    "observations",
+    "actions",
+    "rewards",
+    "next_observations",
+    "terminations",
+    "truncations",
+    "episode_lengths",
+)
 
 
 @dataclass(frozen=True)
@@ -280,33 +292,14 @@ class TrajectoryDataset:
             extras[k] = np.concatenate(
                 [p.extras.get(k, np.full(p.n_steps, fill, sample.dtype)) for p in parts]
             )
-        cat = {
-            key: np.concatenate([getattr(p, key) for p in parts])
-            for key in (
-                "observations",
-                "actions",
-                "rewards",
-                "next_observations",
-                "terminations",
-                "truncations",
-                "episode_lengths",
-            )
-        }
+        cat = {key: np.concatenate([getattr(p, key) for p in parts]) for key in ARRAY_FIELDS}
         return replace(first, **cat, extras=extras, name=name or first.name)
 
     # -- identity ------------------------------------------------------------------------
     def content_hash(self) -> str:
         """sha256 of every array and the metadata that changes training (16 hex chars)."""
         h = hashlib.sha256()
-        for key in (
-            "observations",
-            "actions",
-            "rewards",
-            "next_observations",
-            "terminations",
-            "truncations",
-            "episode_lengths",
-        ):
+        for key in ARRAY_FIELDS:
             arr = np.ascontiguousarray(getattr(self, key))
             h.update(key.encode())
             h.update(str(arr.dtype).encode() + str(arr.shape).encode())

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ipd_plugins.data import envs
-from ipd_plugins.data.dataset import DatasetError, TrajectoryDataset
+from ipd_plugins.data.dataset import ARRAY_FIELDS, DatasetError, TrajectoryDataset
 from ipd_plugins.data.validate import (
     conform_to_environment,
     named_source,
@@ -33,15 +33,7 @@ from ipd_plugins.data.validate import (
 __all__ = ["save_npz", "load_npz", "NPZ_KEYS", "NPZ_FORMAT"]
 
 NPZ_FORMAT = "ipd-trajectories/1"
-NPZ_KEYS = (
-    "observations",
-    "actions",
-    "rewards",
-    "next_observations",
-    "terminations",
-    "truncations",
-    "episode_lengths",
-)
+NPZ_KEYS = ARRAY_FIELDS
 _EXTRA = "extras."
 
 
