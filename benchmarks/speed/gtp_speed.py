@@ -42,45 +42,9 @@ import torch
 
 warnings.filterwarnings("ignore")
 
-O, A, EP_LEN, N_EP = 11, 3, 1000, 20
-
-
-def make_dataset():
-    from ipd_plugins.data.dataset import TrajectoryDataset
-
-    rng = np.random.default_rng(0)
-    n = EP_LEN * N_EP
-    arrays = {
-        "observations": rng.normal(size=(n, O)).astype(np.float32),
-        "next_observations": rng.normal(size=(n, O)).astype(np.float32),
-        "actions": rng.uniform(-1, 1, size=(n, A)).astype(np.float32),
-        "rewards": rng.normal(1.0, 0.5, size=n).astype(np.float32),
-        "terminations": np.zeros(n, bool),
-        "truncations": np.tile(np.r_[np.zeros(EP_LEN - 1, bool), True], N_EP),
-    }
-    return TrajectoryDataset.from_arrays(arrays, np.full(N_EP, EP_LEN), env_id="Hopper-v5")
-
-
-class MlpValue:
-    """A stand-in value learner of the paper's size (double Q, V: 2 x 256 MLPs)."""
-
-    gamma = 0.99
-
-    def __init__(self):
-        from ipd_plugins.nn import mlp
-
-        torch.manual_seed(0)
-        self.q1, self.q2, self.vnet = mlp(O + A, 1), mlp(O + A, 1), mlp(O, 1)
-
-    def q(self, obs, act):
-        x = torch.cat([obs, act], -1)
-        return torch.minimum(self.q1(x), self.q2(x)).squeeze(-1)
-
-    def v(self, obs):
-        return self.vnet(obs).squeeze(-1)
-
-    def act(self, obs, deterministic=True):
-        return torch.zeros(obs.shape[0], A)
+# the synthetic Hopper-shaped data and stand-in value learner of the policy benchmark (a sibling
+# script: its folder is on sys.path when this one runs)
+from policy_speed import EP_LEN, A, MlpValue, O, make_dataset  # noqa: E402
 
 
 def context(precision: str = "fp32"):
