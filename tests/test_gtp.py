@@ -23,6 +23,7 @@ from ipd_plugins.policies.gtp_impl import (
     curriculum_intervals,
     edm_loss_weight,
     edm_scalings,
+    euler_actions,
     karras_grid,
     sample_actions,
     sample_times,
@@ -208,6 +209,31 @@ def test_k_step_sampling_follows_the_schedule_and_keeps_an_exact_map_exact():
         assert calls == list(zip(times[:-1].tolist(), times[1:].tolist(), strict=True))
     wild = sample_actions(lambda o, a, t, tau: a * 0 + 7.0, obs, times, noise)
     assert bool((wild == 1.0).all())  # clipped into the unit box
+
+
+def test_euler_sampling_of_the_exact_denoiser_follows_the_gaussian_flow():
+    """For a ~ N(m, s^2) the exact denoiser is E[a | a_t] = m + s^2 / (s^2 + t^2) (a_t - m), and
+    the probability-flow ODE from a_T = T z ends at m + (T z - m) s / sqrt(s^2 + T^2): many Euler
+    steps reach it (error falling as 1/K), one step is the denoiser's single jump to about m."""
+    m, s, T = 0.2, 0.3, 80.0
+
+    def phi(obs, a, t, tau):
+        r = (s * s / (s * s + t * t)).unsqueeze(-1)
+        return m + r * (a - m)
+
+    obs = torch.zeros(256, 1)
+    z = torch.randn(256, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = m + (T * z - m) * s / math.sqrt(s * s + T * T)
+
+    def error(k: int) -> float:
+        a = euler_actions(phi, obs, sampling_times(k, 0.002, T, 7.0).double(), z, clip=10.0)
+        return float((a - exact).abs().max())
+
+    assert error(1600) < 3e-3 and 3.0 < error(400) / error(1600) < 5.0  # Euler: first order
+    fine = euler_actions(phi, obs, sampling_times(400, 0.002, T, 7.0).double(), z, clip=10.0)
+    one = euler_actions(phi, obs, sampling_times(1, 0.002, T, 7.0).double(), z, clip=10.0)
+    torch.testing.assert_close(one, m + s * s / (s * s + T * T) * (T * z - m))
+    assert float(one.std()) < 0.01 < 0.25 < float(fine.std())  # one jump collapses to the mean
 
 
 # -- what the method is for ----------------------------------------------------------------

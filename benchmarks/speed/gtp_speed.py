@@ -36,6 +36,7 @@ import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +46,9 @@ warnings.filterwarnings("ignore")
 # the synthetic Hopper-shaped data and stand-in value learner of the policy benchmark (a sibling
 # script: its folder is on sys.path when this one runs)
 from policy_speed import EP_LEN, A, MlpValue, O, make_dataset  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probes"))
+from gtp_acting import actor as sampling_actor  # noqa: E402  (K map steps or K Euler steps)
 
 
 def context(precision: str = "fp32"):
@@ -156,30 +160,6 @@ def alternate(
     return rates
 
 
-def sampling_actor(policy, k: int, ddim: bool, gen: torch.Generator):
-    """A trained gtp acting with K solution-map steps (eq. 15), or, ``ddim``, with K Euler
-    steps of its instantaneous map alone (the denoiser as a plain diffusion policy)."""
-    from ipd_plugins.evaluate import CallableActor
-    from ipd_plugins.policies.gtp_impl import sample_actions, sampling_times, solution_map
-
-    n, c = policy.nets, policy.cfg
-    times = sampling_times(k, c.t_min, c.t_max, c.rho)
-
-    @torch.no_grad()
-    def act(obs):
-        o = n.obs_norm(obs)
-        x = torch.randn(obs.shape[0], n.actor.act_dim, generator=gen)
-        if not ddim:
-            return n.act_center + n.act_half * sample_actions(n.phi(n.actor), o, times, x)
-        x = x * times[0]
-        for i in range(k):
-            t, tn = times[i].expand(len(x)), times[i + 1].expand(len(x))
-            x = solution_map(n.actor(o, x, t, t), x, t, tn)
-        return n.act_center + n.act_half * x.clamp(-1, 1)
-
-    return CallableActor(act)
-
-
 def score_table(steps: int, episodes: int = 20) -> str:
     """Short-run score of gtp's teacher rate and flow weighting on pendulum-medium."""
     from ipd_plugins.data.sources import resolve_dataset
@@ -200,8 +180,8 @@ def score_table(steps: int, episodes: int = 20) -> str:
             gen = torch.Generator().manual_seed(0)
 
             cells = []
-            for k, ddim in ((2, False), (5, False), (40, True)):
-                r = score(sampling_actor(policy, k, ddim, gen), ds.env_id, episodes, 0, ds)
+            for kind, k in (("map", 2), ("map", 5), ("euler", 40)):
+                r = score(sampling_actor(policy, kind, k, gen), ds.env_id, episodes, 0, ds)
                 cells.append(f"{r.normalized_mean:.1f} +- {r.normalized_std:.1f}")
             rows.append(f"| {ema} | {weighting} | " + " | ".join(cells) + " |")
             print(rows[-1], file=sys.stderr, flush=True)

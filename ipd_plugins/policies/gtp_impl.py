@@ -30,6 +30,7 @@ __all__ = [
     "sample_times",
     "sampling_times",
     "sample_actions",
+    "euler_actions",
     "advantage_weights",
     "consistency_loss",
     "flow_loss",
@@ -168,6 +169,27 @@ def sample_actions(
         t = times[i].expand(B)
         tau = times[i + 1].expand(B)
         a = solution_map(phi(obs, a, t, tau), a, t, tau)
+    return a.clamp(-clip, clip)
+
+
+def euler_actions(
+    phi: Phi, obs: torch.Tensor, times: torch.Tensor, noise: torch.Tensor, clip: float = 1.0
+) -> torch.Tensor:
+    """The instantaneous map alone as a diffusion sampler (a diagnostic, not the paper's
+    acting): Euler steps of the probability-flow ODE ``da/dt = (a - phi_inst(s, a, t)) / t``
+    along ``times``, i.e. ``a <- Phi(s, a, t_i, t_{i+1})`` with ``phi`` evaluated at
+    ``tau = t_i`` (eq. 3-5's map with the denoiser in place of the network's long jump).
+
+    Where :func:`sample_actions` relies on the consistency-trained solution map, this uses only
+    what the flow loss (eq. 18) trains, so comparing the two on one policy says which part of a
+    short run lags. Same shapes as :func:`sample_actions`.
+    """
+    assert noise.shape[0] == obs.shape[0], f"noise must have {obs.shape[0]} rows"
+    B = obs.shape[0]
+    a = noise * times[0]
+    for i in range(times.shape[0] - 1):
+        t = times[i].expand(B)
+        a = solution_map(phi(obs, a, t, t), a, t, times[i + 1].expand(B))
     return a.clamp(-clip, clip)
 
 

@@ -1,0 +1,81 @@
+"""How a trained ``gtp`` acts best: K solution-map steps (eq. 15) or Euler steps of its
+instantaneous map (issue 23).
+
+A short run trains the denoiser (the flow loss, eq. 18) faster than the consistency-trained
+solution map that few-step acting relies on (benchmarks/results/gtp_speed.md, pendulum). This
+re-evaluates finished `ipd run --policy gtp` seed folders with other samplers, no retraining:
+K = 1, 2, 5, 10 solution-map steps, and 10 and 40 Euler steps of the instantaneous map
+(``gtp_impl.euler_actions``). Same evaluator, episodes and seeds as the run's own evaluation;
+one JSON line per (run, sampler) is appended to ``--out``.
+
+    python benchmarks/probes/gtp_acting.py RUN_DIR... --out benchmarks/results/gtp_acting.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+SAMPLERS = (("map", 1), ("map", 2), ("map", 5), ("map", 10), ("euler", 10), ("euler", 40))
+
+
+def actor(policy, kind: str, k: int, gen: torch.Generator):
+    """The trained policy acting with ``k`` steps of ``kind`` ("map": eq. 15; "euler")."""
+    from ipd_plugins.evaluate import CallableActor
+    from ipd_plugins.policies.gtp_impl import euler_actions, sample_actions, sampling_times
+
+    n, c = policy.nets, policy.cfg
+    times = sampling_times(k, c.t_min, c.t_max, c.rho)
+    sampler = euler_actions if kind == "euler" else sample_actions
+
+    @torch.no_grad()
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        x = torch.randn(obs.shape[0], n.actor.act_dim, generator=gen)
+        return n.act_center + n.act_half * sampler(n.phi(n.actor), n.obs_norm(obs), times, x)
+
+    return CallableActor(act)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="finished `ipd run --policy gtp` seed folders")
+    ap.add_argument("--episodes", type=int, help="default: the run's eval_episodes")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", required=True, help="JSON lines, appended")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from ipd_plugins.data.runs import load_trained
+    from ipd_plugins.evaluate import score
+
+    for run in args.runs:
+        trained = load_trained(run, kinds=("policy",), echo=lambda s: None)
+        policy, cfg, ds = trained.components["policy"], trained.cfg, trained.dataset
+        if cfg.components["policy"] != "gtp":
+            raise SystemExit(f"{run}: policy is {cfg.components['policy']!r}, not 'gtp'")
+        episodes = args.episodes or cfg.run.eval_episodes
+        for kind, k in SAMPLERS:
+            gen = torch.Generator().manual_seed(cfg.run.seed)
+            t0 = time.perf_counter()
+            r = score(actor(policy, kind, k, gen), ds.env_id, episodes, cfg.run.seed, ds)
+            row = {
+                "run": str(Path(run).resolve()),
+                "trained_k": policy.cfg.sample_steps,
+                "sampler": kind,
+                "k": k,
+                "episodes": episodes,
+                "normalized_mean": r.normalized_mean,
+                "normalized_std": r.normalized_std,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            print(json.dumps(row), flush=True)
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
