@@ -52,6 +52,9 @@ class ComponentConfig(ABC):
 
     kind: ClassVar[str]
     name: ClassVar[str]
+    #: fields that change only how the trained component acts, not what it learns: ``ipd
+    #: eval RUN --set <kind>.<field>=...`` may change them on a finished run
+    acting_options: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def create(self, ctx: BuildContext) -> Any:

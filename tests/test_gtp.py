@@ -3,6 +3,7 @@ weights, persistence and resume, the CLI docs, and the pipeline with and without
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -261,6 +262,17 @@ def test_gtp_bc_keeps_both_modes_where_a_gaussian_policy_averages_them(bimodal_b
     assert float(mean.abs().max()) < 0.3, mean  # its mode is between the modes, in the gap
 
 
+def test_the_euler_sampler_acts_from_the_same_weights_and_keeps_both_modes(bimodal_bc):
+    """sampler="euler" is an acting option: the denoiser alone, same weights, both modes."""
+    euler = copy.copy(bimodal_bc)
+    euler.cfg = bimodal_bc.cfg.replace(sampler="euler", euler_steps=20)
+    assert euler.actor(None).sampler is euler_actions
+    a = act_on_grid(euler)  # blurrier than the map here (eq. 18 unweighted, 2k steps)
+    assert near(a, 0.8) > 0.15 and near(a, -0.8) > 0.15, (near(a, 0.8), near(a, -0.8))
+    assert float((a.abs() < 0.2).float().mean()) < 0.3
+    assert not torch.equal(a, act_on_grid(bimodal_bc))
+
+
 def test_advantage_weights_move_the_mass_to_the_better_mode(bimodal_bc):
     base = act_on_grid(bimodal_bc)
     weighted = make(
@@ -444,6 +456,19 @@ def test_gtp_runs_after_augmentation_and_alone_and_compare_labels_both(store, tm
     text = md.read_text()  # the tiny --set options follow the labels
     assert "| ipd[policy=gtp," in text and "| gtp alone[value." in text, text
     assert "augment" not in text.split("| gtp alone[")[1].split("]")[0]
+    # an acting option re-scores the finished run without retraining; a training option fails
+    run_dir = results["gtp alone"].parent
+    before = (run_dir / "eval.json").read_text()
+    cli = CliRunner().invoke(
+        main, ["eval", str(run_dir), "--actor", "policy", "--set", "policy.sampler=euler",
+               "--set", "policy.euler_steps=3"],
+    )  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    (scores,) = run_dir.glob("eval_none_*.json")
+    assert json.loads(scores.read_text())["policy"]["n_episodes"] == 2
+    assert (run_dir / "eval.json").read_text() == before
+    cli = CliRunner().invoke(main, ["eval", str(run_dir), "--set", "policy.hidden=8"])
+    assert cli.exit_code == 2 and "takes sampler, euler_steps, sample_steps" in cli.output
 
 
 def test_policy_ablation_labels_are_the_hand_run_labels():

@@ -2,8 +2,10 @@
 
 Nothing retrains: the run's trained weights are loaded (an ``ipd baseline`` folder's world
 model, for an adapter that needs one, comes from the stage cache: trained there once if no run
-has trained it). Without ``--adapter``/``--set`` the scores go to the run's ``eval.json``; with
-them to ``eval_<adapter>_<hash>.json`` next to it, so the run's own scores stay.
+has trained it). ``--set policy.KEY=VALUE`` changes only the policy's acting options (its
+config's ``acting_options``, e.g. ``gtp``'s sampler), never what it learned. Without
+``--adapter``/``--set`` the scores go to the run's ``eval.json``; with them to
+``eval_<adapter>_<hash>.json`` next to it, so the run's own scores stay.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import click
 from ipd_plugins.commands.options import debug_option, echo, usage_errors
 from ipd_plugins.commands.run import print_scores
 
-__all__ = ["eval_run", "eval_file_name"]
+__all__ = ["eval_run", "eval_file_name", "check_acting_options"]
 
 
 def eval_file_name(adapter: str, config: Any, parts: tuple[Any, ...] = ()) -> str:
@@ -25,6 +27,19 @@ def eval_file_name(adapter: str, config: Any, parts: tuple[Any, ...] = ()) -> st
     from registry import config_hash
 
     return f"eval_{adapter}_{config_hash(config, *parts)[:8]}.json"
+
+
+def check_acting_options(config: Any, keys: Any) -> None:
+    """Fail unless every key is one of the policy config's ``acting_options``."""
+    allowed = type(config).acting_options
+    bad = sorted(set(keys) - set(allowed))
+    if bad:
+        takes = f"takes {', '.join(allowed)}" if allowed else "has none"
+        raise ValueError(
+            f"--set policy.{bad[0]}: `ipd eval` changes only how the trained policy acts, and "
+            f"policy '{config.name}' {takes}; an option that changes training needs a new run "
+            f"(`ipd run --set policy.{bad[0]}=...`)"
+        )
 
 
 @click.command("eval")
@@ -39,8 +54,9 @@ def eval_file_name(adapter: str, config: Any, parts: tuple[Any, ...] = ()) -> st
     "overrides",
     multiple=True,
     metavar="adapter.KEY=VALUE",
-    help="an adapter option, e.g. --set adapter.lr=5e-5 (repeatable; baseline folders also "
-    "take world_model.KEY=VALUE)",
+    help="an adapter option, e.g. --set adapter.lr=5e-5, or an acting option of the policy, "
+    "e.g. --set policy.sampler=euler for gtp (repeatable; baseline folders also take "
+    "world_model.KEY=VALUE)",
 )
 @click.option(
     "--actor",
@@ -71,12 +87,13 @@ def eval_run(
       ipd eval runs/<run>/seed_0 --adapter dwm --set adapter.lr=5e-5
       ipd eval runs/<run>/seed_0 --adapter dwm --actor qop    # pi_QOP only
       ipd eval runs/<baseline-rebrac-run>/seed_0 --adapter dwm
+      ipd eval runs/<gtp-run>/seed_0 --set policy.sampler=euler   # an acting option
     """
     from ipd_plugins.run_config import load_config_file, parse_overrides
 
     with usage_errors():
         is_baseline = "baseline" in load_config_file(Path(run_dir) / "config.yaml")
-        sections = ("adapter", "world_model") if is_baseline else ("adapter",)
+        sections = ("adapter", "world_model") if is_baseline else ("adapter", "policy")
         parsed = parse_overrides(overrides, sections=sections)
     if is_baseline:
         scores, out = _eval_baseline(Path(run_dir), episodes, adapter, parsed)
@@ -101,6 +118,7 @@ def _eval_ipd(
     components = {"adapter": adapter} if adapter else None
     with usage_errors():  # a bad adapter name or option fails before anything loads
         cfg, _ = load_run(run_dir, components, parsed)
+        check_acting_options(cfg.configs["policy"], parsed.get("policy", {}))
     adapter_obj = get_registry().create(
         "adapter", cfg.components["adapter"], cfg.configs["adapter"]
     )
@@ -111,7 +129,9 @@ def _eval_ipd(
         cfg.run.eval_episodes = episodes
     out_file = "eval.json"
     if adapter or parsed or actors:
-        parts = () if actors is None else tuple(sorted(actors))
+        parts: tuple[Any, ...] = () if actors is None else tuple(sorted(actors))
+        if parsed.get("policy"):
+            parts += (dict(sorted(parsed["policy"].items())),)
         out_file = eval_file_name(cfg.components["adapter"], cfg.configs["adapter"], parts)
     p = Prepared(trained.dataset, trained.ctx, trained.dataset.content_hash())
     c = trained.components

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -44,6 +45,7 @@ from ipd_plugins.policies.gtp_impl import (
     curriculum_intervals,
     edm_loss_weight,
     edm_scalings,
+    euler_actions,
     karras_grid,
     sample_actions,
     sample_times,
@@ -52,7 +54,7 @@ from ipd_plugins.policies.gtp_impl import (
 )
 from ipd_plugins.training import Checkpointer, TransitionSampler
 from ipd_plugins.value.losses import q_loss, soft_update
-from registry.config import ComponentConfig
+from registry.config import ComponentConfig, added_later
 from registry.hookspecs import hookimpl
 from registry.protocols import Actor, BuildContext, Logger, ValueLearner
 
@@ -72,6 +74,7 @@ _FORMAT = "ipd.policy.gtp/1"
 #: Fourier frequencies of each time input of the network (see ``gtp_impl.time_features``)
 TIME_FREQS = 8
 CRITICS = ("own", "value")
+SAMPLERS = ("map", "euler")
 FLOW_WEIGHTINGS = ("none", "edm")
 
 
@@ -134,6 +137,11 @@ class GtpConfig(ComponentConfig):
         flow_weighting (str): "none" (eq. 18 as printed) or "edm" (each row's flow loss times
             EDM's :math:`1 / c_{out}(t)^2`; not in the paper).
         sample_steps (int): K of eq. 15 (paper 5; its cheap variant 2).
+        sampler (str): how the trained policy acts: "map", K solution-map steps (eq. 15, the
+            paper), or "euler", ``euler_steps`` Euler steps of the instantaneous map alone
+            (the denoiser as a diffusion sampler; not in the paper: short runs train it ahead
+            of the map, benchmarks/results/gtp_scores.md). Training is the same either way.
+        euler_steps (int): Euler steps of ``sampler="euler"``.
         t_max (float): T, the largest noise level (PROPOSAL 80).
         t_min (float): the smallest non-zero noise level of the grids (PROPOSAL 0.002).
         rho (float): :math:`\rho` of the Karras grid (PROPOSAL 7).
@@ -162,6 +170,7 @@ class GtpConfig(ComponentConfig):
 
     kind: ClassVar[str] = "policy"
     name: ClassVar[str] = "gtp"
+    acting_options: ClassVar[tuple[str, ...]] = ("sampler", "euler_steps", "sample_steps")
 
     # "own": the paper's double Q, trained by TD with K-step samples of the EMA actor (most of
     # a CPU step's cost); "value": A from the value stage's Q(s,a) - V(s), no critic training
@@ -183,6 +192,12 @@ class GtpConfig(ComponentConfig):
     # K, solution-map steps per action: more -> closer to the ODE's solution, slower acting and
     # (critic=own) slower training; paper 5, its cheap variant 2
     sample_steps: int = 5
+    # how the trained policy acts: "map" = eq. 15 with K = sample_steps (the paper); "euler" =
+    # euler_steps Euler steps of the instantaneous map (the denoiser), which a short run trains
+    # ahead of the map. Acting only: `ipd eval RUN --set policy.sampler=euler` re-scores a run
+    sampler: str = added_later("map")
+    # Euler steps of sampler="euler": more -> closer to the ODE's solution, slower acting
+    euler_steps: int = added_later(10)
     # T: actions start at T z; must dwarf the action range (PROPOSAL 80)
     t_max: float = 80.0
     # smallest non-zero noise level of the training grid (PROPOSAL 0.002)
@@ -244,6 +259,8 @@ class GtpConfig(ComponentConfig):
         need(self.max_weight >= 1, f"max_weight must be >= 1 (w >= 1), got {self.max_weight}")
         need(self.lambda_flow >= 0, f"lambda_flow must be >= 0, got {self.lambda_flow}")
         need(self.sample_steps >= 1, f"sample_steps (K) must be >= 1, got {self.sample_steps}")
+        need(self.sampler in SAMPLERS, f"sampler must be 'map' or 'euler', got {self.sampler!r}")
+        need(self.euler_steps >= 1, f"euler_steps must be >= 1, got {self.euler_steps}")
         need(
             0 < self.t_min < self.t_max,
             f"need 0 < t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}",
@@ -618,8 +635,13 @@ class GtpPolicy:
 
     # -- acting ---------------------------------------------------------------------------
     def actor(self, value: ValueLearner | None = None) -> Actor:
-        """A memoryless :class:`GtpActor` (``value`` is not used: acting needs no critic)."""
-        return GtpActor(self.nets, self.times, seed=self.ctx.seed, device=self.device)
+        """A memoryless :class:`GtpActor` sampling as ``cfg.sampler`` says (``value`` is not
+        used: acting needs no critic)."""
+        c, seed = self.cfg, self.ctx.seed
+        if c.sampler == "euler":
+            times = sampling_times(c.euler_steps, c.t_min, c.t_max, c.rho).to(self.device)
+            return GtpActor(self.nets, times, seed, self.device, sampler=euler_actions)
+        return GtpActor(self.nets, self.times, seed=seed, device=self.device)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -688,7 +710,8 @@ class TrainState:
 
 
 class GtpActor:
-    """Acts in B environments at once: one K-step sample (eq. 15) per state, no memory.
+    """Acts in B environments at once: one K-step sample (eq. 15; or ``sampler``'s, e.g.
+    :func:`~ipd_plugins.policies.gtp_impl.euler_actions`, along ``times``) per state, no memory.
 
     The initial noise comes from a generator re-seeded with ``seed`` at every :meth:`reset`,
     so an evaluation is a function of the seed; :meth:`observe` keeps nothing.
@@ -701,8 +724,16 @@ class GtpActor:
     every inner step of the adapter, new at the next real step).
     """
 
-    def __init__(self, nets: _Nets, times: torch.Tensor, seed: int = 0, device: Any = "cpu"):
+    def __init__(
+        self,
+        nets: _Nets,
+        times: torch.Tensor,
+        seed: int = 0,
+        device: Any = "cpu",
+        sampler: Callable[..., torch.Tensor] = sample_actions,
+    ):
         self.nets, self.times, self.seed, self.device = nets, times, int(seed), device
+        self.sampler = sampler
         self.generator = torch.Generator().manual_seed(self.seed)
         self.steps = 0  # real steps since reset: seeds the imagined rollouts' noise
 
@@ -719,9 +750,7 @@ class GtpActor:
         obs = torch.as_tensor(obs, dtype=torch.float32).to(self.device)
         O, A = n.actor.obs_dim, n.actor.act_dim
         assert obs.dim() == 2 and obs.shape[1] == O, f"obs must be (B,{O}), got {tuple(obs.shape)}"
-        a_u = sample_actions(
-            n.phi(n.actor), n.obs_norm(obs), self.times, self._noise((len(obs), A))
-        )
+        a_u = self.sampler(n.phi(n.actor), n.obs_norm(obs), self.times, self._noise((len(obs), A)))
         self.steps += 1
         return n.act_center + n.act_half * a_u
 
@@ -747,7 +776,7 @@ class GtpActor:
         self, obs: torch.Tensor, params: dict[str, torch.Tensor], noise: torch.Tensor
     ) -> torch.Tensor:
         """(B,N,O) raw obs, per-env params, (B,N,A) noise -> (B,N,A) actions in the bounds:
-        eq. 15's sampler (:func:`sample_actions`) on the B*N rows, phi run with each env's
+        the actor's sampler (eq. 15's by default) on the B*N rows, phi run with each env's
         weights."""
         n = self.nets
         B, N, A = noise.shape
@@ -757,7 +786,7 @@ class GtpActor:
             return per_env_call(n.actor, params, *per_env).reshape(B * N, A)
 
         obs_n = n.obs_norm(obs).reshape(B * N, -1)
-        a_u = sample_actions(phi, obs_n, self.times, noise.reshape(B * N, A))
+        a_u = self.sampler(phi, obs_n, self.times, noise.reshape(B * N, A))
         return n.act_center + n.act_half * a_u.view(B, N, A)
 
     def differentiable_act(
