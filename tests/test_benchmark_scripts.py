@@ -498,3 +498,16 @@ def test_dwm_table_picks_the_step_size_on_the_tuning_seed_and_reports_the_others
     text = dwm_scores.table(rows)
     assert "| hopper-medium-replay | rebrac | 1e-05 | 50.0 -> 55.0 | 1, 2 | 50.0 +- 10.0 | " in text
     assert "| 54.0 +- 8.0 | 4.0 +- 2.0 |" in text
+
+
+def test_gtp_acting_table_averages_each_sampler_over_seeds():
+    gtp_acting = _script("gtp_acting")
+    run = "/o/hopper-medium__qov-pe-gjs-mpc-gtp__ab12cd34/seed_{}"
+    rows = [
+        {"run": run.format(s), "label": "gtp alone", "sampler": kind, "k": k,
+         "normalized_mean": base + (10.0 if kind == "euler" else 0.0)}
+        for s, base in ((0, 20.0), (1, 30.0)) for kind, k in gtp_acting.SAMPLERS
+    ]  # fmt: skip
+    text = gtp_acting.table(rows[:-1])  # seed 1's euler 40 missing
+    assert "| hopper-medium | gtp alone | 0, 1 | 25.0 +- 5.0 |" in text
+    assert text.rstrip().endswith("| 35.0 +- 5.0 | 30.0 +- 0.0 |"), text

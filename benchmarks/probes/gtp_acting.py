@@ -8,7 +8,12 @@ K = 1, 2, 5, 10 solution-map steps, and 10 and 40 Euler steps of the instantaneo
 (``gtp_impl.euler_actions``). Same evaluator, episodes and seeds as the run's own evaluation;
 one JSON line per (run, sampler) is appended to ``--out``.
 
-    python benchmarks/probes/gtp_acting.py RUN_DIR... --out benchmarks/results/gtp_acting.jsonl
+    python benchmarks/probes/gtp_acting.py RUN_DIR... --out benchmarks/results/gtp/acting.jsonl
+    python benchmarks/probes/gtp_acting.py --table benchmarks/results/gtp/acting.jsonl
+
+``--table`` prints the markdown table (mean +- std over seeds per dataset, method and
+sampler; nothing runs). The same evaluations one run at a time: ``ipd eval RUN --set
+policy.sampler=euler --set policy.euler_steps=10`` (or ``--set policy.sample_steps=5``).
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SAMPLERS = (("map", 1), ("map", 2), ("map", 5), ("map", 10), ("euler", 10), ("euler", 40))
@@ -40,15 +47,42 @@ def actor(policy, kind: str, k: int, gen: torch.Generator):
     return CallableActor(act)
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown: per (dataset, method) the seeds' mean +- std of every sampler."""
+    cells: dict = defaultdict(lambda: defaultdict(dict))  # (dataset, label) -> sampler -> seed
+    for r in rows:
+        folder, seed = Path(r["run"]).parent.name, Path(r["run"]).name
+        cells[folder.split("__")[0], r["label"]][r["sampler"], r["k"]][seed] = r["normalized_mean"]
+    head = [f"{kind} {k}" for kind, k in SAMPLERS]
+    out = ["| dataset | method | seeds | " + " | ".join(head) + " |"]
+    out.append("|---|---|---:|" + "---:|" * len(head))
+    for (dataset, label), by_sampler in sorted(cells.items()):
+        seeds = sorted({s for v in by_sampler.values() for s in v})
+        row = []
+        for key in SAMPLERS:
+            vals = [by_sampler[key][s] for s in seeds if s in by_sampler[key]]
+            row.append(f"{np.mean(vals):.1f} +- {np.std(vals):.1f}" if vals else "-")
+        nums = ", ".join(s.removeprefix("seed_") for s in seeds)
+        out.append(f"| {dataset} | {label} | {nums} | " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", help="finished `ipd run --policy gtp` seed folders")
+    ap.add_argument("runs", nargs="*", help="finished `ipd run --policy gtp` seed folders")
+    ap.add_argument("--table", nargs="+", metavar="JSONL", help="print the table of these rows")
     ap.add_argument("--episodes", type=int, help="default: the run's eval_episodes")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", required=True, help="JSON lines, appended")
+    ap.add_argument("--out", help="JSON lines, appended")
     args = ap.parse_args()
+    if args.table:
+        print(table([json.loads(line) for f in args.table for line in open(f) if line.strip()]))
+        return
+    if not args.runs or not args.out:
+        ap.error("give run folders and --out (or --table JSONL...)")
     torch.set_num_threads(args.threads)
 
+    from ipd_plugins.compare import method_label
     from ipd_plugins.data.runs import load_trained
     from ipd_plugins.evaluate import score
 
@@ -58,12 +92,14 @@ def main() -> None:
         if cfg.components["policy"] != "gtp":
             raise SystemExit(f"{run}: policy is {cfg.components['policy']!r}, not 'gtp'")
         episodes = args.episodes or cfg.run.eval_episodes
+        label = method_label(json.loads((Path(run) / "results.json").read_text()))
         for kind, k in SAMPLERS:
             gen = torch.Generator().manual_seed(cfg.run.seed)
             t0 = time.perf_counter()
             r = score(actor(policy, kind, k, gen), ds.env_id, episodes, cfg.run.seed, ds)
             row = {
                 "run": str(Path(run).resolve()),
+                "label": label,
                 "trained_k": policy.cfg.sample_steps,
                 "sampler": kind,
                 "k": k,
