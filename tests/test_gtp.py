@@ -3,7 +3,6 @@ weights, persistence and resume, the CLI docs, and the pipeline with and without
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -264,8 +263,9 @@ def test_gtp_bc_keeps_both_modes_where_a_gaussian_policy_averages_them(bimodal_b
 
 def test_the_euler_sampler_acts_from_the_same_weights_and_keeps_both_modes(bimodal_bc):
     """sampler="euler" is an acting option: the denoiser alone, same weights, both modes."""
-    euler = copy.copy(bimodal_bc)
-    euler.cfg = bimodal_bc.cfg.replace(sampler="euler", euler_steps=20)
+    euler = bimodal_bc.acting_as(sampler="euler", euler_steps=20)
+    with pytest.raises(ValueError, match="not acting options"):
+        bimodal_bc.acting_as(hidden=8)
     assert euler.actor(None).sampler is euler_actions
     a = act_on_grid(euler)  # blurrier than the map here (eq. 18 unweighted, 2k steps)
     assert near(a, 0.8) > 0.15 and near(a, -0.8) > 0.15, (near(a, 0.8), near(a, -0.8))

@@ -30,21 +30,10 @@ import torch
 SAMPLERS = (("map", 1), ("map", 2), ("map", 5), ("map", 10), ("euler", 10), ("euler", 40))
 
 
-def actor(policy, kind: str, k: int, gen: torch.Generator):
+def actor(policy, kind: str, k: int):
     """The trained policy acting with ``k`` steps of ``kind`` ("map": eq. 15; "euler")."""
-    from ipd_plugins.evaluate import CallableActor
-    from ipd_plugins.policies.gtp_impl import euler_actions, sample_actions, sampling_times
-
-    n, c = policy.nets, policy.cfg
-    times = sampling_times(k, c.t_min, c.t_max, c.rho)
-    sampler = euler_actions if kind == "euler" else sample_actions
-
-    @torch.no_grad()
-    def act(obs: torch.Tensor) -> torch.Tensor:
-        x = torch.randn(obs.shape[0], n.actor.act_dim, generator=gen)
-        return n.act_center + n.act_half * sampler(n.phi(n.actor), n.obs_norm(obs), times, x)
-
-    return CallableActor(act)
+    steps = {"sample_steps": k} if kind == "map" else {"euler_steps": k}
+    return policy.acting_as(sampler=kind, **steps).actor(None)
 
 
 def table(rows: list[dict]) -> str:
@@ -94,9 +83,8 @@ def main() -> None:
         episodes = args.episodes or cfg.run.eval_episodes
         label = method_label(json.loads((Path(run) / "results.json").read_text()))
         for kind, k in SAMPLERS:
-            gen = torch.Generator().manual_seed(cfg.run.seed)
             t0 = time.perf_counter()
-            r = score(actor(policy, kind, k, gen), ds.env_id, episodes, cfg.run.seed, ds)
+            r = score(actor(policy, kind, k), ds.env_id, episodes, cfg.run.seed, ds)
             row = {
                 "run": str(Path(run).resolve()),
                 "label": label,

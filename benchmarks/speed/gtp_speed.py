@@ -36,7 +36,6 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,9 +45,6 @@ warnings.filterwarnings("ignore")
 # the synthetic Hopper-shaped data and stand-in value learner of the policy benchmark (a sibling
 # script: its folder is on sys.path when this one runs)
 from policy_speed import EP_LEN, A, MlpValue, O, make_dataset  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probes"))
-from gtp_acting import actor as sampling_actor  # noqa: E402  (K map steps or K Euler steps)
 
 
 def context(precision: str = "fp32"):
@@ -177,11 +173,12 @@ def score_table(steps: int, episodes: int = 20) -> str:
                    "ema_rate": ema, "flow_weighting": weighting}  # fmt: skip
             policy = manager.create("policy", "gtp", cfg, ctx)
             policy.fit(ds, None)
-            gen = torch.Generator().manual_seed(0)
 
             cells = []
             for kind, k in (("map", 2), ("map", 5), ("euler", 40)):
-                r = score(sampling_actor(policy, kind, k, gen), ds.env_id, episodes, 0, ds)
+                by = {"sample_steps": k} if kind == "map" else {"euler_steps": k}
+                acting = policy.acting_as(sampler=kind, **by).actor(None)
+                r = score(acting, ds.env_id, episodes, 0, ds)
                 cells.append(f"{r.normalized_mean:.1f} +- {r.normalized_std:.1f}")
             rows.append(f"| {ema} | {weighting} | " + " | ".join(cells) + " |")
             print(rows[-1], file=sys.stderr, flush=True)

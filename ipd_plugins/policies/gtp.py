@@ -638,10 +638,21 @@ class GtpPolicy:
         """A memoryless :class:`GtpActor` sampling as ``cfg.sampler`` says (``value`` is not
         used: acting needs no critic)."""
         c, seed = self.cfg, self.ctx.seed
-        if c.sampler == "euler":
-            times = sampling_times(c.euler_steps, c.t_min, c.t_max, c.rho).to(self.device)
-            return GtpActor(self.nets, times, seed, self.device, sampler=euler_actions)
-        return GtpActor(self.nets, self.times, seed=seed, device=self.device)
+        euler = c.sampler == "euler"
+        steps = c.euler_steps if euler else c.sample_steps
+        times = sampling_times(steps, c.t_min, c.t_max, c.rho).to(self.device)
+        sampler = euler_actions if euler else sample_actions
+        return GtpActor(self.nets, times, seed, self.device, sampler=sampler)
+
+    def acting_as(self, **options: Any) -> GtpPolicy:
+        """This trained policy with other acting options (``GtpConfig.acting_options``, e.g.
+        ``sampler="euler"``), sharing its weights; training options are refused."""
+        check = set(options) - set(GtpConfig.acting_options)
+        if check:
+            raise ValueError(f"gtp: {sorted(check)} are not acting options")
+        other = copy.copy(self)
+        other.cfg = self.cfg.replace(**options)
+        return other
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: Path) -> None:
