@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from tiny import TINY_IPD
 
 from ipd_plugins.commands import main
+from ipd_plugins.commands.eval import check_acting_options
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.policies.gtp import GtpConfig, SolutionMapNet
 from ipd_plugins.policies.gtp_impl import (
@@ -469,6 +470,9 @@ def test_gtp_runs_after_augmentation_and_alone_and_compare_labels_both(store, tm
     assert (run_dir / "eval.json").read_text() == before
     cli = CliRunner().invoke(main, ["eval", str(run_dir), "--set", "policy.hidden=8"])
     assert cli.exit_code == 2 and "takes sampler, euler_steps, sample_steps" in cli.output
+    check_acting_options(GtpConfig(), ["sampler", "euler_steps"])  # acting options pass
+    with pytest.raises(ValueError, match="policy 'ipd-dt' has none; an option that changes"):
+        check_acting_options(get_registry().config_class("policy", "ipd-dt")(), ["sampler"])
 
 
 def test_policy_ablation_labels_are_the_hand_run_labels():

@@ -117,8 +117,11 @@ def _eval_ipd(
 
     components = {"adapter": adapter} if adapter else None
     with usage_errors():  # a bad adapter name or option fails before anything loads
+        acting = parsed.get("policy", {})
+        if acting:  # only acting options, checked against the run's policy before they apply
+            others = {k: v for k, v in parsed.items() if k != "policy"}
+            check_acting_options(load_run(run_dir, components, others)[0].configs["policy"], acting)
         cfg, _ = load_run(run_dir, components, parsed)
-        check_acting_options(cfg.configs["policy"], parsed.get("policy", {}))
     adapter_obj = get_registry().create(
         "adapter", cfg.components["adapter"], cfg.configs["adapter"]
     )
