@@ -26,21 +26,14 @@ from ipd_plugins.data import (
     to_d4rl_hdf5,
     to_minari,
 )
+from ipd_plugins.data.dataset import ARRAY_FIELDS
 from ipd_plugins.data.envs import REF_SCORES
 
 HOPPER_REF = (-20.272305, 3234.3)
 
 
 def _same(a: TrajectoryDataset, b: TrajectoryDataset) -> None:
-    for key in (
-        "observations",
-        "actions",
-        "rewards",
-        "next_observations",
-        "terminations",
-        "truncations",
-        "episode_lengths",
-    ):
+    for key in ARRAY_FIELDS:
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
     assert a.env_id == b.env_id
     assert (a.ref_min_score, a.ref_max_score) == (b.ref_min_score, b.ref_max_score)

@@ -62,12 +62,6 @@ class BaselineConfig(ComponentConfig):
     kind: ClassVar[str] = "baseline"
     name: ClassVar[str] = ""
 
-    @classmethod
-    def dataset_defaults(cls, dataset: str) -> dict[str, Any]:
-        """Defaults that depend on the dataset (a method's published per-dataset settings),
-        above the profile and below a config file and ``--set``; none by default."""
-        return {}
-
     #: a sequence model (windows of ``context`` steps, acting on a return-to-go), as ``dt``
     sequence: ClassVar[bool] = False
 
@@ -81,6 +75,12 @@ class BaselineConfig(ComponentConfig):
     # steps between resumable checkpoints / log calls
     checkpoint_every: int = 5_000
     log_every: int = 1_000
+
+    @classmethod
+    def dataset_defaults(cls, dataset: str) -> dict[str, Any]:
+        """Defaults that depend on the dataset (a method's published per-dataset settings),
+        above the profile and below a config file and ``--set``; none by default."""
+        return {}
 
     def validate(self) -> None:
         for key in ("n_steps", "batch_size", "hidden", "n_layers", "checkpoint_every", "log_every"):

@@ -195,14 +195,7 @@ class TrajectoryDataset:
             for key, value in row.items():
                 cols.setdefault(key, []).append(value)
             lengths.append(t)
-        core = {
-            "observations",
-            "actions",
-            "rewards",
-            "next_observations",
-            "terminations",
-            "truncations",
-        }
+        core = [k for k in ARRAY_FIELDS if k != "episode_lengths"]
         joined = {}
         for key, parts in cols.items():
             try:
