@@ -38,6 +38,8 @@ __all__ = [
     "Comparison",
     "find_results",
     "load_records",
+    "seed_std",
+    "mean_std",
     "iqm",
     "stratified_bootstrap_ci",
     "summarise",
@@ -202,6 +204,23 @@ def load_records(paths: Iterable[str | Path], actor: str = "policy") -> list[Run
 
 
 # -- statistics -------------------------------------------------------------------------------
+def seed_std(values: Iterable[float]) -> float:
+    """Sample standard deviation over seeds (``ddof=1``), 0 for fewer than two values."""
+    x = np.asarray(list(values), np.float64)
+    return float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+
+def mean_std(values: Iterable[float], digits: int = 1) -> str:
+    """``"mean +- std"`` over seeds as every table here writes it; the mean alone for one value
+    and ``"-"`` for none."""
+    x = list(values)
+    if not x:
+        return "-"
+    if len(x) == 1:
+        return f"{x[0]:.{digits}f}"
+    return f"{np.mean(x):.{digits}f} +- {seed_std(x):.{digits}f}"
+
+
 def iqm(scores: np.ndarray, axis: int = -1) -> np.ndarray:
     """Interquartile mean along ``axis``: sort, drop ``floor(0.25 n)`` from each end, average.
 
@@ -274,8 +293,7 @@ def summarise(
         for d in datasets:
             vals = np.asarray([r.score for r in mine if r.dataset == d], np.float64)
             if len(vals):
-                std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-                row.cells[d] = (float(vals.mean()), std, len(vals))
+                row.cells[d] = (float(vals.mean()), seed_std(vals), len(vals))
                 groups.append(vals)
         pooled = np.concatenate(groups)
         row.iqm = float(iqm(pooled))

@@ -480,8 +480,9 @@ def test_budget_plot_averages_the_curves_over_seeds(tmp_path):
     reference = budget_plot.load_reference([str(tmp_path / "tuning")])
     assert dict(reference["hopper-medium"]["dt"]) == {8000: [60.0]}
     text = budget_plot.markdown(curves, reference)
-    assert "| ipd | 15.0 +- 5.0 (2) | 40.0 +- 10.0 (2) |  |" in text
-    assert "| dt (final) |  |  | 60.0 +- 0.0 (1) |" in text
+    # sample std over seeds: (10, 20) -> sqrt(50) = 7.07, (30, 50) -> sqrt(200) = 14.14
+    assert "| ipd | 15.0 +- 7.1 (2) | 40.0 +- 14.1 (2) |  |" in text
+    assert "| dt (final) |  |  | 60.0 (1) |" in text
     budget_plot.plot(curves, reference, tmp_path / "budget.png")
     assert (tmp_path / "budget.png").stat().st_size > 1000
 
@@ -497,8 +498,9 @@ def test_dwm_table_picks_the_step_size_on_the_tuning_seed_and_reports_the_others
     rows = [row(0, 1e-5, 50.0, 55.0), row(0, 1e-4, 50.0, 40.0), row(1, 1e-5, 60.0, 62.0),
             row(2, 1e-5, 40.0, 46.0), row(2, 1e-4, 40.0, 99.0)]  # fmt: skip
     text = dwm_scores.table(rows)
-    assert "| hopper-medium-replay | rebrac | 1e-05 | 50.0 -> 55.0 | 1, 2 | 50.0 +- 10.0 | " in text
-    assert "| 54.0 +- 8.0 | 4.0 +- 2.0 |" in text
+    # seeds 1-2 at the tuning seed's 1e-5; sample stds: (60, 40) 14.1, (62, 46) 11.3, (2, 6) 2.8
+    assert "| hopper-medium-replay | rebrac | 1e-05 | 50.0 -> 55.0 | 1, 2 | 50.0 +- 14.1 | " in text
+    assert "| 54.0 +- 11.3 | 4.0 +- 2.8 |" in text
 
 
 def test_gtp_acting_table_averages_each_sampler_over_seeds():
@@ -510,5 +512,5 @@ def test_gtp_acting_table_averages_each_sampler_over_seeds():
         for s, base in ((0, 20.0), (1, 30.0)) for kind, k in gtp_acting.SAMPLERS
     ]  # fmt: skip
     text = gtp_acting.table(rows[:-1])  # seed 1's euler 40 missing
-    assert "| hopper-medium | gtp alone | 0, 1 | 25.0 +- 5.0 |" in text
-    assert text.rstrip().endswith("| 35.0 +- 5.0 | 30.0 +- 0.0 |"), text
+    assert "| hopper-medium | gtp alone | 0, 1 | 25.0 +- 7.1 |" in text  # sample std of (20, 30)
+    assert text.rstrip().endswith("| 35.0 +- 7.1 | 30.0 |"), text  # one seed: no std

@@ -13,7 +13,9 @@ from ipd_plugins.commands import main
 from ipd_plugins.compare import (
     iqm,
     load_records,
+    mean_std,
     method_label,
+    seed_std,
     stratified_bootstrap_ci,
     summarise,
     to_markdown,
@@ -39,6 +41,16 @@ def test_iqm_by_hand():
     np.testing.assert_allclose(iqm(x, axis=1), trim_mean(x, 0.25, axis=1))
     with pytest.raises(ValueError, match="empty"):
         iqm(np.array([]))
+
+
+def test_seed_std_is_the_sample_std_and_tables_write_one_seed_without_it():
+    # (1, 2, 3, 6): mean 3, squared deviations 4 + 1 + 0 + 9 = 14, / (n - 1) -> sqrt(14 / 3)
+    assert seed_std([1.0, 2, 3, 6]) == pytest.approx((14 / 3) ** 0.5)
+    assert seed_std([5.0]) == 0.0 and seed_std([]) == 0.0
+    assert mean_std([1.0, 2, 3, 6]) == f"3.0 +- {(14 / 3) ** 0.5:.1f}"
+    assert mean_std([31.64]) == "31.6"  # one seed: no spread to report
+    assert mean_std([]) == "-"
+    assert mean_std([0.1234, 0.2], digits=2) == "0.16 +- 0.05"
 
 
 def _naive_ci(groups, reps, seed, confidence=0.95):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ipd_plugins.compare import dataset_label, find_results, method_label
+from ipd_plugins.compare import dataset_label, find_results, mean_std, method_label, seed_std
 from ipd_plugins.files import atomic_write_text
 
 
@@ -81,7 +81,7 @@ def markdown(curves: dict, reference: dict) -> str:
             cells = []
             for k in steps:
                 v = points.get(k, [])
-                cells.append(f"{np.mean(v):.1f} +- {np.std(v):.1f} ({len(v)})" if v else "")
+                cells.append(f"{mean_std(v)} ({len(v)})" if v else "")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -99,13 +99,13 @@ def plot(curves: dict, reference: dict, png: Path) -> None:
         for method, points in sorted(curves.get(dataset, {}).items()):
             steps = sorted(points)
             mean = np.array([np.mean(points[k]) for k in steps])
-            std = np.array([np.std(points[k]) for k in steps])
+            std = np.array([seed_std(points[k]) for k in steps])
             n = min(len(points[k]) for k in steps)
             (line,) = ax.plot(steps, mean, marker="o", ms=3, label=f"{method} (n={n})")
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
         for method, points in sorted(reference.get(dataset, {}).items()):
             for k, v in points.items():
-                ax.errorbar([k], [np.mean(v)], yerr=[np.std(v)], fmt="s", capsize=3,
+                ax.errorbar([k], [np.mean(v)], yerr=[seed_std(v)], fmt="s", capsize=3,
                             label=f"{method}, final (n={len(v)})")  # fmt: skip
         ax.set_title(dataset)
         ax.set_xlabel("policy gradient steps")

@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
+from ipd_plugins.compare import mean_std
 
 
 def evaluate(run: Path, lr: float, actors: list[str], extra: list[str]) -> dict:
@@ -78,12 +78,10 @@ def table(rows: list[dict]) -> str:
         adapted = [seeds[s][lr]["with"] for s in others]
         delta = [a - b for a, b in zip(adapted, base, strict=True)]
 
-        def ms(v: list[float]) -> str:
-            return f"{np.mean(v):.1f} +- {np.std(v):.1f}" if v else "-"
-
         lines.append(
             f"| {dataset} | {actor} | {lr:g} | {best['without']:.1f} -> {best['with']:.1f} | "
-            f"{', '.join(map(str, others)) or '-'} | {ms(base)} | {ms(adapted)} | {ms(delta)} |"
+            f"{', '.join(map(str, others)) or '-'} | {mean_std(base)} | {mean_std(adapted)} | "
+            f"{mean_std(delta)} |"
         )
     return "\n".join(lines) + "\n"
 

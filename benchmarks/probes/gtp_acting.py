@@ -24,8 +24,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from ipd_plugins.compare import mean_std
 
 SAMPLERS = (("map", 1), ("map", 2), ("map", 5), ("map", 10), ("euler", 10), ("euler", 40))
 
@@ -50,7 +51,7 @@ def table(rows: list[dict]) -> str:
         row = []
         for key in SAMPLERS:
             vals = [by_sampler[key][s] for s in seeds if s in by_sampler[key]]
-            row.append(f"{np.mean(vals):.1f} +- {np.std(vals):.1f}" if vals else "-")
+            row.append(mean_std(vals))
         nums = ", ".join(s.removeprefix("seed_") for s in seeds)
         out.append(f"| {dataset} | {label} | {nums} | " + " | ".join(row) + " |")
     return "\n".join(out)
