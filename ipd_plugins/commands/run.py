@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import numpy as np
 
 from ipd_plugins.commands.options import echo, run_options, usage_errors
+from ipd_plugins.compare import mean_std
 from registry import KINDS
 
 __all__ = ["run", "print_scores", "summarise_seeds"]
@@ -38,8 +38,7 @@ def summarise_seeds(all_results: list[dict[str, Any]]) -> None:
         what = "normalised x100"
         if any(v is None for v in vals):
             vals, what = [r["scores"][actor]["mean_return"] for r in all_results], "return"
-        arr = np.asarray(vals, float)
-        click.echo(f"  {actor:<10} {what}: {arr.mean():.1f} +- {arr.std(ddof=1):.1f}")
+        click.echo(f"  {actor:<10} {what}: {mean_std(vals)}")
 
 
 @click.command()
