@@ -16,14 +16,14 @@ from ipd_plugins.data import (
     save_npz,
     to_d4rl_hdf5,
 )
-from ipd_plugins.data.dataset import ARRAY_FIELDS
+from ipd_plugins.data.dataset import STEP_FIELDS
 from ipd_plugins.data.validate import enforce_action_bounds
 
 N = 12  # steps of the toy dataset (episodes of 5, 3, 4)
 
 
 def _arrays(ds: TrajectoryDataset) -> dict[str, np.ndarray]:
-    return {k: getattr(ds, k).copy() for k in ARRAY_FIELDS if k != "episode_lengths"}
+    return {k: getattr(ds, k).copy() for k in STEP_FIELDS}
 
 
 def _build(ds, **changes):

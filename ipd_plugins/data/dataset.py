@@ -18,19 +18,19 @@ import numpy as np
 from ipd_plugins.data.errors import DatasetError
 from ipd_plugins.data.validate import as_flags, validate_dataset
 
-__all__ = ["TrajectoryDataset", "Episode", "DatasetError", "ARRAY_FIELDS"]
+__all__ = ["TrajectoryDataset", "Episode", "DatasetError", "ARRAY_FIELDS", "STEP_FIELDS"]
 
-# The arrays a dataset is made of (besides ``extras``): what concat joins, content_hash hashes
-# and an npz file holds.
-ARRAY_FIELDS = (
+# The arrays a dataset is made of (besides ``extras``): one row per step (STEP_FIELDS), then
+# the episode lengths; ARRAY_FIELDS is what concat joins, content_hash hashes and an npz holds.
+STEP_FIELDS = (
     "observations",
     "actions",
     "rewards",
     "next_observations",
     "terminations",
     "truncations",
-    "episode_lengths",
 )
+ARRAY_FIELDS = (*STEP_FIELDS, "episode_lengths")
 
 
 @dataclass(frozen=True)
@@ -195,16 +195,15 @@ class TrajectoryDataset:
             for key, value in row.items():
                 cols.setdefault(key, []).append(value)
             lengths.append(t)
-        core = [k for k in ARRAY_FIELDS if k != "episode_lengths"]
         joined = {}
         for key, parts in cols.items():
             try:
                 joined[key] = np.concatenate(parts)
             except ValueError as err:  # e.g. episodes with different observation dims
                 raise DatasetError(f"{key}: the episodes do not fit together ({err})") from None
-        extras = {k: v for k, v in joined.items() if k not in core}
+        extras = {k: v for k, v in joined.items() if k not in STEP_FIELDS}
         return cls.from_arrays(
-            {k: joined[k] for k in core},
+            {k: joined[k] for k in STEP_FIELDS},
             np.asarray(lengths, np.int64),
             extras=extras,
             **meta,

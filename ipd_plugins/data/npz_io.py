@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ipd_plugins.data import envs
-from ipd_plugins.data.dataset import ARRAY_FIELDS, DatasetError, TrajectoryDataset
+from ipd_plugins.data.dataset import ARRAY_FIELDS, STEP_FIELDS, DatasetError, TrajectoryDataset
 from ipd_plugins.data.validate import (
     conform_to_environment,
     named_source,
@@ -93,7 +93,7 @@ def load_npz(
     ref = (meta.get("ref_min_score"), meta.get("ref_max_score"))
     if ref[0] is None or ref[1] is None:
         ref = envs.ref_scores(env_id) or (None, None)
-    arrays = {k: data[k] for k in NPZ_KEYS if k != "episode_lengths"}
+    arrays = {k: data[k] for k in STEP_FIELDS}
     if arrays["actions"].ndim == 1:
         arrays["actions"] = arrays["actions"].reshape(-1, 1)
     with named_source(src):
