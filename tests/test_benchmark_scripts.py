@@ -514,3 +514,37 @@ def test_gtp_acting_table_averages_each_sampler_over_seeds():
     text = gtp_acting.table(rows[:-1])  # seed 1's euler 40 missing
     assert "| hopper-medium | gtp alone | 0, 1 | 25.0 +- 7.1 |" in text  # sample std of (20, 30)
     assert text.rstrip().endswith("| 35.0 +- 7.1 | 30.0 |"), text  # one seed: no std
+
+
+def test_context_probe_acts_on_the_last_k_steps_of_the_window():
+    from ipd_plugins.policies.base import SequenceActor
+    from registry import manager
+    from registry.protocols import BuildContext
+
+    context_probe = _script("context_probe")
+    ctx = BuildContext(obs_dim=3, act_dim=2, act_low=(-1.0, -1.0), act_high=(1.0, 1.0), seed=0)
+    torch.manual_seed(0)
+    net_cfg = {"context": 4, "n_layer": 1, "n_embd": 16, "n_head": 2, "max_timestep": 50}
+    net = manager.create("policy", "ipd-dt", net_cfg, ctx).net.eval()
+    v = lambda obs: obs.sum(-1)  # noqa: E731  (a state-only token, as V(s))
+    full = SequenceActor(net, v)
+    keep_all = context_probe.ShortContextActor(net, v, keep=4)
+    keep_1 = context_probe.ShortContextActor(net, v, keep=1)
+    obs = torch.randn(2, 3)
+    for actor in (full, keep_all, keep_1):
+        actor.reset(obs)
+    for t in range(6):
+        a_full, a_all, a_1 = full.act(obs), keep_all.act(obs), keep_1.act(obs)
+        torch.testing.assert_close(a_all, a_full)  # keep = K is the evaluator's actor
+        # keep = 1: the current state alone, at its time in the episode, as a 1-step window
+        token = (v(obs) - net.cond_shift) / net.cond_scale
+        one = net(
+            obs[:, None], torch.zeros(2, 1, 2), token[:, None],
+            torch.ones(2, 1, dtype=torch.bool), torch.full((2, 1), t),
+        )[:, -1]  # fmt: skip
+        torch.testing.assert_close(a_1, one)
+        if t > 0:
+            assert not torch.allclose(a_1, a_full)  # history changes the action
+        obs = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"keep must be in \[1, 4\]"):
+        context_probe.ShortContextActor(net, v, keep=5)
