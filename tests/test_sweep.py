@@ -213,11 +213,13 @@ def test_a_slice_of_the_tuning_spec_keeps_its_run_folders():
     spec = load_spec(ROOT / "benchmarks" / "experiments" / "tuning.yaml")
     whole = {(t.label, t.dataset, t.seed): t.run_dir for t in expand(spec)}
     assert len(whole) == 54 and not any(t.error for t in expand(spec))
-    for name, n in (("budget", 18), ("ablations", 27)):  # issue 26's grids share its folders
+    for name, n in (("budget", 18), ("ablations", 27), ("variants", 63)):  # issue 26's grids
         other = expand(load_spec(ROOT / "benchmarks" / "experiments" / f"{name}.yaml"))
         assert len(other) == n and not any(t.error for t in other), name
-    ipd = {t.run_dir for t in other if t.label == "ipd"}
-    assert ipd == {whole["ipd", "hopper-medium", s] for s in (0, 1, 2)}
+        if name != "budget":  # its `ipd` trains 20k steps; these reuse the tuning grid's runs
+            ipd = {(t.dataset, t.seed): t.run_dir for t in other if t.label == "ipd"}
+            assert ipd == {k: whole["ipd", *k] for k in ipd}, name
+            assert len(ipd) == {"ablations": 3, "variants": 9}[name]
     table = expand(load_spec(ROOT / "benchmarks" / "experiments" / "table_v2.yaml"))
     assert len(table) == 144 and not any(t.error for t in table)
     assert {t.seed for t in table} == {10, 11, 12}  # seeds no tuning has seen
