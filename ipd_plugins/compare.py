@@ -316,8 +316,8 @@ def to_markdown(cmp: Comparison, title: str = "Scores") -> str:
         cells = [d]
         for m in cmp.methods:
             if d in m.cells:
-                mean, std, n = m.cells[d]
-                cells.append(f"{mean:.1f} ± {std:.1f} (n={n})")
+                mean, std, n = m.cells[d]  # one seed has no spread to show
+                cells.append(f"{mean:.1f} ± {std:.1f} (n={n})" if n > 1 else f"{mean:.1f} (n=1)")
             else:
                 cells.append("-")
         lines.append("| " + " | ".join(cells) + " |")

@@ -157,7 +157,7 @@ def test_table_keeps_one_column_per_method_and_says_how_complete_it_is(tmp_path)
     text = scores.write_table(str(record), "runs/x", "default", table, reps=50)
     assert table.read_text() == text
     assert "| dataset | ipd | iql |" in text
-    assert "| hopper-medium | 45.0 ± 7.1 (n=2) | 30.0 ± 0.0 (n=1) |" in text
+    assert "| hopper-medium | 45.0 ± 7.1 (n=2) | 30.0 (n=1) |" in text
     assert "Recorded: 3 of the 72 planned runs" in text
     assert "compare them row by row" in text
     assert "for scale: hopper-medium 45.6." in text
