@@ -31,17 +31,8 @@ class ShortContextActor(SequenceActor):
             raise ValueError(f"keep must be in [1, {self.context}], got {keep}")
         self.keep = keep
 
-    @torch.inference_mode()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        obs = self._check(obs)
-        self._advance(obs)
-        self.net.eval()
-        k = self.keep
-        window = (self.obs, self.act_buf, self.cond, self.mask, self.time)
-        pred = self.net(*(x[:, -k:] for x in window))  # (B, k, A)
-        action = pred[:, -1].float()
-        self.act_buf[:, -1] = action
-        return action
+    def window(self) -> tuple[torch.Tensor, ...]:
+        return tuple(x[:, -self.keep :] for x in super().window())  # (B, keep, ...)
 
 
 def main() -> None:

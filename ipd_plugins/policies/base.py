@@ -449,6 +449,10 @@ class SequenceActor:
         self.time = torch.cat([self.time[:, 1:], self.t[:, None]], dim=1)
         self.t = self.t + 1
 
+    def window(self) -> tuple[torch.Tensor, ...]:
+        """What the network acts on: (obs, actions, tokens, mask, time), each (B, K, ...)."""
+        return self.obs, self.act_buf, self.cond, self.mask, self.time
+
     @torch.inference_mode()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         obs = self._check(obs)
@@ -456,7 +460,7 @@ class SequenceActor:
         was_training = self.net.training  # acting mid-fit (periodic evaluation) must not
         self.net.eval()  # leave dropout switched off for the rest of training
         with autocast(self.device, "bf16" if self.autocast_bf16 else "fp32"):
-            pred = self.net(self.obs, self.act_buf, self.cond, self.mask, self.time)  # (B,K,A)
+            pred = self.net(*self.window())  # (B,K,A)
         self.net.train(was_training)
         action = pred[:, -1].float()
         self.act_buf[:, -1] = action
