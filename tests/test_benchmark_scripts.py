@@ -503,6 +503,22 @@ def test_dwm_table_picks_the_step_size_on_the_tuning_seed_and_reports_the_others
     assert "| 54.0 +- 11.3 | 4.0 +- 2.8 |" in text
 
 
+def test_dwm_scores_refuses_a_record_copy_before_evaluating_anything(tmp_path, monkeypatch, capsys):
+    dwm_scores = _script("dwm_scores")
+    record = tmp_path / "hopper-medium__baseline-rebrac__ab12cd34" / "seed_0"
+    record.mkdir(parents=True)
+    (record / "results.json").write_text("{}")  # what a sweep's `record` keeps: no eval.json
+    monkeypatch.setattr(dwm_scores, "evaluate", lambda *a: pytest.fail("evaluated a bad folder"))
+    out = tmp_path / "o.jsonl"
+    argv = ["dwm_scores.py", "--runs", str(record), "--lrs", "1e-6", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        dwm_scores.main()
+    err = capsys.readouterr().err
+    assert "no eval.json" in err and str(record) in err
+    assert not out.exists()
+
+
 def test_gtp_acting_table_averages_each_sampler_over_seeds():
     gtp_acting = _script("gtp_acting")
     run = "/o/hopper-medium__qov-pe-gjs-mpc-gtp__ab12cd34/seed_{}"

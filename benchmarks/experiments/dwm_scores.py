@@ -110,6 +110,12 @@ def main() -> None:
         for line in out.read_text().splitlines():
             row = json.loads(line)
             done.add((row["run"], row["lr"], tuple(row["options"]), tuple(row["actors"])))
+    missing = [str(r) for r in map(Path, args.runs) if not (r / "eval.json").is_file()]
+    if missing:  # checked before any evaluation starts
+        ap.error(
+            f"not finished run folders (no eval.json): {', '.join(missing)}. A sweep's `record` "
+            "copy holds only config.yaml and results.json: pass the folder under the sweep's `out`."
+        )
     for run in map(Path, args.runs):
         plain = json.loads((run / "eval.json").read_text())
         for lr in (float(x) for x in args.lrs.split(",")):

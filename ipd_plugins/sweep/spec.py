@@ -200,6 +200,8 @@ def _method(label: str, body: Any, where: str) -> MethodSpec:
 
     if body is None:
         body = {}
+    if "," in str(label):  # `--methods A,B` splits on commas: such a label could not be picked
+        raise ValueError(f"{where}: a method label may not contain ',' (write 'a + b')")
     if not isinstance(body, dict):
         raise ValueError(f"{where}: a method is a mapping of {', '.join(METHOD_KEYS)}")
     unknown = set(body) - set(METHOD_KEYS)
