@@ -475,10 +475,15 @@ def test_budget_plot_averages_the_curves_over_seeds(tmp_path):
     run("budget", 0, "ipd", [(2000, 10.0), (4000, 30.0)], 30.0, 4000)
     run("budget", 1, "ipd", [(2000, 20.0), (4000, 50.0)], 50.0, 4000)
     run("tuning", 0, "dt", None, 60.0, 8000)
+    run("tuning", 0, "iql", None, 30.0, 30000)
+    results_path = tmp_path / "tuning/hopper-medium__iql__0/seed_0/results.json"
+    results = json.loads(results_path.read_text())
+    results_path.write_text(json.dumps({**results, "components": {"baseline": "iql"}}))
     curves = budget_plot.load([str(tmp_path / "budget")])
     assert dict(curves["hopper-medium"]["ipd"]) == {2000: [10.0, 20.0], 4000: [30.0, 50.0]}
     reference = budget_plot.load_reference([str(tmp_path / "tuning")])
     assert dict(reference["hopper-medium"]["dt"]) == {8000: [60.0]}
+    assert dict(reference["hopper-medium"]["d3rlpy iql"]) == {30000: [30.0]}  # a baseline's run
     text = budget_plot.markdown(curves, reference)
     # sample std over seeds: (10, 20) -> sqrt(50) = 7.07, (30, 50) -> sqrt(200) = 14.14
     assert "| ipd | 15.0 +- 7.1 (2) | 40.0 +- 14.1 (2) |  |" in text

@@ -59,7 +59,10 @@ def load_reference(folders: list[str]) -> dict[str, dict[str, dict[int, list[flo
         steps = _steps({**results, "_dir": str(path.parent)})
         if steps:
             dataset = dataset_label(results.get("dataset", {}))
-            table[dataset][method_label(results)][steps].append(score)
+            label = method_label(results)
+            if (results.get("components") or {}).get("baseline"):  # not this package's `dt`
+                label = f"d3rlpy {label}"
+            table[dataset][label][steps].append(score)
     return table
 
 
