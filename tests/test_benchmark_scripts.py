@@ -457,12 +457,13 @@ def test_precision_benchmark_writes_speed_peak_and_same_batch_curves(store, tmp_
 def test_budget_plot_averages_the_curves_over_seeds(tmp_path):
     budget_plot = _script("budget_plot")
 
-    def run(folder: str, seed: int, label: str, curve: list | None, score: float, steps: int):
+    def run(folder, seed, label, curve, score: float, steps: int, baseline: str | None = None):
         seed_dir = tmp_path / folder / f"hopper-medium__{label}__0/seed_{seed}"
         seed_dir.mkdir(parents=True)
         results = {
             "label": label, "seed": seed, "dataset": {"source": "hopper-medium"},
             "scores": {"policy": {"normalized_mean": score, "mean_return": 1.0}},
+            "components": {"baseline": baseline} if baseline else {"policy": label},
         }  # fmt: skip
         if curve is not None:
             results["curve"] = [
@@ -475,10 +476,7 @@ def test_budget_plot_averages_the_curves_over_seeds(tmp_path):
     run("budget", 0, "ipd", [(2000, 10.0), (4000, 30.0)], 30.0, 4000)
     run("budget", 1, "ipd", [(2000, 20.0), (4000, 50.0)], 50.0, 4000)
     run("tuning", 0, "dt", None, 60.0, 8000)
-    run("tuning", 0, "iql", None, 30.0, 30000)
-    results_path = tmp_path / "tuning/hopper-medium__iql__0/seed_0/results.json"
-    results = json.loads(results_path.read_text())
-    results_path.write_text(json.dumps({**results, "components": {"baseline": "iql"}}))
+    run("tuning", 0, "iql", None, 30.0, 30000, baseline="iql")
     curves = budget_plot.load([str(tmp_path / "budget")])
     assert dict(curves["hopper-medium"]["ipd"]) == {2000: [10.0, 20.0], 4000: [30.0, 50.0]}
     reference = budget_plot.load_reference([str(tmp_path / "tuning")])
