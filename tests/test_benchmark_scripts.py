@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -567,3 +568,39 @@ def test_context_probe_acts_on_the_last_k_steps_of_the_window():
         obs = torch.randn(2, 3)
     with pytest.raises(ValueError, match=r"keep must be in \[1, 4\]"):
         context_probe.ShortContextActor(net, v, keep=5)
+
+
+def test_ablations_plot_pairs_each_variant_with_ipd_on_the_same_seeds(tmp_path):
+    ablations_plot = _script("ablations_plot")
+
+    def run(folder, dataset, label, seed, score):
+        seed_dir = tmp_path / folder / f"{dataset}__x__{zlib.crc32(label.encode()):08x}/seed_{seed}"
+        seed_dir.mkdir(parents=True)
+        results = {
+            "label": label, "seed": seed, "dataset": {"source": dataset},
+            "scores": {"policy": {"normalized_mean": score, "mean_return": 1.0}},
+        }  # fmt: skip
+        (seed_dir / "results.json").write_text(json.dumps(results))
+
+    for seed, (ipd, greedy, two) in enumerate([(50.0, 40.0, 60.0), (60.0, 56.0, 58.0)]):
+        run("abl", "hopper-medium", "ipd", seed, ipd)
+        run("var", "hopper-medium", "ipd", seed, ipd)  # the same run in a second record
+        run("abl", "hopper-medium", "greedy", seed, greedy)
+        run("abl", "hopper-medium", "n_aug[augment.n_aug=2]", seed, two)
+    run("abl", "hopper-medium", "rtg[policy.target_return=3600]", 0, 30.0)
+    run("var", "hopper-medium", "no segments", 1, 45.0)
+    run("var", "hopper-medium-replay", "no segments", 0, 20.0)  # no ablation ran there
+    table = ablations_plot.load([str(tmp_path / "abl"), str(tmp_path / "var")])
+    assert list(table) == ["hopper-medium"]
+    rows = ablations_plot.groups(table["hopper-medium"])
+    assert [x for _, x in rows["n_aug"]] == [None, 0.0, 2.0]  # ipd, then by N_aug
+    text = ablations_plot.markdown(table)
+    # greedy - ipd per seed: -10, -4 -> mean -7, sample std sqrt(18) = 4.24
+    assert "| `greedy` | 40.0 | 56.0 | 48.0 +- 11.3 | -7.0 +- 4.2 (2) |" in text
+    assert "| `no segments` |  | 45.0 | 45.0 | -15.0 +- 0.0 (1) |" in text
+    assert "| `rtg[policy.target_return=3600]` | 30.0 |  | 30.0 | -20.0 +- 0.0 (1) |" in text
+    ablations_plot.plot(table, tmp_path / "abl.png")
+    assert (tmp_path / "abl.png").stat().st_size > 1000
+    run("var2", "hopper-medium", "greedy", 0, 41.0)  # the same (label, seed), another score
+    with pytest.raises(SystemExit, match="two runs with different scores"):
+        ablations_plot.load([str(tmp_path / "abl"), str(tmp_path / "var2")])
