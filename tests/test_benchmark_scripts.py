@@ -604,3 +604,24 @@ def test_ablations_plot_pairs_each_variant_with_ipd_on_the_same_seeds(tmp_path):
     run("var2", "hopper-medium", "greedy", 0, 41.0)  # the same (label, seed), another score
     with pytest.raises(SystemExit, match="two runs with different scores"):
         ablations_plot.load([str(tmp_path / "abl"), str(tmp_path / "var2")])
+
+
+def test_table_for_another_grid_checks_issue_26s_goal(tmp_path):
+    record = tmp_path / "record"
+    for seed in (10, 11):  # ipd ahead of dt and iql on hopper-medium, behind on walker2d
+        _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__aaaaaaaa", seed, 60.0 + seed)
+        _record(record, "hopper-medium__baseline-dt__bbbbbbbb", seed, 50.0, baseline="dt")
+        _record(record, "hopper-medium__baseline-iql__cccccccc", seed, 40.0, baseline="iql")
+        _record(record, "walker2d-medium__qov-pe-gjs-mpc-ipd-dt__dddddddd", seed, 30.0)
+        _record(record, "walker2d-medium__baseline-dt__eeeeeeee", seed, 70.0, baseline="dt")
+        _record(record, "walker2d-medium__baseline-iql__ffffffff", seed, 20.0, baseline="iql")
+    methods = ("ipd", "ipd eq26", "dt", "iql")
+    text = scores.write_table(
+        str(record), "runs/v2", "default", tmp_path / "v2.md", 50, methods, (10, 11), "Table v2"
+    )
+    assert text.startswith("# Table v2, profile `default`")
+    assert "Recorded: 12 of the 48 planned runs (6 datasets x 2 seeds x 4 methods)" in text
+    assert "| dataset | IPD - dt | IPD - iql |" in text
+    assert "| walker2d-medium | -40.0 (+15.5) | +10.0 (+11.2) |" in text  # paper: 89.5-74, -78.3
+    assert "**1 of 2** (hopper-medium)" in text and "Not met." in text
+    assert "--seeds 10,11 --methods 'ipd,ipd eq26,dt,iql'" in text  # how to rebuild it

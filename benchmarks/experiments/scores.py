@@ -179,14 +179,20 @@ def record(run_dir: Path, out: str, record_dir: str) -> Path:
     return dest_dir / "results.json"
 
 
-def realisations(records: list[Any]) -> dict[str, dict[str, dict[str, Any]]]:
+def realisations(
+    records: list[Any], methods: tuple[str, ...] = METHODS
+) -> dict[str, dict[str, dict[str, Any]]]:
     """Per dataset, the realisations (content hashes) its recorded runs trained on: another
     kind of CPU makes another one (``ipd_plugins.data.make.REFERENCE_HASHES``).
 
     Returns ``{dataset: {hash: {"stats": ..., "runs": ["ipd 0", ...], "machines": [...]}}}``.
     """
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in sorted(records, key=lambda r: (r.dataset, METHODS.index(r.label), r.seed)):
+
+    def order(label: str) -> int:
+        return methods.index(label) if label in methods else len(methods)
+
+    for r in sorted(records, key=lambda r: (r.dataset, order(r.label), r.label, r.seed)):
         folder = Path(r.path)
         stats = json.loads((folder / "results.json").read_text()).get("dataset", {})
         entry = out.setdefault(r.dataset, {}).setdefault(
@@ -231,11 +237,12 @@ def realisation_lines(by_dataset: dict[str, dict[str, dict[str, Any]]]) -> list[
     return lines
 
 
-def gap_lines(cmp: Comparison) -> list[str]:
-    """IPD's mean minus each baseline's per dataset, next to the same gap in paper table 1."""
+def gap_lines(cmp: Comparison, methods: tuple[str, ...] = METHODS) -> list[str]:
+    """IPD's mean minus each other method's per dataset, next to the same gap in paper table 1
+    where the paper has the method."""
     rows = {m.label: m.cells for m in cmp.methods}
     ipd = rows.get("ipd")
-    others = [m for m in METHODS if m != "ipd" and m in rows]
+    others = [m for m in methods if m != "ipd" and m in rows]
     if not ipd or not others:
         return []
     lines = [
@@ -271,9 +278,43 @@ def gap_lines(cmp: Comparison) -> list[str]:
     return lines
 
 
-def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) -> str:
-    # Every record is a default-profile run of one method; one recorded before a config field
-    # was added sits in a folder of another hash (see same_run), so drop compare's "#hash".
+def goal_lines(cmp: Comparison) -> list[str]:
+    """Issue 26's goal, checked: IPD ahead of both DT and IQL on at least 5 of the datasets
+    they share, and IPD's IQM confidence interval above DT's."""
+    rows = {m.label: m for m in cmp.methods}
+    if not all(m in rows for m in ("ipd", "dt", "iql")):
+        return []
+    ipd, dt, iql = rows["ipd"], rows["dt"], rows["iql"]
+    shared = sorted(set(ipd.cells) & set(dt.cells) & set(iql.cells))
+    ahead = [d for d in shared if ipd.cells[d][0] > max(dt.cells[d][0], iql.cells[d][0])]
+    above = ipd.ci[0] > dt.ci[1]
+    need = max(len(shared) - 1, 1)
+    return [
+        "",
+        f"Goal (issue 26): IPD ahead of both DT and IQL on at least {need} of {len(shared)} "
+        f"datasets: **{len(ahead)} of {len(shared)}** ({', '.join(ahead) or 'none'}); IPD's IQM "
+        f"CI [{ipd.ci[0]:.1f}, {ipd.ci[1]:.1f}] above DT's [{dt.ci[0]:.1f}, {dt.ci[1]:.1f}]: "
+        f"**{'yes' if above else 'no'}**. "
+        + ("Met." if len(ahead) >= need and above else "Not met."),
+    ]
+
+
+def write_table(
+    record_dir: str,
+    out: str,
+    profile: str,
+    path: Path,
+    reps: int,
+    methods: tuple[str, ...] = METHODS,
+    seeds: tuple[int, ...] = SEEDS,
+    title: str = "Scores: IPD vs d3rlpy baselines",
+) -> str:
+    """The table of ``record_dir``'s runs, with what completes it: ``methods`` x ``seeds`` x
+    the six datasets planned (the first method, ``ipd``, is the one the gaps are taken from).
+
+    Every record is a default-profile run of one method; one recorded before a config field
+    was added sits in a folder of another hash (see same_run), so compare's "#hash" is dropped.
+    """
     records = [replace(r, label=r.label.split("#")[0]) for r in load_records([record_dir])]
     seen: dict[tuple[str, str, int], str] = {}
     for r in records:
@@ -282,12 +323,12 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
             raise ValueError(
                 f"{r.label} {r.dataset} seed {r.seed} is recorded twice: {other}, {r.path}"
             )
-    cmp = summarise(records, reps=reps, order=list(METHODS))
-    text = to_markdown(cmp, f"Scores: IPD vs d3rlpy baselines, profile `{profile}`")
+    cmp = summarise(records, reps=reps, order=list(methods))
+    text = to_markdown(cmp, f"{title}, profile `{profile}`")
     done = set(seen)  # (dataset, method, seed) of every recorded run
-    planned_runs = len(DATASETS) * len(SEEDS) * len(METHODS)
-    empty = sum(1 for d in DATASETS for m in METHODS if not any(k[:2] == (d, m) for k in done))
-    by_dataset = realisations(records)
+    planned_runs = len(DATASETS) * len(seeds) * len(methods)
+    empty = sum(1 for d in DATASETS for m in methods if not any(k[:2] == (d, m) for k in done))
+    by_dataset = realisations(records, methods)
     data_means = {}  # the dataset's own episodes, normalised (its most-used realisation)
     for d, by_hash in by_dataset.items():
         stats = max(by_hash.values(), key=lambda e: len(e["runs"]))["stats"]
@@ -297,12 +338,16 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     qop: dict[str, list[float]] = {}  # only IPD runs score pi_QOP
     for r in load_records([record_dir], actor="qop"):
         qop.setdefault(r.dataset, []).append(r.score)
-    lines = gap_lines(cmp) + [
-        "",
-        "The datasets' own episodes, normalised the same way (mean over episodes), for scale: "
-        + ", ".join(f"{d} {v:.1f}" for d, v in sorted(data_means.items()))
-        + ".",
-    ]
+    lines = (
+        gap_lines(cmp, methods)
+        + goal_lines(cmp)
+        + [
+            "",
+            "The datasets' own episodes, normalised the same way (mean over episodes), for scale: "
+            + ", ".join(f"{d} {v:.1f}" for d, v in sorted(data_means.items()))
+            + ".",
+        ]
+    )
     lines += realisation_lines(by_dataset)
     if qop:
         lines += [
@@ -318,7 +363,7 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     lines += [
         "",
         f"Recorded: {len(done)} of the {planned_runs} planned runs ({len(DATASETS)} datasets x "
-        f"{len(SEEDS)} seeds x {len(METHODS)} methods); cells with no run: {empty}."
+        f"{len(seeds)} seeds x {len(methods)} methods); cells with no run: {empty}."
         + (
             " Until every cell has its runs, the methods' IQMs cover different datasets and"
             " seeds: compare them row by row, not by IQM."
@@ -354,10 +399,16 @@ def write_table(record_dir: str, out: str, profile: str, path: Path, reps: int) 
     for d in paper:
         p = PAPER[d]
         lines.append(f"| {d} | {p['ipd']} | {p['iql']} | {p['dt']} |")
+    rebuild = f"python benchmarks/experiments/scores.py --table-only --out {out}"
+    if (tuple(methods), tuple(seeds)) != (METHODS, SEEDS):
+        rebuild += (
+            f" --record {record_dir} --table {path} --seeds {','.join(map(str, seeds))} "
+            f"--methods '{','.join(methods)}' --title '{title}'"
+        )
     lines += [
         "",
         f"Run folders: `{out}` (not committed); their `results.json` files: `{record_dir}`. "
-        f"Rebuild with `python benchmarks/experiments/scores.py --table-only --out {out}`.",
+        f"Rebuild with `{rebuild}`.",
     ]
     text += "\n".join(lines) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,7 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"of ipd,{','.join(baselines)}")
+    ap.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"of ipd,{','.join(baselines)}; with --table-only any recorded labels, ipd first",
+    )
     ap.add_argument("--profile", default="default", choices=list(PROFILES))
     ap.add_argument("--out", default="runs/scores", help="run folders + stage cache")
     ap.add_argument(
@@ -384,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--reps", type=int, default=2000, help="bootstrap replicates")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the table")
+    ap.add_argument("--title", default="Scores: IPD vs d3rlpy baselines", help="table title")
     ap.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     args = ap.parse_args(argv)
 
@@ -391,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in methods if m != "ipd" and m not in baselines]
-    if bad:
+    if bad and not args.table_only:
         ap.error(f"unknown method(s) {bad}; methods: ipd, {', '.join(baselines)}")
     torch.set_num_threads(args.threads)
 
@@ -424,7 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     try:
-        print(write_table(args.record, args.out, args.profile, Path(args.table), args.reps))
+        text = write_table(
+            args.record, args.out, args.profile, Path(args.table), args.reps,
+            tuple(methods), tuple(seeds), args.title,
+        )  # fmt: skip
+        print(text)
     except (FileNotFoundError, ValueError) as err:
         log(f"no table yet: {err}")
         return 1
