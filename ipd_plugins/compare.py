@@ -44,6 +44,8 @@ __all__ = [
     "stratified_bootstrap_ci",
     "summarise",
     "to_markdown",
+    "paired_changes",
+    "paired_markdown",
     "bar_chart",
     "line_chart",
     "dataset_label",
@@ -333,6 +335,50 @@ def to_markdown(cmp: Comparison, title: str = "Scores") -> str:
             f"| {m.label} | {m.iqm:.1f} | [{m.ci[0]:.1f}, {m.ci[1]:.1f}] | {m.n_runs} | "
             f"{m.train_minutes:.1f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def paired_changes(
+    records: Sequence[RunRecord], against: str
+) -> dict[str, dict[str, dict[int, float]]]:
+    """method -> dataset -> seed -> its score minus ``against``'s on the same dataset and seed
+    (every other method; seeds ``against`` has not run are left out)."""
+    base = {(r.dataset, r.seed): r.score for r in records if r.label == against}
+    if not base:
+        raise ValueError(f"no run labelled '{against}' to pair the others with")
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for r in records:
+        if r.label != against and (r.dataset, r.seed) in base:
+            cell = out.setdefault(r.label, {}).setdefault(r.dataset, {})
+            cell[r.seed] = r.score - base[(r.dataset, r.seed)]
+    return out
+
+
+def paired_markdown(records: Sequence[RunRecord], against: str, order: Sequence[str] = ()) -> str:
+    """Each method's change against ``against`` seed by seed (same dataset, same seed: the
+    same data, evaluation episodes and, for IPD variants, the same cached stages): per dataset
+    the mean +- std over the paired seeds, and over every pair."""
+    changes = paired_changes(records, against)
+    datasets = sorted({d for per in changes.values() for d in per})
+    labels = [m for m in order if m in changes] + sorted(m for m in changes if m not in order)
+    lines = [
+        f"Change against `{against}` on the same dataset and seed: mean +- std over the "
+        "paired seeds (n); `all` pools every (dataset, seed) pair.",
+        "",
+        "| method | " + " | ".join(datasets) + " | all |",
+        "|---|" + "---:|" * (len(datasets) + 1),
+    ]
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return "-"
+        return f"{np.mean(values):+.1f} ± {seed_std(values):.1f} (n={len(values)})"
+
+    for m in labels:
+        per = changes[m]
+        pooled = [v for d in datasets for v in per.get(d, {}).values()]
+        cells = [cell(list(per.get(d, {}).values())) for d in datasets]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {cell(pooled)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from ipd_plugins.compare import (
     load_records,
     mean_std,
     method_label,
+    paired_changes,
     seed_std,
     stratified_bootstrap_ci,
     summarise,
@@ -163,6 +164,24 @@ def test_compare_takes_globs_seed_folders_and_the_qop_actor(runs, tmp_path):
     assert [(r.label, r.seed, r.score) for r in records] == [("iql", 1, 41.0)]
     result = CliRunner().invoke(main, ["compare", str(tmp_path / "nothing*")])
     assert result.exit_code == 2 and "no run folder matches" in result.output
+
+
+def test_against_pairs_each_method_with_the_base_on_the_same_seed(runs, tmp_path):
+    # iql on hopper-medium: 40, 41, 42 against ipd's 50, 60, 70 -> -10, -19, -28; a fourth
+    # iql seed that ipd never ran is left out of the pairs
+    _fake_run(
+        runs, "hopper-medium__baseline-iql__cccc3333", 7, "hopper-medium", 99.0,
+        label="iql", method="iql", components={"baseline": "iql"},
+    )  # fmt: skip
+    changes = paired_changes(load_records([runs]), "ipd")
+    assert changes == {"iql": {"hopper-medium": {0: -10.0, 1: -19.0, 2: -28.0}}}
+    md = tmp_path / "p.md"
+    result = CliRunner().invoke(main, ["compare", str(runs), "--out", str(md), "--against", "ipd"])
+    assert result.exit_code == 0, result.output
+    assert "| method | hopper-medium | all |" in md.read_text()
+    assert "| iql | -19.0 ± 9.0 (n=3) | -19.0 ± 9.0 (n=3) |" in md.read_text()
+    result = CliRunner().invoke(main, ["compare", str(runs), "--out", str(md), "--against", "x"])
+    assert result.exit_code == 2 and "no run labelled 'x'" in result.output
 
 
 def test_labels_name_swapped_components_and_never_pool_different_configs(tmp_path):

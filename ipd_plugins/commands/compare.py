@@ -33,8 +33,13 @@ __all__ = ["compare", "ablate"]
 @click.option("--reps", type=int, default=2000, show_default=True, help="bootstrap replicates")
 @click.option("--seed", type=int, default=0, show_default=True, help="bootstrap seed")
 @click.option("--title", default="Scores", show_default=True)
+@click.option(
+    "--against",
+    metavar="LABEL",
+    help="also a table of every method's change against this one, seed by seed (e.g. ipd)",
+)
 @debug_option
-def compare(runs, out_file, actor, reps, seed, title) -> None:
+def compare(runs, out_file, actor, reps, seed, title, against) -> None:
     """Table of normalised scores of finished runs: per dataset and method, and IQM with CIs.
 
     RUNS are run folders, seed folders, whole --out folders or globs (quote them to let ipd
@@ -46,13 +51,23 @@ def compare(runs, out_file, actor, reps, seed, title) -> None:
     Examples:
       ipd compare runs/                       # everything under runs/
       ipd compare 'runs/hopper-medium__*' --out hopper.md
+      ipd compare runs/ --against ipd         # + each method's paired change against ipd
     """
-    from ipd_plugins.compare import bar_chart, load_records, summarise, to_markdown
+    from ipd_plugins.compare import (
+        bar_chart,
+        load_records,
+        paired_markdown,
+        summarise,
+        to_markdown,
+    )
 
     with usage_errors():
         records = load_records(runs, actor=actor)
         cmp = summarise(records, reps=reps, seed=seed, order=["ipd"])
-    text = to_markdown(cmp, title)
+        text = to_markdown(cmp, title)
+        if against:
+            order = [m.label for m in cmp.methods]
+            text += "\n" + paired_markdown(records, against, order)
     click.echo(text)
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
