@@ -88,6 +88,14 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # now also on small datasets, where eq. 21 alone made it 64% and cost ipd-dt 25 points
         # on 5 hopper episodes (benchmarks/results/small_data.md)
         "augment": {"n_aug": 1.0, "max_episodes": 100, "max_share": 0.1},
+        # The policy is eq. 26's ipd-dt (V(s) tokens, MSE + alpha Q term), kept over the variants
+        # tried on the tuning seeds 0-2 of hopper-medium, hopper-medium-replay and
+        # halfcheetah-medium-replay (issue 26, benchmarks/results/variants.md): paired with it
+        # seed by seed, AWR-weighted imitation (awr_beta 1) -4.4 over 7 pairs (-11.6 on
+        # hopper-medium-replay), the data alone (augment.n_aug 0) -1.5 over 7, alpha 0 -3.3 and
+        # return tokens +0.5 over 3 (seed 0), window positions -22.7 (1); none is ahead by more
+        # than the seeds' spread. Eq. 26 exactly: --set augment.max_share=none --set
+        # policy.few_episodes=0 (table_v2.yaml's `ipd eq26`).
         "policy": {
             # below 50 episodes: window positions and no Q term (small_data.md; issue 27)
             "few_episodes": 50,
