@@ -11,7 +11,9 @@ normalized_mean``: the mean over the evaluation episodes of one seed):
   bootstrap confidence interval, as rliable recommends (Agarwal et al. 2021, "Deep RL at the
   Edge of the Statistical Precipice"): each bootstrap replicate resamples the runs of every
   dataset with replacement (strata = datasets), the interval is the 2.5/97.5 percentiles of the
-  replicate IQMs. Seeded, numpy only.
+  replicate IQMs. Seeded, numpy only;
+* with ``--against LABEL``: each method's change against LABEL on the same dataset and seed
+  (a paired comparison: the same data and evaluation episodes), per dataset and pooled.
 
 Method labels: a ``label`` written in ``results.json`` (baselines and ``ipd ablate`` write one),
 else ``ipd`` for the paper's components or ``ipd[planner=greedy,...]`` naming the components

@@ -126,6 +126,7 @@ def _record(
     baseline: str | None = None,
     data_hash: str = "x",
     machine: str | None = None,
+    label: str | None = None,
 ):
     folder = root / run_name / f"seed_{seed}"
     folder.mkdir(parents=True)
@@ -143,6 +144,8 @@ def _record(
     results["stage_seconds"] = {"train": 60.0 * (seed + 1)}
     if baseline:
         results.update(label=baseline, method=baseline)
+    if label:
+        results["label"] = label
     (folder / "results.json").write_text(json.dumps(results))
     if machine:
         (folder / "config.yaml").write_text(yaml.safe_dump({"meta": {"machine": machine}}))
@@ -615,13 +618,18 @@ def test_table_for_another_grid_checks_issue_26s_goal(tmp_path):
         _record(record, "walker2d-medium__qov-pe-gjs-mpc-ipd-dt__dddddddd", seed, 30.0)
         _record(record, "walker2d-medium__baseline-dt__eeeeeeee", seed, 70.0, baseline="dt")
         _record(record, "walker2d-medium__baseline-iql__ffffffff", seed, 20.0, baseline="iql")
+        # an IPD variant scores pi_QOP too (its own value stage's): not pooled into ipd's
+        _record(
+            record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__gggggggg", seed, 0.0, label="ipd eq26"
+        )
     methods = ("ipd", "ipd eq26", "dt", "iql")
     text = scores.write_table(
         str(record), "runs/v2", "default", tmp_path / "v2.md", 50, methods, (10, 11), "Table v2"
     )
     assert text.startswith("# Table v2, profile `default`")
-    assert "Recorded: 12 of the 48 planned runs (6 datasets x 2 seeds x 4 methods)" in text
+    assert "Recorded: 14 of the 48 planned runs (6 datasets x 2 seeds x 4 methods)" in text
     assert "| dataset | IPD - dt | IPD - iql |" in text
     assert "| walker2d-medium | -40.0 (+15.5) | +10.0 (+11.2) |" in text  # paper: 89.5-74, -78.3
     assert "**1 of 2** (hopper-medium)" in text and "Not met." in text
     assert "--seeds 10,11 --methods 'ipd,ipd eq26,dt,iql'" in text  # how to rebuild it
+    assert "| hopper-medium | 60.5 | 70.5 | 2 |" in text  # ipd's pi_QOP only: 70, 71

@@ -335,9 +335,10 @@ def write_table(
         if "normalized_mean" in stats:
             data_means[d] = stats["normalized_mean"]
     ipd = next((m.cells for m in cmp.methods if m.label == "ipd"), {})  # dataset -> mean, std, n
-    qop: dict[str, list[float]] = {}  # only IPD runs score pi_QOP
+    qop: dict[str, list[float]] = {}  # IPD runs score pi_QOP (its variants share it: ipd's)
     for r in load_records([record_dir], actor="qop"):
-        qop.setdefault(r.dataset, []).append(r.score)
+        if r.label.split("#")[0] == "ipd:qop":
+            qop.setdefault(r.dataset, []).append(r.score)
     lines = (
         gap_lines(cmp, methods)
         + goal_lines(cmp)
