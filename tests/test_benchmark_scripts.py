@@ -461,11 +461,11 @@ def test_precision_benchmark_writes_speed_peak_and_same_batch_curves(store, tmp_
 def test_budget_plot_averages_the_curves_over_seeds(tmp_path):
     budget_plot = _script("budget_plot")
 
-    def run(folder, seed, label, curve, score: float, steps: int, baseline: str | None = None):
-        seed_dir = tmp_path / folder / f"hopper-medium__{label}__0/seed_{seed}"
+    def run(folder, seed, label, curve, score, steps, baseline=None, dataset="hopper-medium"):
+        seed_dir = tmp_path / folder / f"{dataset}__{label}__0/seed_{seed}"
         seed_dir.mkdir(parents=True)
         results = {
-            "label": label, "seed": seed, "dataset": {"source": "hopper-medium"},
+            "label": label, "seed": seed, "dataset": {"source": dataset},
             "scores": {"policy": {"normalized_mean": score, "mean_return": 1.0}},
             "components": {"baseline": baseline} if baseline else {"policy": label},
         }  # fmt: skip
@@ -481,6 +481,7 @@ def test_budget_plot_averages_the_curves_over_seeds(tmp_path):
     run("budget", 1, "ipd", [(2000, 20.0), (4000, 50.0)], 50.0, 4000)
     run("tuning", 0, "dt", None, 60.0, 8000)
     run("tuning", 0, "iql", None, 30.0, 30000, baseline="iql")
+    run("tuning", 0, "dt", None, 70.0, 8000, dataset="walker2d-medium")  # no curve there
     curves = budget_plot.load([str(tmp_path / "budget")])
     assert dict(curves["hopper-medium"]["ipd"]) == {2000: [10.0, 20.0], 4000: [30.0, 50.0]}
     reference = budget_plot.load_reference([str(tmp_path / "tuning")])
@@ -490,6 +491,7 @@ def test_budget_plot_averages_the_curves_over_seeds(tmp_path):
     # sample std over seeds: (10, 20) -> sqrt(50) = 7.07, (30, 50) -> sqrt(200) = 14.14
     assert "| ipd | 15.0 +- 7.1 (2) | 40.0 +- 14.1 (2) |  |" in text
     assert "| dt (final) |  |  | 60.0 (1) |" in text
+    assert "walker2d-medium" in reference and "walker2d-medium" not in text  # no curve: no table
     budget_plot.plot(curves, reference, tmp_path / "budget.png")
     assert (tmp_path / "budget.png").stat().st_size > 1000
 

@@ -73,7 +73,7 @@ def markdown(curves: dict, reference: dict) -> str:
         "evaluation of the checkpoint at step k, the run's own evaluation seeds.",
         "",
     ]
-    for dataset in sorted(set(curves) | set(reference)):
+    for dataset in sorted(curves):  # the reference runs are context for a curve's dataset
         methods = {**curves.get(dataset, {}), **{f"{m} (final)": v for m, v in
                                                   reference.get(dataset, {}).items()}}  # fmt: skip
         steps = sorted({k for v in methods.values() for k in v})
@@ -96,7 +96,10 @@ def plot(curves: dict, reference: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = sorted(set(curves) | set(reference))
+    datasets = sorted(curves)
+    names = sorted({f"{m}{tag}" for table, tag in ((curves, ""), (reference, ", final"))
+                    for d in datasets for m in table.get(d, {})})  # fmt: skip
+    color = {m: f"C{i % 10}" for i, m in enumerate(names)}  # one colour per method, every panel
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         for method, points in sorted(curves.get(dataset, {}).items()):
@@ -104,11 +107,13 @@ def plot(curves: dict, reference: dict, png: Path) -> None:
             mean = np.array([np.mean(points[k]) for k in steps])
             std = np.array([seed_std(points[k]) for k in steps])
             n = min(len(points[k]) for k in steps)
-            (line,) = ax.plot(steps, mean, marker="o", ms=3, label=f"{method} (n={n})")
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+            c = color[method]
+            ax.plot(steps, mean, marker="o", ms=3, color=c, label=f"{method} (n={n})")
+            ax.fill_between(steps, mean - std, mean + std, color=c, alpha=0.15)
         for method, points in sorted(reference.get(dataset, {}).items()):
             for k, v in points.items():
                 ax.errorbar([k], [np.mean(v)], yerr=[seed_std(v)], fmt="s", capsize=3,
+                            color=color[f"{method}, final"],
                             label=f"{method}, final (n={len(v)})")  # fmt: skip
         ax.set_title(dataset)
         ax.set_xlabel("policy gradient steps")
