@@ -630,9 +630,8 @@ def test_table_for_another_grid_checks_issue_26s_goal(tmp_path):
     )
     assert text.startswith("# Table v2, profile `default`")
     assert "Recorded: 14 of the 48 planned runs (6 datasets x 2 seeds x 4 methods)" in text
-    assert "| dataset | IPD - ipd eq26 | IPD - dt | IPD - iql |" in text
-    # paper table 1: 89.5 - 74.0 and 89.5 - 78.3; it has no eq26 column
-    assert "| walker2d-medium |  | -40.0 (+15.5) | +10.0 (+11.2) |" in text
+    assert "| dataset | IPD - dt | IPD - iql |" in text  # IPD's variants are not baselines
+    assert "| walker2d-medium | -40.0 (+15.5) | +10.0 (+11.2) |" in text  # paper: 89.5-74, -78.3
     assert "**1 of 2** (hopper-medium)" in text and "Not met." in text
     assert "--seeds 10,11 --methods 'ipd,ipd eq26,dt,iql'" in text  # how to rebuild it
     assert "| hopper-medium | 70.5 | 80.5 | 2 |" in text  # pi_QOP of ipd only: 80, 81

@@ -239,10 +239,11 @@ def realisation_lines(by_dataset: dict[str, dict[str, dict[str, Any]]]) -> list[
 
 def gap_lines(cmp: Comparison, methods: tuple[str, ...] = METHODS) -> list[str]:
     """IPD's mean minus each other method's per dataset, next to the same gap in paper table 1
-    where the paper has the method."""
+    where the paper has the method. IPD's own variants (``ipd eq26``, ``ipd+gtp``) are not
+    baselines: the means table has them, ``ipd compare --against ipd`` their paired change."""
     rows = {m.label: m.cells for m in cmp.methods}
     ipd = rows.get("ipd")
-    others = [m for m in methods if m != "ipd" and m in rows]
+    others = [m for m in methods if not m.startswith("ipd") and m in rows]
     if not ipd or not others:
         return []
     lines = [
