@@ -178,7 +178,9 @@ def stage_keys(cfg: RunConfig, data_hash: str, env_id: str | None) -> dict[str, 
     Runs that share a key share that stage's artifact (e.g. a planner ablation shares the value
     and world-model keys). The precision the trainable stages use on this machine is part of
     their keys when it is bf16 (fp32 keys are those of the runs from before the option), and so
-    is the curve the policy stage scores with ``run.eval_every`` (:func:`curve_key`).
+    is the curve the policy stage scores with ``run.eval_every`` (:func:`curve_key`). A policy
+    field read only when acting (e.g. ``dt``'s ``target_return``) is in the policy key only
+    with a curve: runs that differ only in it share one trained policy.
     """
     seed = cfg.run.seed
     bf16 = ("bf16",) if resolve_precision(cfg.run.precision, cfg.run.device) == "bf16" else ()
@@ -198,7 +200,8 @@ def stage_keys(cfg: RunConfig, data_hash: str, env_id: str | None) -> dict[str, 
     )
     adapter = cfg.hash_part("adapter") if cfg.adapting else None
     curve = curve_key(cfg.run, adapter)  # () without run.eval_every
-    policy = config_hash("policy", aug, value, cfg.hash_part("policy"), seed, *bf16, *curve)
+    policy_part = cfg.hash_part("policy", acting=bool(curve))
+    policy = config_hash("policy", aug, value, policy_part, seed, *bf16, *curve)
     return {"value": value, "world_model": world_model, "augment": aug, "policy": policy}
 
 

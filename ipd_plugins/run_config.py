@@ -21,6 +21,7 @@ from registry import KINDS, ComponentConfig, config_hash, get_registry
 from registry.config import (
     BEFORE,
     HASHED_WITH,
+    acting_fields,
     added_later,
     dataclass_from_dict,
     dataclass_to_dict,
@@ -177,12 +178,17 @@ class RunConfig:
                     out[f.metadata[HASHED_WITH]][f.name] = getattr(config, f.name)
         return out
 
-    def hash_part(self, section: str) -> dict[str, Any]:
-        """``section`` as :func:`~registry.config.config_hash` has always seen it (cache keys)."""
+    def hash_part(self, section: str, *, acting: bool = False) -> dict[str, Any]:
+        """``section`` as :func:`~registry.config.config_hash` has always seen it (cache keys).
+
+        Without the fields read only when acting (:func:`~registry.config.acting`) unless
+        ``acting``: for a stage that also acts while it trains (a curve)."""
         ident = self.hashed_sections()[section]
         if section == "augment":
             return {"type": type(self.augment).__name__, "config": ident}
         config = self.configs[section]
+        if not acting:
+            ident = {k: v for k, v in ident.items() if k not in acting_fields(config)}
         return {"kind": config.kind, "name": config.name, "config": ident}
 
     def identity_dict(self) -> dict[str, Any]:

@@ -22,6 +22,8 @@ __all__ = [
     "added_later",
     "renamed",
     "moved",
+    "acting",
+    "acting_fields",
     "config_hash",
     "identity_dict",
     "KINDS",
@@ -171,6 +173,29 @@ def moved(default: Any, *, hashed_with: str) -> Any:
         calibration_pairs: int = moved(50_000, hashed_with="augment")
     """
     return dataclasses.field(default=default, metadata={HASHED_WITH: hashed_with})
+
+
+#: dataclass-field metadata key of :func:`acting`: the field is read only when acting
+ACTING = "ipd_read_only_when_acting"
+
+
+def acting(default: Any) -> Any:
+    """Declare a config field read only when the trained component acts, not while it trains
+    (a ``dataclasses.field``), e.g. the return-to-go a Decision Transformer is asked for.
+
+    The field names the run (it is in :func:`identity_dict`, so in run-folder names) but not
+    the trained stage: ``RunConfig.hash_part`` leaves it out of the stage-cache key, so runs
+    that differ only in it train once and act differently (paper fig. 3's targets). A stage
+    that also acts while it trains (a curve, ``run.eval_every``) keeps it in its key::
+
+        target_return: float = acting(3600.0)
+    """
+    return dataclasses.field(default=default, metadata={ACTING: True})
+
+
+def acting_fields(obj: Any) -> set[str]:
+    """The :func:`identity_dict` names of ``obj``'s :func:`acting` fields."""
+    return {f.metadata.get(WAS, f.name) for f in dataclasses.fields(obj) if ACTING in f.metadata}
 
 
 def identity_dict(obj: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from tiny import TINY_IPD as TINY
 
 from ipd_plugins.commands import main
 from ipd_plugins.pipeline import prepare, stage_keys
-from ipd_plugins.run_config import parse_overrides, resolve_config
+from ipd_plugins.run_config import load_config_file, parse_overrides, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +39,40 @@ def test_stage_keys_share_exactly_what_a_change_leaves_alone():
     assert value["augment"] != base["augment"]  # pi_QOP drives identification and MPC
     assert all(_keys(seed=1)[k] != base[k] for k in base)  # every stage is per seed
     assert _keys("run.eval_episodes=3") == base  # evaluation is not a stage
+
+
+def test_a_field_read_only_when_acting_names_the_run_but_shares_the_trained_policy():
+    dt = {"policy": "dt"}
+    low, high = (_keys(f"policy.target_return={t}", components=dt) for t in (1800, 5400))
+    assert low == high  # fig. 3: one trained DT, asked for two returns
+    assert _keys("policy.rtg_scale=500", components=dt)["policy"] != low["policy"]  # trained
+    names = {
+        resolve_config(
+            components=dt, overrides=parse_overrides([f"policy.target_return={t}"])
+        ).run_name
+        for t in (1800, 5400)
+    }
+    assert len(names) == 2  # two runs, two folders
+    curve = ("run.eval_every=100",)  # a curve's points act while the policy trains
+    low, high = (_keys(*curve, f"policy.target_return={t}", components=dt) for t in (1800, 5400))
+    assert low["augment"] == high["augment"] and low["policy"] != high["policy"]
+
+
+def test_a_second_return_target_reuses_the_trained_dt_and_acts_with_its_own(store, tmp_path):
+    out = tmp_path / "runs"
+    outputs = []
+    for target in (1800, 5400):
+        args = ["--dataset", "pendulum-medium-replay", "--policy", "dt"]
+        result = _run(out, *args, "--set", f"policy.target_return={target}")
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    assert "[policy] reusing" in outputs[1] and "[policy] reusing" not in outputs[0]
+    assert len([p for p in (out / "cache" / "policy").iterdir() if p.is_dir()]) == 1
+    targets = sorted(
+        load_config_file(path)["policy"]["target_return"]
+        for path in out.glob("*/seed_0/config.yaml")
+    )
+    assert targets == [1800.0, 5400.0]
 
 
 def _d4rl_file(path: Path, scale: float = 1.0, with_env: bool = False) -> Path:
