@@ -635,3 +635,28 @@ def test_table_for_another_grid_checks_issue_26s_goal(tmp_path):
     assert "**1 of 2** (hopper-medium)" in text and "Not met." in text
     assert "--seeds 10,11 --methods 'ipd,ipd eq26,dt,iql'" in text  # how to rebuild it
     assert "| hopper-medium | 70.5 | 80.5 | 2 |" in text  # pi_QOP of ipd only: 80, 81
+
+
+def test_training_log_averages_each_metric_between_curve_points(tmp_path, capsys, monkeypatch):
+    stage = tmp_path / "cache" / "policy" / "k"
+    stage.mkdir(parents=True)
+    rows = ["step,key,value,time"]
+    rows += [f"{s},mse,{v},0" for s, v in [(1, 4.0), (2, 2.0), (3, 9.0), (4, 1.0)]]
+    rows += ["3,mse,3.0,0", "2,q,5.0,0"]  # step 3 logged again after a resume: the last wins
+    rows += ["2,eval_normalized,40.0,0", "4,eval_normalized,50.0,0"]
+    (stage / "log.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "hopper-medium__x" / "seed_0"
+    run.mkdir(parents=True)
+    (run / "stages.json").write_text(json.dumps({"policy": {"path": str(stage)}}))
+    curve = [{"step": 2, "normalized_mean": 40.0}, {"step": 4, "normalized_mean": 50.0}]
+    (run / "results.json").write_text(json.dumps({"label": "ipd", "curve": curve}))
+    probe = _script("training_log")
+    monkeypatch.setattr(sys, "argv", ["training_log.py", str(run), "--metrics", "mse,q"])
+    probe.main()
+    out = capsys.readouterr().out
+    assert out.startswith("ipd, hopper-medium__x/seed_0")
+    assert "| 2 | 3 | 5 | 40.0 |" in out  # mse (4 + 2) / 2, q at step 2 only
+    assert "| 4 | 2 | - | 50.0 |" in out  # mse (3 + 1) / 2; no q logged in (2, 4]
+    (run / "results.json").write_text(json.dumps({"label": "ipd"}))
+    with pytest.raises(SystemExit, match="no curve"):
+        probe.main()
