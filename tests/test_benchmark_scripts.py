@@ -510,6 +510,15 @@ def test_dwm_table_picks_the_step_size_on_the_tuning_seed_and_reports_the_others
     # seeds 1-2 at the tuning seed's 1e-5; sample stds: (60, 40) 14.1, (62, 46) 11.3, (2, 6) 2.8
     assert "| hopper-medium-replay | rebrac | 1e-05 | 50.0 -> 55.0 | 1, 2 | 50.0 +- 14.1 | " in text
     assert "| 54.0 +- 11.3 | 4.0 +- 2.8 |" in text
+    # table v2: only the fresh seeds are reported; an untuned dataset at its one step size
+    walker = "/o/walker2d-medium__baseline-rebrac__ef56ab78/seed_10"
+    untuned = {**row(10, 1e-6, 70.0, 71.0), "run": walker}
+    halfcheetah = {**row(1, 1e-5, 30.0, 31.0), "run": "/o/halfcheetah__baseline-rebrac__0/seed_1"}
+    v2 = dwm_scores.table([*rows, row(10, 1e-5, 20.0, 23.0), untuned, halfcheetah], report={10})
+    assert "| hopper-medium-replay | rebrac | 1e-05 | 50.0 -> 55.0 | 10 | 20.0 | 23.0 | 3.0 |" in v2
+    assert "| walker2d-medium | rebrac | 1e-06 | not tuned | 10 | 70.0 | 71.0 | 1.0 |" in v2
+    assert "halfcheetah" not in v2  # no fresh seed
+    assert "walker2d" not in dwm_scores.table([*rows, untuned])  # no tuning seed, no report
 
 
 def test_dwm_scores_refuses_a_record_copy_before_evaluating_anything(tmp_path, monkeypatch, capsys):

@@ -18,6 +18,10 @@ and with the adapter, and the change::
 
     python benchmarks/experiments/dwm_scores.py --table benchmarks/results/dwm/*.jsonl \
         --out benchmarks/results/dwm_table.md
+
+``--report-seeds 10,11,12`` keeps only those seeds in the report columns, and the rows that
+have them (score table v2's fresh seeds, next to the tuning seeds' choices). A dataset with no
+tuning seed, evaluated at one step size, is then reported at it as "not tuned".
 """
 
 from __future__ import annotations
@@ -52,8 +56,12 @@ def _where(run: str) -> tuple[str, str, int]:
     return dataset, method, int(re.sub(r"\D", "", seed) or 0)
 
 
-def table(rows: list[dict]) -> str:
-    """The with/without markdown table of :func:`main`'s rows (see the module docstring)."""
+def table(rows: list[dict], report: set[int] | None = None) -> str:
+    """The with/without markdown table of :func:`main`'s rows (see the module docstring).
+
+    ``report``: only these seeds in the report columns (e.g. table v2's fresh seeds), and only
+    the rows that have them; a (dataset, actor) with no tuning seed, evaluated at one step size,
+    is then reported at it and says so ("not tuned")."""
     cells: dict = defaultdict(lambda: defaultdict(dict))  # (dataset, actor) -> seed -> lr -> row
     for row in rows:
         dataset, method, seed = _where(row["run"])
@@ -69,17 +77,26 @@ def table(rows: list[dict]) -> str:
     ]
     for (dataset, actor), seeds in sorted(cells.items()):
         tuned = [s for s in sorted(seeds) if len(seeds[s]) > 1]
-        if not tuned:
+        lrs = {lr for by_lr in seeds.values() for lr in by_lr}
+        if tuned:
+            t = tuned[0]
+            lr, best = max(seeds[t].items(), key=lambda kv: kv[1]["with"])
+            tuning = f"{best['without']:.1f} -> {best['with']:.1f}"
+        elif report is not None and len(lrs) == 1:
+            (lr,), t, tuning = lrs, None, "not tuned"
+        else:
             continue
-        t = tuned[0]
-        lr, best = max(seeds[t].items(), key=lambda kv: kv[1]["with"])
         others = [s for s in sorted(seeds) if s != t and lr in seeds[s]]
+        if report is not None:
+            others = [s for s in others if s in report]
+            if not others:
+                continue
         base = [seeds[s][lr]["without"] for s in others]
         adapted = [seeds[s][lr]["with"] for s in others]
         delta = [a - b for a, b in zip(adapted, base, strict=True)]
 
         lines.append(
-            f"| {dataset} | {actor} | {lr:g} | {best['without']:.1f} -> {best['with']:.1f} | "
+            f"| {dataset} | {actor} | {lr:g} | {tuning} | "
             f"{', '.join(map(str, others)) or '-'} | {mean_std(base)} | {mean_std(adapted)} | "
             f"{mean_std(delta)} |"
         )
@@ -95,10 +112,15 @@ def main() -> None:
                     help="`ipd run` folders: only these actors (default: the run's)")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="adapter.KEY=VALUE")
     ap.add_argument("--out", required=True, help="JSON lines, appended (--table: markdown)")
+    ap.add_argument("--report-seeds", metavar="S,S,...",
+                    help="--table: only these seeds in the report columns")  # fmt: skip
     args = ap.parse_args()
     if args.table:
         rows = [json.loads(x) for f in args.table for x in Path(f).read_text().splitlines() if x]
-        Path(args.out).write_text(table(rows))
+        report = None
+        if args.report_seeds:
+            report = {int(x) for x in args.report_seeds.split(",") if x.strip()}
+        Path(args.out).write_text(table(rows, report))
         print(f"wrote {args.out}")
         return
     if not args.runs or not args.lrs:
