@@ -19,9 +19,10 @@ from ipd_plugins.hardware import PRECISIONS, resolve_device
 from ipd_plugins.profiles import DEFAULT_DATASET, PROFILES
 from registry import KINDS, ComponentConfig, config_hash, get_registry
 from registry.config import (
+    ACTING_ONLY,
     BEFORE,
     HASHED_WITH,
-    acting_fields,
+    WAS,
     added_later,
     dataclass_from_dict,
     dataclass_to_dict,
@@ -181,14 +182,16 @@ class RunConfig:
     def hash_part(self, section: str, *, acting: bool = False) -> dict[str, Any]:
         """``section`` as :func:`~registry.config.config_hash` has always seen it (cache keys).
 
-        Without the fields read only when acting (:func:`~registry.config.acting`) unless
+        Without the fields read only when acting (:func:`~registry.config.acting_only`) unless
         ``acting``: for a stage that also acts while it trains (a curve)."""
         ident = self.hashed_sections()[section]
         if section == "augment":
             return {"type": type(self.augment).__name__, "config": ident}
         config = self.configs[section]
         if not acting:
-            ident = {k: v for k, v in ident.items() if k not in acting_fields(config)}
+            fields = dataclasses.fields(config)
+            skip = {f.metadata.get(WAS, f.name) for f in fields if ACTING_ONLY in f.metadata}
+            ident = {k: v for k, v in ident.items() if k not in skip}
         return {"kind": config.kind, "name": config.name, "config": ident}
 
     def identity_dict(self) -> dict[str, Any]:

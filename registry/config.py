@@ -22,8 +22,8 @@ __all__ = [
     "added_later",
     "renamed",
     "moved",
-    "acting",
-    "acting_fields",
+    "acting_only",
+    "acting_only_fields",
     "config_hash",
     "identity_dict",
     "KINDS",
@@ -55,7 +55,9 @@ class ComponentConfig(ABC):
     kind: ClassVar[str]
     name: ClassVar[str]
     #: fields that change only how the trained component acts, not what it learns: ``ipd
-    #: eval RUN --set <kind>.<field>=...`` may change them on a finished run
+    #: eval RUN --set <kind>.<field>=...`` may change them on a finished run. A field that is
+    #: not read while training at all is declared with :func:`acting_only` instead (an acting
+    #: option that also stays out of the stage-cache key)
     acting_options: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
@@ -175,27 +177,28 @@ def moved(default: Any, *, hashed_with: str) -> Any:
     return dataclasses.field(default=default, metadata={HASHED_WITH: hashed_with})
 
 
-#: dataclass-field metadata key of :func:`acting`: the field is read only when acting
-ACTING = "ipd_read_only_when_acting"
+#: dataclass-field metadata key of :func:`acting_only`: the field is not read while training
+ACTING_ONLY = "ipd_read_only_when_acting"
 
 
-def acting(default: Any) -> Any:
-    """Declare a config field read only when the trained component acts, not while it trains
+def acting_only(default: Any) -> Any:
+    """Declare a config field read only when the trained component acts, never while it trains
     (a ``dataclasses.field``), e.g. the return-to-go a Decision Transformer is asked for.
 
-    The field names the run (it is in :func:`identity_dict`, so in run-folder names) but not
-    the trained stage: ``RunConfig.hash_part`` leaves it out of the stage-cache key, so runs
+    Such a field is an acting option (``ipd eval RUN --set`` may change it on a finished run,
+    as those in ``acting_options``) and it names the run (it is in :func:`identity_dict`, so in
+    run-folder names), but ``RunConfig.hash_part`` leaves it out of the stage-cache key: runs
     that differ only in it train once and act differently (paper fig. 3's targets). A stage
-    that also acts while it trains (a curve, ``run.eval_every``) keeps it in its key::
+    that acts while it trains (a curve, ``run.eval_every``) keeps it in its key::
 
-        target_return: float = acting(3600.0)
+        target_return: float = acting_only(3600.0)
     """
-    return dataclasses.field(default=default, metadata={ACTING: True})
+    return dataclasses.field(default=default, metadata={ACTING_ONLY: True})
 
 
-def acting_fields(obj: Any) -> set[str]:
-    """The :func:`identity_dict` names of ``obj``'s :func:`acting` fields."""
-    return {f.metadata.get(WAS, f.name) for f in dataclasses.fields(obj) if ACTING in f.metadata}
+def acting_only_fields(obj: Any) -> tuple[str, ...]:
+    """The names of the :func:`acting_only` fields of the dataclass (or instance) ``obj``."""
+    return tuple(f.name for f in dataclasses.fields(obj) if ACTING_ONLY in f.metadata)
 
 
 def identity_dict(obj: Any) -> dict[str, Any]:

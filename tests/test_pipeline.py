@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from tiny import TINY_IPD as TINY
 
 from ipd_plugins.commands import main
+from ipd_plugins.commands.eval import check_acting_options
 from ipd_plugins.pipeline import prepare, stage_keys
 from ipd_plugins.run_config import load_config_file, parse_overrides, resolve_config
 
@@ -56,6 +57,8 @@ def test_a_field_read_only_when_acting_names_the_run_but_shares_the_trained_poli
     curve = ("run.eval_every=100",)  # a curve's points act while the policy trains
     low, high = (_keys(*curve, f"policy.target_return={t}", components=dt) for t in (1800, 5400))
     assert low["augment"] == high["augment"] and low["policy"] != high["policy"]
+    # an acting option, as gtp's sampler: `ipd eval RUN --set policy.target_return=...` takes it
+    check_acting_options(resolve_config(components=dt).configs["policy"], ["target_return"])
 
 
 def test_a_second_return_target_reuses_the_trained_dt_and_acts_with_its_own(store, tmp_path):
@@ -73,6 +76,11 @@ def test_a_second_return_target_reuses_the_trained_dt_and_acts_with_its_own(stor
         for path in out.glob("*/seed_0/config.yaml")
     )
     assert targets == [1800.0, 5400.0]
+    # and a finished dt run acts for another target without retraining
+    (run,) = [p.parent for p in out.glob("*/seed_0/config.yaml") if "1800" in p.read_text()]
+    result = CliRunner().invoke(main, ["eval", str(run), "--set", "policy.target_return=900"])
+    assert result.exit_code == 0, result.output
+    assert len(list(run.glob("eval_*.json"))) == 1 and "running" not in result.output
 
 
 def _d4rl_file(path: Path, scale: float = 1.0, with_env: bool = False) -> Path:

@@ -3,7 +3,8 @@
 Nothing retrains: the run's trained weights are loaded (an ``ipd baseline`` folder's world
 model, for an adapter that needs one, comes from the stage cache: trained there once if no run
 has trained it). ``--set policy.KEY=VALUE`` changes only the policy's acting options (its
-config's ``acting_options``, e.g. ``gtp``'s sampler), never what it learned. Without
+config's ``acting_options`` and ``acting_only`` fields, e.g. ``gtp``'s sampler, ``dt``'s
+``target_return``), never what it learned. Without
 ``--adapter``/``--set`` the scores go to the run's ``eval.json``; with them to
 ``eval_<adapter>_<hash>.json`` next to it, so the run's own scores stay.
 """
@@ -30,8 +31,11 @@ def eval_file_name(adapter: str, config: Any, parts: tuple[Any, ...] = ()) -> st
 
 
 def check_acting_options(config: Any, keys: Any) -> None:
-    """Fail unless every key is one of the policy config's ``acting_options``."""
-    allowed = type(config).acting_options
+    """Fail unless every key is one of the policy config's ``acting_options`` or
+    :func:`~registry.config.acting_only` fields."""
+    from registry.config import acting_only_fields
+
+    allowed = (*type(config).acting_options, *acting_only_fields(config))
     bad = sorted(set(keys) - set(allowed))
     if bad:
         takes = f"takes {', '.join(allowed)}" if allowed else "has none"

@@ -21,7 +21,7 @@ from ipd_plugins.policies.base import (
     masked_mse,
 )
 from ipd_plugins.policies.sequence_data import returns_to_go
-from registry.config import acting
+from registry.config import acting_only
 from registry.hookspecs import hookimpl
 from registry.protocols import Actor, BuildContext, ValueLearner
 
@@ -55,7 +55,7 @@ class DtConfig(SequencePolicyConfig):
     # return asked for at the start of every episode (DT's Hopper setting: 3600); too high or
     # too low both hurt: this is the hand-tuned knob that ipd-dt removes. Read only when
     # acting: runs that differ only in it share one trained policy (fig. 3's targets)
-    target_return: float = acting(3600.0)
+    target_return: float = acting_only(3600.0)
     # return-to-go is divided by this before it becomes a token (DT: 1000 for MuJoCo)
     rtg_scale: float = 1000.0
 
