@@ -16,8 +16,8 @@ Each variant is an ordinary ``ipd run`` (its own run folder, ``<out>/<run name>/
 run seed by seed through the sweep engine (:mod:`ipd_plugins.sweep`, in this process by
 default), so the stage cache trains the value function and the world model once per seed (and,
 for ``rtg``, the augmentation and the ``dt`` policy too: its ``target_return`` is read only
-when acting) and every later variant reuses them. A variant whose run
-folder already has ``results.json`` is not run again: an interrupted ablation resumes. The
+when acting) and every later variant reuses them. A variant whose run folder already has
+``results.json`` is not run again: an interrupted ablation resumes. The
 variant's label is added to its ``results.json`` (``label``, ``ablation``), and the comparison
 (:mod:`ipd_plugins.compare`) is written to ``<out>/ablations/<kind>__<dataset>.md`` with a plot
 next to it (a line plot for ``n-aug``, bars otherwise).
