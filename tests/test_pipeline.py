@@ -71,13 +71,13 @@ def test_a_second_return_target_reuses_the_trained_dt_and_acts_with_its_own(stor
         outputs.append(result.output)
     assert "[policy] reusing" in outputs[1] and "[policy] reusing" not in outputs[0]
     assert len([p for p in (out / "cache" / "policy").iterdir() if p.is_dir()]) == 1
-    targets = sorted(
-        load_config_file(path)["policy"]["target_return"]
+    runs = {
+        load_config_file(path)["policy"]["target_return"]: path.parent
         for path in out.glob("*/seed_0/config.yaml")
-    )
-    assert targets == [1800.0, 5400.0]
+    }
+    assert sorted(runs) == [1800.0, 5400.0]
     # and a finished dt run acts for another target without retraining
-    (run,) = [p.parent for p in out.glob("*/seed_0/config.yaml") if "1800" in p.read_text()]
+    run = runs[1800.0]
     result = CliRunner().invoke(main, ["eval", str(run), "--set", "policy.target_return=900"])
     assert result.exit_code == 0, result.output
     assert len(list(run.glob("eval_*.json"))) == 1 and "running" not in result.output
