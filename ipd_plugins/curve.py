@@ -34,6 +34,7 @@ __all__ = [
     "isolated",
     "curve_values",
     "with_curve",
+    "read_log",
     "read_curve",
     "missing_steps",
     "stage_curve",
@@ -124,18 +125,24 @@ def with_curve(log: Logger, every: int, evaluate: Callable[[], EvalResult], *own
     return logged
 
 
-def read_curve(path: Path, every: int) -> list[dict[str, Any]]:
-    """The curve points of a stage's ``log.csv`` at multiples of ``every``, by step: for each
-    step and key the last row wins (a resumed stage logs again the steps after its checkpoint).
-    Points logged before the curve had ``eval_return`` (3-episode ``eval_normalized`` only) are
-    not comparable and are left out."""
-    if not every or not path.exists():
-        return []
+def read_log(path: Path, keys: tuple[str, ...] | None = None) -> dict[int, dict[str, float]]:
+    """step -> key -> value of a stage's ``log.csv`` (only ``keys``, if given): for each step
+    and key the last row wins (a resumed stage logs again the steps after its checkpoint)."""
     rows: dict[int, dict[str, float]] = {}
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
-            if row.get("key") in CURVE_KEYS:
+            if keys is None or row.get("key") in keys:
                 rows.setdefault(int(row["step"]), {})[row["key"]] = float(row["value"])
+    return rows
+
+
+def read_curve(path: Path, every: int) -> list[dict[str, Any]]:
+    """The curve points of a stage's ``log.csv`` (:func:`read_log`) at multiples of ``every``,
+    by step. Points logged before the curve had ``eval_return`` (3-episode ``eval_normalized``
+    only) are not comparable and are left out."""
+    if not every or not path.exists():
+        return []
+    rows = read_log(path, CURVE_KEYS)
     out = []
     for step in sorted(rows):
         point = rows[step]

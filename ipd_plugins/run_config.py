@@ -19,10 +19,10 @@ from ipd_plugins.hardware import PRECISIONS, resolve_device
 from ipd_plugins.profiles import DEFAULT_DATASET, PROFILES
 from registry import KINDS, ComponentConfig, config_hash, get_registry
 from registry.config import (
-    ACTING_ONLY,
     BEFORE,
     HASHED_WITH,
     WAS,
+    acting_only_fields,
     added_later,
     dataclass_from_dict,
     dataclass_to_dict,
@@ -188,9 +188,9 @@ class RunConfig:
         if section == "augment":
             return {"type": type(self.augment).__name__, "config": ident}
         config = self.configs[section]
-        if not acting:
-            fields = dataclasses.fields(config)
-            skip = {f.metadata.get(WAS, f.name) for f in fields if ACTING_ONLY in f.metadata}
+        if not acting:  # the names identity_dict hashes them under (a renamed field: its old)
+            hashed = {f.name: f.metadata.get(WAS, f.name) for f in dataclasses.fields(config)}
+            skip = {hashed[name] for name in acting_only_fields(config)}
             ident = {k: v for k, v in ident.items() if k not in skip}
         return {"kind": config.kind, "name": config.name, "config": ident}
 

@@ -15,22 +15,11 @@ The run folders are the sweep's ``out`` ones (a ``record`` copy has no ``stages.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-from collections import defaultdict
 from pathlib import Path
 
+from ipd_plugins.curve import read_log
 from ipd_plugins.files import atomic_write_text
-
-
-def read_log(path: Path) -> dict[int, dict[str, float]]:
-    """step -> key -> value of a stage's ``log.csv``; the last row of a (step, key) wins (a
-    resumed stage logs again the steps after its checkpoint)."""
-    rows: dict[int, dict[str, float]] = defaultdict(dict)
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            rows[int(row["step"])][row["key"]] = float(row["value"])
-    return dict(rows)
 
 
 def window_means(
@@ -38,9 +27,9 @@ def window_means(
 ) -> dict[int, dict[str, float | None]]:
     """For each curve step, each metric's mean over the logged steps in (previous point, step]."""
     out: dict[int, dict[str, float | None]] = {}
-    previous = 0
+    logged, previous = sorted(log), 0
     for step in points:
-        window = [log[s] for s in sorted(log) if previous < s <= step]
+        window = [log[s] for s in logged if previous < s <= step]
         out[step] = {}
         for key in metrics:
             values = [row[key] for row in window if key in row]
