@@ -144,14 +144,15 @@ class WindowPolicy(nn.Module):
 
     ``forward(states (B,K,O), actions (B,K,A), cond (B,K) raw, timesteps (B,K), mask (B,K))``
     -> ``(B,A)``; with ``value`` given (``ipd-dt``) ``cond`` is not an input: V(s) of every
-    state of the window is. The token is ``(raw - cond_shift) / cond_scale``, zero on padding.
+    state of the window plus ``value_offset`` (``policy.token_shift`` in V's units) is. The
+    token is ``(raw - cond_shift) / cond_scale``, zero on padding.
     """
 
-    def __init__(self, net: nn.Module, value: nn.Module | None = None):
+    def __init__(self, net: nn.Module, value: nn.Module | None = None, value_offset: float = 0.0):
         super().__init__()
         net = copy.deepcopy(net).eval()  # the caller's network keeps its own transformer
         net.model.transformer = MaskedTransformer(net.model.transformer)
-        self.net, self.value = net, value
+        self.net, self.value, self.value_offset = net, value, value_offset
 
     def tokens(self, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B,K) raw conditioning -> (B,K) tokens, exactly zero on padding."""
@@ -168,7 +169,7 @@ class WindowPolicy(nn.Module):
         else:  # ipd-dt: (timesteps, mask); V(s_t) of every step of the window
             timesteps, mask = rest
             B, K, O = states.shape
-            raw = self.value(states.reshape(B * K, O)).reshape(B, K)
+            raw = self.value(states.reshape(B * K, O)).reshape(B, K) + self.value_offset
         return self.act(states, actions, raw, timesteps, mask)
 
 
@@ -219,7 +220,8 @@ def policy_graph(policy: Any, value: Any) -> Exportable:
     if isinstance(policy, IpdDtPolicy):
         if value is None:
             raise ValueError("policy 'ipd-dt' acts with V(s_t) tokens; its value learner is needed")
-        module = WindowPolicy(policy.net, LearnerFunction(value, value.v))
+        offset = policy.cfg.token_shift * float(policy.net.cond_scale)
+        module = WindowPolicy(policy.net, LearnerFunction(value, value.v), offset)
         rtg = False
     elif isinstance(policy, DtPolicy):
         module, rtg = WindowPolicy(policy.net), True
@@ -233,6 +235,8 @@ def policy_graph(policy: Any, value: Any) -> Exportable:
     meta: dict[str, Any] = {"graph": "window", "context": K}
     if rtg:
         meta["target_return"] = float(policy.cfg.target_return)
+    elif policy.cfg.token_shift:
+        meta["token_shift"] = float(policy.cfg.token_shift)
     return Exportable(module.eval(), _window_example(2, K, O, A, rtg), "action", meta)
 
 

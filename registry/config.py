@@ -181,7 +181,7 @@ def moved(default: Any, *, hashed_with: str) -> Any:
 ACTING_ONLY = "ipd_read_only_when_acting"
 
 
-def acting_only(default: Any) -> Any:
+def acting_only(default: Any, *, new: bool = False) -> Any:
     """Declare a config field read only when the trained component acts, never while it trains
     (a ``dataclasses.field``), e.g. the return-to-go a Decision Transformer is asked for.
 
@@ -189,11 +189,17 @@ def acting_only(default: Any) -> Any:
     as those in ``acting_options``) and it names the run (it is in :func:`identity_dict`, so in
     run-folder names), but ``RunConfig.hash_part`` leaves it out of the stage-cache key: runs
     that differ only in it train once and act differently (paper fig. 3's targets). A stage
-    that acts while it trains (a curve, ``run.eval_every``) keeps it in its key::
+    that acts while it trains (a curve, ``run.eval_every``) keeps it in its key. ``new``: the
+    field was added after runs were recorded, and at ``default`` it is left out of
+    :func:`identity_dict`, as an :func:`added_later` field::
 
         target_return: float = acting_only(3600.0)
+        token_shift: float = acting_only(0.0, new=True)
     """
-    return dataclasses.field(default=default, metadata={ACTING_ONLY: True})
+    metadata: dict[str, Any] = {ACTING_ONLY: True}
+    if new:
+        metadata[BEFORE] = default
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def acting_only_fields(obj: Any) -> tuple[str, ...]:

@@ -114,6 +114,7 @@ def _original(policy, value, window) -> np.ndarray:
         raw = t["returns_to_go"]
     else:
         raw = value.v(t["states"].reshape(B * K, O)).reshape(B, K)
+        raw = raw + policy.cfg.token_shift * policy.net.cond_scale  # acting asks for more
     net = policy.net.eval()
     cond = (raw - net.cond_shift) / net.cond_scale * t["mask"]
     with torch.no_grad():
@@ -154,16 +155,19 @@ CTX = BuildContext(obs_dim=3, act_dim=2, act_low=(-1.0, -2.0), act_high=(1.0, 0.
 
 
 @pytest.mark.parametrize(
-    "name, layout, position",
-    [("ipd-dt", "vsa", "timestep"), ("ipd-dt", "sa", "window"), ("ipd-dt", "s", "timestep"),
-     ("dt", "vsa", "window")],
+    "name, layout, position, extra",
+    [("ipd-dt", "vsa", "timestep", {}), ("ipd-dt", "sa", "window", {}),
+     ("ipd-dt", "s", "timestep", {}), ("ipd-dt", "vsa", "timestep", {"token_shift": 2.0}),
+     ("dt", "vsa", "window", {})],
 )  # fmt: skip
-def test_window_graph_matches_the_policy_on_every_window_length(tmp_path, name, layout, position):
+def test_window_graph_matches_the_policy_on_every_window_length(
+    tmp_path, name, layout, position, extra
+):
     torch.manual_seed(0)
     value = manager.create("value", "qov", {"hidden": 16}, CTX)
     net_cfg = {"context": 4, "n_layer": 2, "n_embd": 16, "n_head": 2, "max_timestep": 400}
     policy = manager.create(
-        "policy", name, {**net_cfg, "token_layout": layout, "position": position}, CTX
+        "policy", name, {**net_cfg, "token_layout": layout, "position": position, **extra}, CTX
     )
     with torch.no_grad():  # trained-looking statistics, so that the scalings are exercised
         policy.net.obs_norm.mean.uniform_(-1, 1)

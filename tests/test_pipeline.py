@@ -61,6 +61,17 @@ def test_a_field_read_only_when_acting_names_the_run_but_shares_the_trained_poli
     check_acting_options(resolve_config(components=dt).configs["policy"], ["target_return"])
 
 
+def test_ipd_dt_token_shift_is_a_new_acting_option():
+    base = _keys()
+    assert _keys("policy.token_shift=2") == base  # one trained ipd-dt, asked for more
+    run_name = resolve_config().run_name
+    shifted = resolve_config(overrides=parse_overrides(["policy.token_shift=2"])).run_name
+    assert shifted != run_name
+    # added after runs were recorded: at 0 every earlier run keeps its folder name
+    assert "token_shift" not in resolve_config().hash_part("policy", acting=True)["config"]
+    check_acting_options(resolve_config().configs["policy"], ["token_shift"])
+
+
 def test_a_second_return_target_reuses_the_trained_dt_and_acts_with_its_own(store, tmp_path):
     out = tmp_path / "runs"
     outputs = []

@@ -18,7 +18,7 @@ from ipd_plugins.policies.base import SequenceActor, SequencePolicyBase, Sequenc
 from ipd_plugins.policies.sequence_data import discounted_returns_to_go
 from ipd_plugins.returns import reward_factor
 from ipd_plugins.value.losses import awr_weights
-from registry.config import added_later
+from registry.config import acting_only, added_later
 from registry.hookspecs import hookimpl
 from registry.protocols import Actor, BuildContext, ValueLearner
 
@@ -75,6 +75,8 @@ class IpdDtConfig(SequencePolicyConfig):
         awr_beta (float): inverse temperature of the advantage weights on the MSE term (0:
             unweighted, eq. 26; the paper's AWR beta is 3).
         awr_max_weight (float): clip of those weights before they are normalised.
+        token_shift (float): acting only: the token is V(s_t) + token_shift * std of the
+            training tokens (0: eq. 26).
         (network/optimiser fields: see :class:`~ipd_plugins.policies.base.SequencePolicyConfig`)
     """
 
@@ -97,6 +99,11 @@ class IpdDtConfig(SequencePolicyConfig):
     awr_beta: float = added_later(0.0)
     # clip of exp(awr_beta * c * advantage), as pi_QOP's max_weight
     awr_max_weight: float = added_later(100.0)
+    # acting asks for V(s_t) + token_shift x the spread (std) of the training tokens: 0 -> eq.
+    # 26. Read only when acting, so `ipd eval RUN --set policy.token_shift=2` re-scores a
+    # finished run without retraining. Why it exists: trained on "return" tokens the policy
+    # follows its token as DT follows its return-to-go (v_token_probe.md, session 13)
+    token_shift: float = acting_only(0.0, new=True)
     # V(s) is computed for the dataset in chunks of this many states
     value_batch_size: int = 4096
 
@@ -246,12 +253,14 @@ class IpdDtPolicy(SequencePolicyBase):
         return super().fit(dataset, value, work_dir, log)
 
     def actor(self, value: ValueLearner | None) -> Actor:
-        """An actor whose conditioning token at every step is V(s_t) of the current obs."""
+        """An actor whose conditioning token at every step is V(s_t) of the current obs (plus
+        ``token_shift`` std of the training tokens)."""
         if value is None:
             raise ValueError("policy 'ipd-dt' acts with V(s_t) tokens and needs the value learner")
+        shift = self.cfg.token_shift * float(self.net.cond_scale)
 
         def conditioning(obs: torch.Tensor) -> torch.Tensor:
-            return value.v(obs)
+            return value.v(obs) + shift
 
         return SequenceActor(
             self.net,
