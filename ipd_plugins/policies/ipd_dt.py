@@ -101,8 +101,8 @@ class IpdDtConfig(SequencePolicyConfig):
     awr_max_weight: float = added_later(100.0)
     # acting asks for V(s_t) + token_shift x the spread (std) of the training tokens: 0 -> eq.
     # 26. Read only when acting, so `ipd eval RUN --set policy.token_shift=2` re-scores a
-    # finished run without retraining. Why it exists: trained on "return" tokens the policy
-    # follows its token as DT follows its return-to-go (v_token_probe.md, session 13)
+    # finished run without retraining. Why it exists: paper fig. 3's question (does asking for
+    # more help?) for IPD; no shift has helped on seeds it was not chosen on (v_token_probe.md)
     token_shift: float = acting_only(0.0, new=True)
     # V(s) is computed for the dataset in chunks of this many states
     value_batch_size: int = 4096
