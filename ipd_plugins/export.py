@@ -220,8 +220,7 @@ def policy_graph(policy: Any, value: Any) -> Exportable:
     if isinstance(policy, IpdDtPolicy):
         if value is None:
             raise ValueError("policy 'ipd-dt' acts with V(s_t) tokens; its value learner is needed")
-        offset = policy.cfg.token_shift * float(policy.net.cond_scale)
-        module = WindowPolicy(policy.net, LearnerFunction(value, value.v), offset)
+        module = WindowPolicy(policy.net, LearnerFunction(value, value.v), policy.token_offset())
         rtg = False
     elif isinstance(policy, DtPolicy):
         module, rtg = WindowPolicy(policy.net), True

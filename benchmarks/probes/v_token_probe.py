@@ -56,7 +56,8 @@ def main() -> None:
 
     variants = {"V(s)": lambda obs: value.v(obs)}
     for k in [float(x) for x in args.shifts.split(",") if x]:
-        variants[f"V(s) {k:+g} std"] = lambda obs, k=k: value.v(obs) + k * scale
+        offset = policy.token_offset(k)  # what `--set policy.token_shift=k` adds
+        variants[f"V(s) {k:+g} std"] = lambda obs, o=offset: value.v(obs) + o
     variants["mean V (constant)"] = lambda obs: torch.full((obs.shape[0],), shift)
 
     rows = {}

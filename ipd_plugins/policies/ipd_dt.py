@@ -252,12 +252,18 @@ class IpdDtPolicy(SequencePolicyBase):
             raise ValueError("policy 'ipd-dt' needs a value learner (V tokens, Q term); got None")
         return super().fit(dataset, value, work_dir, log)
 
+    def token_offset(self, shift: float | None = None) -> float:
+        """What acting adds to V(s_t): ``shift`` (default ``token_shift``) std of the training
+        tokens, in V's units."""
+        k = self.cfg.token_shift if shift is None else shift
+        return k * float(self.net.cond_scale)
+
     def actor(self, value: ValueLearner | None) -> Actor:
         """An actor whose conditioning token at every step is V(s_t) of the current obs (plus
-        ``token_shift`` std of the training tokens)."""
+        :meth:`token_offset`)."""
         if value is None:
             raise ValueError("policy 'ipd-dt' acts with V(s_t) tokens and needs the value learner")
-        shift = self.cfg.token_shift * float(self.net.cond_scale)
+        shift = self.token_offset()
 
         def conditioning(obs: torch.Tensor) -> torch.Tensor:
             return value.v(obs) + shift
