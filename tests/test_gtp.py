@@ -471,8 +471,17 @@ def test_gtp_runs_after_augmentation_and_alone_and_compare_labels_both(store, tm
     cli = CliRunner().invoke(main, ["eval", str(run_dir), "--set", "policy.hidden=8"])
     assert cli.exit_code == 2 and "takes sampler, euler_steps, sample_steps" in cli.output
     check_acting_options(GtpConfig(), ["sampler", "euler_steps"])  # acting options pass
-    with pytest.raises(ValueError, match="policy 'ipd-dt' has none; an option that changes"):
+    with pytest.raises(ValueError, match="policy 'ipd-dt' takes token_shift; an option that"):
         check_acting_options(get_registry().config_class("policy", "ipd-dt")(), ["sampler"])
+
+    @dataclasses.dataclass
+    class FixedConfig:  # a plugin policy with no acting option at all
+        name: str = "fixed"
+        hidden: int = 8
+        acting_options = ()
+
+    with pytest.raises(ValueError, match="policy 'fixed' has none; an option that changes"):
+        check_acting_options(FixedConfig(), ["hidden"])
 
 
 def test_policy_ablation_labels_are_the_hand_run_labels():
