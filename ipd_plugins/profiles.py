@@ -92,10 +92,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # tried on the tuning seeds 0-2 of hopper-medium, hopper-medium-replay and
         # halfcheetah-medium-replay (issue 26, benchmarks/results/variants.md): paired with it
         # seed by seed, AWR-weighted imitation (awr_beta 1) -4.4 over 7 pairs (-11.6 on
-        # hopper-medium-replay), the data alone (augment.n_aug 0) -1.5 over 7, alpha 0 -3.3 and
-        # return tokens +0.5 over 3 (seed 0), window positions -22.7 (1); none is ahead by more
-        # than the seeds' spread. Eq. 26 exactly: --set augment.max_share=none --set
-        # policy.few_episodes=0 (table_v2.yaml's `ipd eq26`).
+        # hopper-medium-replay), the data alone (augment.n_aug 0) -1.5 over 7, alpha 0 -3.3 over
+        # 3, return tokens +1.6 +- 6.1 over 5, window positions -22.7 (1); none is ahead by more
+        # than the seeds' spread. More policy steps do not close the gap to `dt` either
+        # (2k-20k, benchmarks/results/budget_study.md). Eq. 26 exactly: --set
+        # augment.max_share=none --set policy.few_episodes=0 (table_v2.yaml's `ipd eq26`).
         "policy": {
             # below 50 episodes: window positions and no Q term (small_data.md; issue 27)
             "few_episodes": 50,
