@@ -182,8 +182,7 @@ def stage_keys(cfg: RunConfig, data_hash: str, env_id: str | None) -> dict[str, 
     field read only when acting (e.g. ``dt``'s ``target_return``) is in the policy key only
     with a curve: runs that differ only in it share one trained policy.
     """
-    seed = cfg.run.seed
-    bf16 = ("bf16",) if resolve_precision(cfg.run.precision, cfg.run.device) == "bf16" else ()
+    seed, bf16 = cfg.run.seed, _bf16(cfg)
     value = config_hash("value", data_hash, cfg.hash_part("value"), seed, *bf16)
     world_model = config_hash(
         "world_model", data_hash, cfg.hash_part("world_model"), env_id, seed, *bf16
@@ -203,6 +202,37 @@ def stage_keys(cfg: RunConfig, data_hash: str, env_id: str | None) -> dict[str, 
     policy_part = cfg.hash_part("policy", acting=bool(curve))
     policy = config_hash("policy", aug, value, policy_part, seed, *bf16, *curve)
     return {"value": value, "world_model": world_model, "augment": aug, "policy": policy}
+
+
+def _bf16(cfg: RunConfig) -> tuple[str, ...]:
+    return ("bf16",) if resolve_precision(cfg.run.precision, cfg.run.device) == "bf16" else ()
+
+
+def policy_content(
+    cfg: RunConfig, keys: dict[str, str], train_ds: TrajectoryDataset, policy: Any
+) -> str:
+    """What the policy stage consumes, by value: its training data (the dataset and the kept
+    imagined steps), the value function and world model it is handed, and its config as it
+    takes effect (``few_episodes`` only as whether the few-episodes mode is on).
+
+    Runs whose policy keys differ only by options that change none of these share one trained
+    policy (:meth:`StageCache.run`'s ``content``): e.g. ``augment.max_share`` where the cap
+    does not bind and ``policy.few_episodes`` on a large dataset, table_v2.yaml's `ipd` and
+    `ipd eq26` on hopper-medium."""
+    curve = curve_key(cfg.run, cfg.hash_part("adapter") if cfg.adapting else None)
+    part = cfg.hash_part("policy", acting=bool(curve))
+    if hasattr(policy, "few"):
+        part = {**part, "config": {**part["config"], "few_episodes": bool(policy.few)}}
+    return config_hash(
+        "policy-content",
+        train_ds.content_hash(),
+        keys["value"],
+        keys["world_model"],
+        part,
+        cfg.run.seed,
+        *_bf16(cfg),
+        *curve,
+    )
 
 
 def _build(cfg: RunConfig, kind: str, ctx: BuildContext) -> Any:
@@ -298,13 +328,14 @@ def distill(
     cache: StageCache,
     cfg: RunConfig,
     p: Prepared,
-    key: str,
+    keys: dict[str, str],
     train_ds: TrajectoryDataset,
     value: Any,
     echo: Echo = print,
     world_model: Any = None,
 ) -> Any:
-    """5. The policy on real + imagined data (sec. 3.4: ``ipd-dt``, eq. 26; any registered one).
+    """5. The policy on real + imagined data (sec. 3.4: ``ipd-dt``, eq. 26; any registered one),
+    under ``keys["policy"]``, or reused from a run with the same :func:`policy_content`.
 
     With ``run.eval_every``, the policy is scored every ``eval_every`` steps as
     :func:`evaluate_actors` scores the final one (``world_model``: for an adapter that uses
@@ -321,7 +352,8 @@ def distill(
         logged = with_curve(log, cfg.run.eval_every, evaluate, policy, value)
         return policy.fit(train_ds, value, work_dir=folder, log=logged)
 
-    cache.fit("policy", key, policy, fit, cfg.run.seed + 3)
+    content = policy_content(cfg, keys, train_ds, policy)
+    cache.fit("policy", keys["policy"], policy, fit, cfg.run.seed + 3, content=content)
     return policy
 
 
@@ -430,7 +462,7 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
     train_ds, aug_report = imagine(
         cache, cfg, p, keys["augment"], value, world_model, progress=progress
     )
-    policy = distill(cache, cfg, p, keys["policy"], train_ds, value, echo, world_model)
+    policy = distill(cache, cfg, p, keys, train_ds, value, echo, world_model)
     cache.write(cfg.run_dir / "stages.json")
     scores = evaluate_actors(cfg, p, policy, value, echo, world_model=world_model)
     curve = policy_curve(cfg, cache, echo)

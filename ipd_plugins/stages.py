@@ -11,7 +11,11 @@ SHA-256 of each artifact. So:
 - two runs that need one stage at once do not both train it: the second waits on the stage's
   lock file (``<key>/.lock``), then reuses what the first made;
 - a cached artifact that no longer matches its checksum, or fails to load, is set aside as
-  ``<file>.corrupt`` and its stage retrains, saying so.
+  ``<file>.corrupt`` and its stage retrains, saying so;
+- a stage may also name what it really consumes (``content``: e.g. the policy's training data
+  by value and its effective config), recorded in ``<out>/cache/by_content/<stage>/``: a run
+  whose key differs only by options that did not change that (a cap that did not bind) reuses
+  the folder made under the other key.
 
 Training curves go to the stage folder's ``log.csv`` and to TensorBoard; when stderr is not a
 terminal (output to a file, a CI log), a progress line is printed every ``progress_seconds``.
@@ -174,23 +178,24 @@ class StageCache:
         key: str,
         train: Callable[[Path], dict[str, Any] | None],
         load: Callable[[Path], Any],
+        content: str | None = None,
     ) -> StageRecord:
         """Reuse the stage's artifact (``load(folder)``) or make it (``train(folder)``).
 
         ``train`` writes the artifact files into ``folder`` and returns metrics; ``load`` reads
         them back (called only on reuse; what it returns is the record's ``loaded``). Every
-        file ``train`` leaves in the folder is checksummed in ``done.json``.
+        file ``train`` leaves in the folder is checksummed in ``done.json``. ``content``: a
+        hash of what the stage consumes; when ``key`` has no finished folder but another key
+        with the same ``content`` has, that folder is reused.
         """
         folder = self.folder(stage, key)
-        lock = folder / ".lock"
-
-        def waiting() -> None:
-            self.echo(f"[{stage}] another run is making {folder}; waiting for it")
-
-        with stage_lock(lock, on_wait=waiting):
-            record = self._reuse(stage, key, folder, load)
-            if record is None:
-                record = self._train(stage, key, folder, train)
+        record = None
+        if content is not None and not (folder / "done.json").exists():
+            record = self._same_content(stage, content, load)
+        if record is None:
+            record = self._locked(stage, key, folder, train, load)
+            if content is not None:
+                write_json(self._content_file(stage, content), {"key": record.key})
         self.records[stage] = record
         return record
 
@@ -201,8 +206,10 @@ class StageCache:
         component: Any,
         fit: Callable[[Path, Logger], dict[str, float] | None],
         seed: int,
+        content: str | None = None,
     ) -> StageRecord:
-        """A trainable component's stage: seed, ``fit(folder, log)``, ``weights.pt``; or reuse."""
+        """A trainable component's stage: seed, ``fit(folder, log)``, ``weights.pt``; or reuse
+        (``content``: as in :meth:`run`)."""
 
         def train(folder: Path) -> dict[str, Any]:
             seed_everything(seed)
@@ -214,13 +221,52 @@ class StageCache:
             component.save(folder / "weights.pt")
             return dict(metrics or {})
 
-        return self.run(stage, key, train, lambda folder: component.load(folder / "weights.pt"))
+        def load(folder: Path) -> Any:
+            return component.load(folder / "weights.pt")
+
+        return self.run(stage, key, train, load, content=content)
 
     def write(self, path: Path) -> None:
         """Write :attr:`records` as ``stages.json``."""
         write_json(path, {k: v.to_dict() for k, v in self.records.items()})
 
     # -- internals ----------------------------------------------------------------------
+    def _locked(
+        self,
+        stage: str,
+        key: str,
+        folder: Path,
+        train: Callable[[Path], dict[str, Any] | None],
+        load: Callable[[Path], Any],
+    ) -> StageRecord:
+        def waiting() -> None:
+            self.echo(f"[{stage}] another run is making {folder}; waiting for it")
+
+        with stage_lock(folder / ".lock", on_wait=waiting):
+            record = self._reuse(stage, key, folder, load)
+            if record is None:
+                record = self._train(stage, key, folder, train)
+        return record
+
+    def _content_file(self, stage: str, content: str) -> Path:
+        return self.root / "by_content" / stage / f"{content}.json"
+
+    def _same_content(
+        self, stage: str, content: str, load: Callable[[Path], Any]
+    ) -> StageRecord | None:
+        """The finished folder another key made from the same ``content``, reused; else None."""
+        path = self._content_file(stage, content)
+        try:
+            other = str(json.loads(path.read_text())["key"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # none recorded (or an unreadable record: train under our own key)
+        folder = self.folder(stage, other)
+        if not other.isalnum() or not (folder / "done.json").exists():
+            return None
+        self.echo(f"[{stage}] same training data and effective config as {folder}")
+        with stage_lock(folder / ".lock"):
+            return self._reuse(stage, other, folder, load)
+
     def _reuse(
         self, stage: str, key: str, folder: Path, load: Callable[[Path], Any]
     ) -> StageRecord | None:

@@ -94,6 +94,27 @@ def test_a_second_return_target_reuses_the_trained_dt_and_acts_with_its_own(stor
     assert len(list(run.glob("eval_*.json"))) == 1 and "running" not in result.output
 
 
+def test_options_that_change_neither_data_nor_effect_share_the_trained_policy(store, tmp_path):
+    """`ipd` and `ipd eq26` on a large dataset: a few-episodes threshold below the data's
+    episode count has no effect, so the second run reuses the first one's policy."""
+    out = tmp_path / "runs"
+    outputs = []
+    for few in (0, 2):
+        args = ["--dataset", "pendulum-medium-replay", "--set", f"policy.few_episodes={few}"]
+        result = _run(out, *args)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    assert "same training data and effective config" in outputs[1], outputs[1]
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*/seed_0/results.json"))]
+    assert sorted(r["stage_reused"]["policy"] for r in results) == [False, True]
+    assert results[0]["scores"] == results[1]["scores"]
+    assert len([p for p in (out / "cache" / "policy").iterdir() if p.is_dir()]) == 1
+    # an option that does change the effect trains its own policy
+    result = _run(out, "--dataset", "pendulum-medium-replay", "--set", "policy.few_episodes=999")
+    assert result.exit_code == 0 and "policy.few_episodes=999:" in result.output, result.output
+    assert len([p for p in (out / "cache" / "policy").iterdir() if p.is_dir()]) == 2
+
+
 def _d4rl_file(path: Path, scale: float = 1.0, with_env: bool = False) -> Path:
     """The tiny pendulum data as a D4RL-style HDF5 file, actions times ``scale``."""
     from ipd_plugins.data.sources import resolve_dataset
