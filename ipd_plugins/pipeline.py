@@ -197,15 +197,22 @@ def stage_keys(cfg: RunConfig, data_hash: str, env_id: str | None) -> dict[str, 
         seed,
         SEGMENTS_FORMAT,
     )
-    adapter = cfg.hash_part("adapter") if cfg.adapting else None
-    curve = curve_key(cfg.run, adapter)  # () without run.eval_every
-    policy_part = cfg.hash_part("policy", acting=bool(curve))
-    policy = config_hash("policy", aug, value, policy_part, seed, *bf16, *curve)
+    policy_part, tail = _policy_hash_parts(cfg)
+    policy = config_hash("policy", aug, value, policy_part, *tail)
     return {"value": value, "world_model": world_model, "augment": aug, "policy": policy}
 
 
 def _bf16(cfg: RunConfig) -> tuple[str, ...]:
     return ("bf16",) if resolve_precision(cfg.run.precision, cfg.run.device) == "bf16" else ()
+
+
+def _policy_hash_parts(cfg: RunConfig) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """The policy section as its key hashes it, and what follows it in the key: the seed, the
+    precision and the curve (:func:`curve_key`; with one, the acting fields count too)."""
+    adapter = cfg.hash_part("adapter") if cfg.adapting else None
+    curve = curve_key(cfg.run, adapter)  # () without run.eval_every
+    part = cfg.hash_part("policy", acting=bool(curve))
+    return part, (cfg.run.seed, *_bf16(cfg), *curve)
 
 
 def policy_content(
@@ -219,20 +226,11 @@ def policy_content(
     policy (:meth:`StageCache.run`'s ``content``): e.g. ``augment.max_share`` where the cap
     does not bind and ``policy.few_episodes`` on a large dataset, table_v2.yaml's `ipd` and
     `ipd eq26` on hopper-medium."""
-    curve = curve_key(cfg.run, cfg.hash_part("adapter") if cfg.adapting else None)
-    part = cfg.hash_part("policy", acting=bool(curve))
+    part, tail = _policy_hash_parts(cfg)
     if hasattr(policy, "few"):
         part = {**part, "config": {**part["config"], "few_episodes": bool(policy.few)}}
-    return config_hash(
-        "policy-content",
-        train_ds.content_hash(),
-        keys["value"],
-        keys["world_model"],
-        part,
-        cfg.run.seed,
-        *_bf16(cfg),
-        *curve,
-    )
+    data = train_ds.content_hash()
+    return config_hash("policy-content", data, keys["value"], keys["world_model"], part, *tail)
 
 
 def _build(cfg: RunConfig, kind: str, ctx: BuildContext) -> Any:
