@@ -350,7 +350,9 @@ def distill(
         logged = with_curve(log, cfg.run.eval_every, evaluate, policy, value)
         return policy.fit(train_ds, value, work_dir=folder, log=logged)
 
-    content = policy_content(cfg, keys, train_ds, policy)
+    def content() -> str:  # hashes the training data: only when the key has no folder yet
+        return policy_content(cfg, keys, train_ds, policy)
+
     cache.fit("policy", keys["policy"], policy, fit, cfg.run.seed + 3, content=content)
     return policy
 

@@ -178,24 +178,25 @@ class StageCache:
         key: str,
         train: Callable[[Path], dict[str, Any] | None],
         load: Callable[[Path], Any],
-        content: str | None = None,
+        content: Callable[[], str] | None = None,
     ) -> StageRecord:
         """Reuse the stage's artifact (``load(folder)``) or make it (``train(folder)``).
 
         ``train`` writes the artifact files into ``folder`` and returns metrics; ``load`` reads
         them back (called only on reuse; what it returns is the record's ``loaded``). Every
-        file ``train`` leaves in the folder is checksummed in ``done.json``. ``content``: a
-        hash of what the stage consumes; when ``key`` has no finished folder but another key
-        with the same ``content`` has, that folder is reused.
+        file ``train`` leaves in the folder is checksummed in ``done.json``. ``content``:
+        returns a hash of what the stage consumes, called only when ``key`` has no finished
+        folder; when another key with the same content has one, that folder is reused.
         """
         folder = self.folder(stage, key)
-        record = None
+        record, digest = None, None
         if content is not None and not (folder / "done.json").exists():
-            record = self._same_content(stage, content, load)
+            digest = content()
+            record = self._same_content(stage, digest, load)
         if record is None:
             record = self._locked(stage, key, folder, train, load)
-            if content is not None:
-                write_json(self._content_file(stage, content), {"key": record.key})
+            if digest is not None:
+                write_json(self._content_file(stage, digest), {"key": record.key})
         self.records[stage] = record
         return record
 
@@ -206,7 +207,7 @@ class StageCache:
         component: Any,
         fit: Callable[[Path, Logger], dict[str, float] | None],
         seed: int,
-        content: str | None = None,
+        content: Callable[[], str] | None = None,
     ) -> StageRecord:
         """A trainable component's stage: seed, ``fit(folder, log)``, ``weights.pt``; or reuse
         (``content``: as in :meth:`run`)."""

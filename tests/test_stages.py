@@ -56,19 +56,27 @@ def test_a_stage_is_made_once_then_reused_with_the_same_weights(tmp_path):
 def test_a_key_with_the_same_content_reuses_the_other_keys_folder(tmp_path):
     lines: list[str] = []
     first = Counter()
-    made = _cache(tmp_path, lines).fit("policy", "k1", first, first.fit, seed=7, content="c1")
+    made = _cache(tmp_path, lines).fit(
+        "policy", "k1", first, first.fit, seed=7, content=lambda: "c1"
+    )
     second = Counter()
-    shared = _cache(tmp_path, lines).fit("policy", "k2", second, second.fit, seed=8, content="c1")
+    shared = _cache(tmp_path, lines).fit(
+        "policy", "k2", second, second.fit, seed=8, content=lambda: "c1"
+    )
     assert shared.reused and second.fits == 0 and torch.equal(second.w, first.w)
     assert shared.key == "k1" and shared.path == made.path
     assert any("same training data and effective config" in m for m in lines)
     other = Counter()  # other content: its own folder, and its own seed
-    own = _cache(tmp_path, lines).fit("policy", "k3", other, other.fit, seed=8, content="c2")
+    own = _cache(tmp_path, lines).fit(
+        "policy", "k3", other, other.fit, seed=8, content=lambda: "c2"
+    )
     assert not own.reused and other.fits == 1 and not torch.equal(other.w, first.w)
     # a content record that points nowhere (or is damaged) trains under the run's own key
     (tmp_path / "out" / "cache" / "by_content" / "policy" / "c3.json").write_text('{"key": "../x"}')
     fresh = Counter()
-    rec = _cache(tmp_path, lines).fit("policy", "k4", fresh, fresh.fit, seed=7, content="c3")
+    rec = _cache(tmp_path, lines).fit(
+        "policy", "k4", fresh, fresh.fit, seed=7, content=lambda: "c3"
+    )
     assert not rec.reused and rec.key == "k4" and fresh.fits == 1
 
 
