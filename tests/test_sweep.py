@@ -19,6 +19,7 @@ from tiny import TINY_IPD as TINY
 from ipd_plugins.commands import main
 from ipd_plugins.sweep import (
     describe,
+    estimate_seconds,
     expand,
     find_finished,
     load_spec,
@@ -239,6 +240,33 @@ def test_a_slice_of_the_tuning_spec_keeps_its_run_folders():
                "--methods", "dt", "--seeds", "0", "--datasets", "hopper-medium"],
     )  # fmt: skip
     assert out.exit_code == 0 and "1 trials: " in out.output and "baseline-dt" in out.output
+
+
+def test_the_dry_run_estimates_the_time_left_from_the_finished_trials(tmp_path):
+    spec = load_spec(ROOT / "benchmarks" / "experiments" / "tuning.yaml")
+    part = select(spec, ["hopper-medium", "hopper-medium-replay"], [0, 1], ["iql", "dt", "ipd"])
+    trials = expand(part)
+    at = {(t.label, t.dataset, t.seed): t for t in trials}
+    finished = {t.index: None for t in trials}
+
+    def done(label, dataset, seed, wall):
+        path = tmp_path / f"{label}-{dataset}-{seed}" / "results.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"wall_seconds": wall}))
+        finished[at[label, dataset, seed].index] = path
+
+    done("iql", "hopper-medium", 0, 100.0)
+    done("iql", "hopper-medium-replay", 0, 500.0)
+    done("dt", "hopper-medium", 0, 1000.0)
+    done("dt", "hopper-medium", 1, 2000.0)
+    # iql: each dataset's own finished trial; dt on hopper-medium-replay: dt's mean anywhere
+    # (1500, twice); ipd: no finished trial, not counted
+    assert estimate_seconds(trials, finished) == (100 + 500 + 2 * 1500, 8, 4)
+    text = describe(trials, finished, part)
+    assert "estimate: ~1h00m of trial time for the 8 to run" in text
+    assert "4 with none of their method not counted" in text
+    none_done = describe(trials, {t.index: None for t in trials}, part)
+    assert "estimate: none (no trial to run has a finished trial of its method)" in none_done
 
 
 def test_bad_specs_fail_with_a_sentence(tmp_path):

@@ -12,7 +12,10 @@ __all__ = ["sweep"]
 @click.command("sweep")
 @click.argument("spec_file", metavar="SPEC", type=click.Path(exists=True, dir_okay=False))
 @click.option(
-    "--dry-run", is_flag=True, help="list the trials and the stages they share; run nothing"
+    "--dry-run",
+    is_flag=True,
+    help="list the trials, the stages they share and the time left (from the finished "
+    "trials' wall times); run nothing",
 )
 @click.option(
     "--address",

@@ -48,7 +48,13 @@ its outcome), ``engine`` (:func:`describe`, the serial executor, :func:`run_swee
 ``ray_driver`` (the Ray tasks and their driver, imported only when Ray is asked for).
 """
 
-from ipd_plugins.sweep.engine import describe, dry_run, run_sweep, run_trials
+from ipd_plugins.sweep.engine import (
+    describe,
+    dry_run,
+    estimate_seconds,
+    run_sweep,
+    run_trials,
+)
 from ipd_plugins.sweep.spec import (
     METHOD_KEYS,
     SPEC_KEYS,
@@ -77,6 +83,7 @@ __all__ = [
     "expand",
     "find_finished",
     "describe",
+    "estimate_seconds",
     "run_trial",
     "finish_trial",
     "run_trials",

@@ -19,6 +19,7 @@ from ipd_plugins.sweep.spec import (
 from ipd_plugins.sweep.trials import (
     SweepResult,
     TrialOutcome,
+    _duration,
     _Progress,
     _shared,
     _stage_keys,
@@ -79,6 +80,16 @@ def describe(
         + f"); to make: {sum(todo.values())}"
         + (" (" + ", ".join(f"{s} {n}" for s, n in todo.items() if n) + ")" if pending else ""),
     ]
+    seconds, n_left, unknown = estimate_seconds(trials, finished)
+    if n_left and unknown == n_left:
+        lines.append("estimate: none (no trial to run has a finished trial of its method)")
+    elif n_left:
+        lines.append(
+            f"estimate: ~{_duration(seconds)} of trial time for the {n_left} to run (each at "
+            "the mean wall time of the finished trials of its method on its dataset, else on "
+            "any dataset)"
+            + (f"; {unknown} with none of their method not counted" if unknown else "")
+        )
     shared = _shared(keys)
     if not shared:
         lines.append("shared by several trials: none (every trial trains its own stages)")
@@ -103,6 +114,42 @@ def describe(
         "the cache is not looked at)"
     )
     return "\n".join(lines)
+
+
+def estimate_seconds(
+    trials: Sequence[Trial], finished: dict[int, Path | None]
+) -> tuple[float, int, int]:
+    """The trial time of the trials not finished yet, at the pace of the finished ones: each
+    costs the mean ``wall_seconds`` of the finished trials of its label on its dataset, else of
+    its label on any dataset. Returns (seconds, trials to run, those of them with no finished
+    trial of their label, which are not counted)."""
+    import json
+
+    walls: dict[tuple[str, str], list[float]] = {}
+    left = []
+    for t in trials:
+        if t.error is not None:
+            continue
+        path = finished.get(t.index)
+        if path is None:
+            left.append(t)
+            continue
+        try:
+            wall = float(json.loads(Path(path).read_text())["wall_seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a run written before wall times were recorded
+        walls.setdefault((t.label, t.dataset), []).append(wall)
+    by_label: dict[str, list[float]] = {}
+    for (label, _), values in walls.items():
+        by_label.setdefault(label, []).extend(values)
+    seconds, unknown = 0.0, 0
+    for t in left:
+        values = walls.get((t.label, t.dataset)) or by_label.get(t.label)
+        if values:
+            seconds += sum(values) / len(values)
+        else:
+            unknown += 1
+    return seconds, len(left), unknown
 
 
 # -- executors ---------------------------------------------------------------------------------
