@@ -214,13 +214,14 @@ def test_a_slice_of_the_tuning_spec_keeps_its_run_folders():
     spec = load_spec(ROOT / "benchmarks" / "experiments" / "tuning.yaml")
     whole = {(t.label, t.dataset, t.seed): t.run_dir for t in expand(spec)}
     assert len(whole) == 54 and not any(t.error for t in expand(spec))
-    for name, n in (("budget", 18), ("ablations", 33), ("variants", 90)):  # issue 26's grids
+    grids = (("budget", 18), ("ablations", 33), ("fig3_hcr", 18), ("variants", 90))
+    for name, n in grids:  # issue 26's grids
         other = expand(load_spec(ROOT / "benchmarks" / "experiments" / f"{name}.yaml"))
         assert len(other) == n and not any(t.error for t in other), name
         if name != "budget":  # its `ipd` trains 20k steps; these reuse the tuning grid's runs
             ipd = {(t.dataset, t.seed): t.run_dir for t in other if t.label == "ipd"}
             assert ipd == {k: whole["ipd", *k] for k in ipd}, name
-            assert len(ipd) == {"ablations": 3, "variants": 9}[name]
+            assert len(ipd) == {"ablations": 3, "fig3_hcr": 3, "variants": 9}[name]
     table = expand(load_spec(ROOT / "benchmarks" / "experiments" / "table_v2.yaml"))
     assert len(table) == 144 and not any(t.error for t in table)
     assert {t.seed for t in table} == {10, 11, 12}  # seeds no tuning has seen
@@ -267,6 +268,14 @@ def test_the_dry_run_estimates_the_time_left_from_the_finished_trials(tmp_path):
     assert "4 with none of their method not counted" in text
     none_done = describe(trials, {t.index: None for t in trials}, part)
     assert "estimate: none (no trial to run has a finished trial of its method)" in none_done
+    # a grid's trials take the pace of their method's other grid points
+    ablations = load_spec(ROOT / "benchmarks" / "experiments" / "ablations.yaml")
+    rtg = expand(select(ablations, seeds=[0, 1], methods=["rtg"]))
+    assert len(rtg) == 10 and len({t.label for t in rtg}) == 5
+    finished = {t.index: None for t in rtg}  # `done` writes into the new maps
+    at = {(t.label, t.dataset, t.seed): t for t in rtg}
+    done(rtg[0].label, "hopper-medium", 0, 600.0)
+    assert estimate_seconds(rtg, finished) == (9 * 600.0, 9, 0)
 
 
 def test_bad_specs_fail_with_a_sentence(tmp_path):

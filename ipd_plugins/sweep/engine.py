@@ -119,13 +119,15 @@ def describe(
 def estimate_seconds(
     trials: Sequence[Trial], finished: dict[int, Path | None]
 ) -> tuple[float, int, int]:
-    """The trial time of the trials not finished yet, at the pace of the finished ones: each
-    costs the mean ``wall_seconds`` of the finished trials of its label on its dataset, else of
-    its label on any dataset. Returns (seconds, trials to run, those of them with no finished
-    trial of their label, which are not counted)."""
+    """The trial time of the trials not finished yet, at the pace of the finished ones.
+
+    Each costs the mean ``wall_seconds`` of the finished trials of its method (its label, else
+    the label's method without a grid's ``[...]``) on its dataset, else on any dataset.
+    Returns (seconds, trials to run, those of them with no finished trial of their method,
+    which are not counted)."""
     import json
 
-    walls: dict[tuple[str, str], list[float]] = {}
+    walls: dict[tuple[str, ...], list[float]] = {}
     left = []
     for t in trials:
         if t.error is not None:
@@ -138,18 +140,22 @@ def estimate_seconds(
             wall = float(json.loads(Path(path).read_text())["wall_seconds"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a run written before wall times were recorded
-        walls.setdefault((t.label, t.dataset), []).append(wall)
-    by_label: dict[str, list[float]] = {}
-    for (label, _), values in walls.items():
-        by_label.setdefault(label, []).extend(values)
+        for key in _pace_keys(t):
+            walls.setdefault(key, []).append(wall)
     seconds, unknown = 0.0, 0
     for t in left:
-        values = walls.get((t.label, t.dataset)) or by_label.get(t.label)
+        values = next((walls[k] for k in _pace_keys(t) if k in walls), None)
         if values:
             seconds += sum(values) / len(values)
         else:
             unknown += 1
     return seconds, len(left), unknown
+
+
+def _pace_keys(trial: Trial) -> list[tuple[str, ...]]:
+    """The groups of finished trials whose pace ``trial`` takes, the closest first."""
+    method = trial.label.split("[", 1)[0]
+    return [(trial.label, trial.dataset), (trial.label,), (method, trial.dataset), (method,)]
 
 
 # -- executors ---------------------------------------------------------------------------------
