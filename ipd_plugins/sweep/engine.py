@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,8 +126,6 @@ def estimate_seconds(
     the label's method without a grid's ``[...]``) on its dataset, else on any dataset.
     Returns (seconds, trials to run, those of them with no finished trial of their method,
     which are not counted)."""
-    import json
-
     walls: dict[tuple[str, ...], list[float]] = {}
     left = []
     for t in trials:
