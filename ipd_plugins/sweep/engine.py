@@ -152,9 +152,11 @@ def estimate_seconds(
 
 
 def _pace_keys(trial: Trial) -> list[tuple[str, ...]]:
-    """The groups of finished trials whose pace ``trial`` takes, the closest first."""
+    """The groups of finished trials whose pace ``trial`` takes, the closest first (each
+    once: a label without a grid's ``[...]`` is its own method)."""
     method = trial.label.split("[", 1)[0]
-    return [(trial.label, trial.dataset), (trial.label,), (method, trial.dataset), (method,)]
+    keys = [(trial.label, trial.dataset), (trial.label,), (method, trial.dataset), (method,)]
+    return list(dict.fromkeys(keys))
 
 
 # -- executors ---------------------------------------------------------------------------------
