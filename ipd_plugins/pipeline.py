@@ -30,7 +30,7 @@ from ipd_plugins.files import atomic_write_text, write_json
 from ipd_plugins.hardware import resolve_device, resolve_precision, set_threads
 from ipd_plugins.provenance import run_meta
 from ipd_plugins.run_config import RUN_KINDS, RunConfig, RunSettings, changed_options, curve_key
-from ipd_plugins.stages import StageCache
+from ipd_plugins.stages import StageCache, wall_seconds
 from ipd_plugins.uncertainty.reliable import DEFAULT_CALIBRATION_PAIRS, calibrate_kappa
 from registry import KINDS, AdaptationContext, BuildContext, config_hash, get_registry
 
@@ -445,6 +445,7 @@ def policy_curve(cfg: RunConfig, cache: StageCache, echo: Echo = print) -> list[
 def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> dict[str, Any]:
     """Run (or resume, or reuse) every stage of one seed; returns ``results.json``'s content."""
     t_start = time.perf_counter()
+    replay = (cfg.run_dir / "results.json").exists()  # of a finished run: its own time only
     threads = set_threads(cfg.run.threads)
     run = cfg.run
     p = prepare_run(run, echo)
@@ -455,7 +456,7 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
         f"{p.ctx.precision})"
     )
     keys = stage_keys(cfg, p.data_hash, p.ctx.env_id)
-    cache = StageCache(run.out_dir, echo, tb_dir=cfg.run_dir / "tb")
+    cache = StageCache(run.out_dir, echo, tb_dir=cfg.run_dir / "tb", run_dir=cfg.run_dir)
 
     value = fit_value(cache, cfg, p, keys["value"])
     world_model = fit_world_model(cache, cfg, p, keys["world_model"])
@@ -477,7 +478,7 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
         "augment": aug_report,
         "stage_seconds": {k: r.seconds for k, r in records.items()},
         "stage_reused": {k: r.reused for k, r in records.items()},
-        "wall_seconds": time.perf_counter() - t_start,
+        "wall_seconds": wall_seconds(t_start, cache, replay),
         "threads": threads,
         "precision": p.ctx.precision,
     }

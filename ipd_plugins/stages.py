@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ipd_plugins.files import write_json
-from ipd_plugins.training import seed_everything
+from ipd_plugins.training import checkpoint_seconds, seed_everything
 from registry.protocols import Logger
 
 try:  # POSIX advisory locks; without them (Windows) concurrent runs are not coordinated
@@ -43,7 +43,14 @@ try:  # POSIX advisory locks; without them (Windows) concurrent runs are not coo
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["StageCache", "StageRecord", "CurveLogger", "file_sha256", "stage_lock"]
+__all__ = [
+    "StageCache",
+    "StageRecord",
+    "CurveLogger",
+    "file_sha256",
+    "stage_lock",
+    "wall_seconds",
+]
 
 #: Exceptions that mean "this cached artifact cannot be used" when a component loads it.
 LOAD_ERRORS = (ValueError, RuntimeError, KeyError, EOFError, OSError)
@@ -130,7 +137,9 @@ class StageRecord:
     key: str
     path: str
     reused: bool
-    seconds: float | None = None
+    seconds: float | None = None  # training time, over all the processes that made it
+    resumed_seconds: float = 0.0  # of ``seconds``, those of earlier (killed) processes
+    run: str | None = None  # the run folder that made it
     finished: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # file name -> sha256
@@ -150,6 +159,9 @@ class StageCache:
         tb_dir: TensorBoard folder of the run (None: no TensorBoard).
         progress_seconds: seconds between progress lines; None picks 60 when stderr is not a
             terminal, else off (bars show progress there).
+        run_dir: the run folder the stages are made for (recorded in ``done.json`` as ``run``,
+            so that a resumed run can count the time of the stages it made before it was killed;
+            :meth:`earlier_seconds`).
     """
 
     def __init__(
@@ -158,9 +170,11 @@ class StageCache:
         echo: Callable[[str], None] = print,
         tb_dir: Path | None = None,
         progress_seconds: float | None = None,
+        run_dir: Path | None = None,
     ):
         self.root = Path(out_dir) / "cache"
         self.echo, self.tb_dir = echo, tb_dir
+        self.run_dir = str(Path(run_dir).resolve()) if run_dir is not None else None
         if progress_seconds is None and not sys.stderr.isatty():
             progress_seconds = 60.0
         self.progress_seconds = progress_seconds
@@ -227,6 +241,17 @@ class StageCache:
 
         return self.run(stage, key, train, load, content=content)
 
+    def earlier_seconds(self) -> float:
+        """The time earlier processes of this run spent on its stages (0 for a run that was
+        never killed): the stages they finished, reused now, and the training they
+        checkpointed before the stages resumed now. A run's ``wall_seconds`` adds it to its
+        own process's time."""
+        return sum(
+            (r.seconds or 0.0) if r.reused else r.resumed_seconds
+            for r in self.records.values()
+            if not r.reused or (self.run_dir is not None and r.run == self.run_dir)
+        )
+
     def write(self, path: Path) -> None:
         """Write :attr:`records` as ``stages.json``."""
         write_json(path, {k: v.to_dict() for k, v in self.records.items()})
@@ -289,6 +314,8 @@ class StageCache:
             path=str(folder),
             reused=True,
             seconds=info.get("seconds"),
+            resumed_seconds=float(info.get("resumed_seconds", 0.0)),
+            run=info.get("run"),
             finished=info.get("finished"),
             metrics=info.get("metrics", {}),
             artifacts=info.get("artifacts", {}),
@@ -306,9 +333,10 @@ class StageCache:
     def _train(
         self, stage: str, key: str, folder: Path, train: Callable[[Path], dict[str, Any] | None]
     ) -> StageRecord:
-        resumed = any(not _scratch(p) or p.name.startswith("train_state") for p in folder.iterdir())
+        resumed = any(not _scratch(p) or _checkpoint(p) for p in folder.iterdir())
         folder.mkdir(parents=True, exist_ok=True)
         self.echo(f"[{stage}] {'resuming' if resumed else 'running'} -> {folder}")
+        earlier = checkpoint_seconds(folder) if resumed else 0.0
         t0 = time.perf_counter()
         metrics = dict(train(folder) or {})
         artifacts = {
@@ -320,7 +348,9 @@ class StageCache:
             key=key,
             path=str(folder),
             reused=False,
-            seconds=time.perf_counter() - t0,
+            seconds=earlier + time.perf_counter() - t0,
+            resumed_seconds=earlier,
+            run=self.run_dir,
             finished=time.strftime("%Y-%m-%d %H:%M:%S"),
             metrics=metrics,
             artifacts=artifacts,
@@ -330,7 +360,21 @@ class StageCache:
         return record
 
 
+def wall_seconds(t_start: float, cache: StageCache, replay: bool) -> float:
+    """A run's ``wall_seconds``: this process's time since ``t_start`` (``perf_counter``) plus
+    the time earlier processes of the run spent on its stages (:meth:`StageCache.earlier_seconds`:
+    non-zero only for a run that was killed and resumed). A ``replay`` of a finished run (its
+    ``results.json`` was there) counts only its own time."""
+    earlier = 0.0 if replay else cache.earlier_seconds()
+    return time.perf_counter() - t_start + earlier
+
+
+def _checkpoint(path: Path) -> bool:
+    """A resume checkpoint (:class:`~ipd_plugins.training.Checkpointer`: ``*train_state.pt``)."""
+    return path.name.endswith("train_state.pt")
+
+
 def _scratch(path: Path) -> bool:
     """Files that are not the artifact: set-aside copies, temporaries, resume checkpoints."""
     name = path.name
-    return name.endswith((".corrupt", ".tmp")) or name.startswith((".", "train_state"))
+    return name.endswith((".corrupt", ".tmp")) or name.startswith(".") or _checkpoint(path)

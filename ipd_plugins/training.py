@@ -6,6 +6,7 @@ Checkpoints are written and read with :mod:`ipd_plugins.files` (atomic, weights-
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ipd_plugins.files import atomic_save, safe_load
 __all__ = [
     "seed_everything",
     "Checkpointer",
+    "checkpoint_seconds",
     "TransitionSampler",
 ]
 
@@ -55,12 +57,16 @@ class Checkpointer:
 
     ``objects`` maps names to anything with ``state_dict``/``load_state_dict`` (modules,
     optimisers, schedulers); ``extra`` holds plain values (tensors, numbers, lists) that
-    belong to the training state. With ``work_dir=None`` it does nothing.
+    belong to the training state. With ``work_dir=None`` it does nothing. Each checkpoint also
+    holds ``seconds``: the training time up to it, summed over the processes that resumed it
+    (so a stage killed and resumed can report what it cost; :func:`checkpoint_seconds`).
     """
 
     def __init__(self, work_dir: Path | None, every: int, name: str = "train_state"):
         self.path = Path(work_dir) / f"{name}.pt" if work_dir is not None else None
         self.every = max(1, int(every))
+        self.seconds_before = 0.0  # training time of earlier processes, from the checkpoint
+        self._t0 = time.perf_counter()
 
     def restore(self, objects: dict[str, Any], extra: dict[str, Any] | None = None) -> int:
         """Load the last checkpoint into ``objects``/``extra``; the step to resume at (0: fresh)."""
@@ -72,6 +78,7 @@ class Checkpointer:
         if extra is not None:
             extra.update(state.get("extra", {}))
         _set_rng_state(state["rng"])
+        self.seconds_before = float(state.get("seconds", 0.0))
         return int(state["step"])
 
     def maybe_save(
@@ -90,6 +97,7 @@ class Checkpointer:
                 "objects": {k: o.state_dict() for k, o in objects.items()},
                 "extra": extra or {},
                 "rng": _rng_state(),
+                "seconds": self.seconds_before + time.perf_counter() - self._t0,
             },
             self.path,
         )
@@ -97,6 +105,17 @@ class Checkpointer:
     def clear(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+def checkpoint_seconds(folder: Path) -> float:
+    """The training time the checkpoints in ``folder`` hold (0 for none or unreadable ones)."""
+    seconds = 0.0
+    for path in sorted(Path(folder).glob("*train_state.pt")):
+        try:  # safe_load raises ValueError for a broken file (the stage then starts afresh)
+            seconds += float(safe_load(path).get("seconds", 0.0))
+        except (ValueError, OSError, AttributeError, TypeError):
+            continue
+    return seconds
 
 
 class TransitionSampler:

@@ -123,6 +123,9 @@ def test_interrupted_training_resumes_to_the_same_weights(store, tmp_path, monke
     resumed = json.loads((_seed_dir(tmp_path / "b", "iql") / "results.json").read_text())
     # killed in the log call at step 40 (before its checkpoint): resumes from step 20
     assert resumed["train"]["steps_trained"] == 40.0
+    stages = json.loads((_seed_dir(tmp_path / "b", "iql") / "stages.json").read_text())
+    assert 0 < stages["train"]["resumed_seconds"] < stages["train"]["seconds"]
+    assert resumed["wall_seconds"] >= resumed["stage_seconds"]["train"]  # counts the killed one
     np.testing.assert_allclose(
         resumed["scores"]["policy"]["returns"], ref["scores"]["policy"]["returns"], rtol=1e-5
     )

@@ -99,6 +99,11 @@ def test_interrupted_stage_resumes_to_the_same_result(store, tmp_path, monkeypat
     assert "[value] reusing" in log and "[augment] reusing" in log
     assert "[policy] resuming" in log
     resumed = json.loads((run_dir / "results.json").read_text())
+    # the time of the killed process counts: the stages it made, and the policy's checkpoint
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert stages["policy"]["resumed_seconds"] > 0
+    assert {s["run"] for s in stages.values()} == {str(run_dir.resolve())}
+    assert resumed["wall_seconds"] >= sum(resumed["stage_seconds"].values())
     np.testing.assert_allclose(
         resumed["scores"]["policy"]["returns"], reference["scores"]["policy"]["returns"], rtol=1e-4
     )

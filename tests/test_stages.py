@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ipd_plugins.files import atomic_save, safe_load
-from ipd_plugins.stages import CurveLogger, StageCache
+from ipd_plugins.stages import CurveLogger, StageCache, wall_seconds
+from ipd_plugins.training import Checkpointer
 
 
 class Counter:
@@ -110,6 +111,61 @@ def test_an_unreadable_artifact_without_checksums_retrains(tmp_path):
     second = Counter()
     assert not _cache(tmp_path, lines).fit("value", "k", second, second.fit, seed=0).reused
     assert second.fits == 1 and any("cannot be read" in m for m in lines)
+
+
+class Stepper:
+    """A component trained for 4 steps of 10 (fake) seconds, checkpointed after each step;
+    ``crash_at`` kills the process (raises) after that step's checkpoint."""
+
+    def __init__(self, clock: list[float], crash_at: int | None = None):
+        self.clock, self.crash_at, self.w = clock, crash_at, torch.zeros(1)
+
+    def fit(self, folder: Path, log) -> dict:
+        ckpt = Checkpointer(folder, every=1, name="policy_train_state")
+        holder = torch.nn.Linear(1, 1)
+        for step in range(ckpt.restore({"w": holder}), 4):
+            self.clock[0] += 10.0
+            ckpt.maybe_save(step + 1, {"w": holder})
+            if step + 1 == self.crash_at:
+                raise RuntimeError("killed")
+        return {}
+
+    def save(self, path: Path) -> None:
+        atomic_save({"w": self.w}, path)
+
+    def load(self, path: Path) -> None:
+        self.w = safe_load(path)["w"]
+
+
+def test_a_resumed_stage_and_run_count_the_time_of_the_killed_process(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    run_dir, lines = tmp_path / "run", []
+
+    def cache(run: Path | None = run_dir) -> StageCache:
+        return StageCache(tmp_path / "out", lines.append, progress_seconds=None, run_dir=run)
+
+    killed = Stepper(clock, crash_at=2)
+    with pytest.raises(RuntimeError, match="killed"):  # 2 of 4 steps, checkpointed: 20 s
+        cache().fit("policy", "k", killed, killed.fit, seed=0)
+    clock[0] += 5.0  # time lost after the checkpoint is not counted
+    t_start, second = clock[0], cache()
+    stepper = Stepper(clock)
+    rec = second.fit("policy", "k", stepper, stepper.fit, seed=0)
+    assert not rec.reused and rec.resumed_seconds == 20.0 and rec.seconds == 40.0
+    assert rec.run == str(run_dir.resolve())
+    done = json.loads((Path(rec.path) / "done.json").read_text())
+    assert done["seconds"] == 40.0 and done["resumed_seconds"] == 20.0
+    assert set(done["artifacts"]) == {"weights.pt"}  # the resume checkpoint is scratch
+    assert second.earlier_seconds() == 20.0
+    assert wall_seconds(t_start, second, replay=False) == 40.0  # its own 20 s + the killed 20 s
+
+    # killed after the stage was done: the same run reusing it counts it, another run does not
+    for run, earlier in ((run_dir, 40.0), (tmp_path / "other", 0.0)):
+        again = cache(run)
+        assert again.fit("policy", "k", stepper, stepper.fit, seed=0).reused
+        assert again.earlier_seconds() == earlier
+        assert wall_seconds(clock[0] - 1.0, again, replay=True) == 1.0  # a replay: its own time
 
 
 def test_a_second_run_waits_for_the_stage_then_reuses_it(tmp_path):

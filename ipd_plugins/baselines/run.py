@@ -46,7 +46,7 @@ from ipd_plugins.run_config import (
     curve_key,
     resolve_config,
 )
-from ipd_plugins.stages import StageCache
+from ipd_plugins.stages import StageCache, wall_seconds
 from registry import AdaptationContext, get_registry
 from registry.config import config_hash, dataclass_from_dict, dataclass_to_dict, identity_dict
 
@@ -290,6 +290,7 @@ def run_baseline(
     adaptation = resolve_adaptation(settings, overrides, file, adapter)
     name = baseline_run_name(settings, bconf, adaptation)
     run_dir = Path(settings.out_dir) / name / f"seed_{settings.seed}"
+    replay = (run_dir / "results.json").exists()  # of a finished run: its own time only
     threads = set_threads(settings.threads)
     p = prepare_run(settings, echo)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -310,7 +311,7 @@ def run_baseline(
     echo(f"run folder: {run_dir}")
 
     baseline = D3rlpyBaseline(bconf, p.ctx, p.dataset)
-    cache = StageCache(settings.out_dir, echo, tb_dir=run_dir / "tb")
+    cache = StageCache(settings.out_dir, echo, tb_dir=run_dir / "tb", run_dir=run_dir)
     curve = curve_key(settings, adapter_identity(adaptation))
     key = baseline_key(bconf, p.data_hash, p.ctx.env_id, settings.seed, curve)
     n = settings.eval_episodes
@@ -361,7 +362,7 @@ def run_baseline(
         "train": record.metrics,
         "stage_seconds": {"train": record.seconds},
         "stage_reused": {"train": record.reused},
-        "wall_seconds": time.perf_counter() - t_start,
+        "wall_seconds": wall_seconds(t_start, cache, replay),
         "threads": threads,
     }
     if settings.eval_every:
