@@ -669,3 +669,31 @@ def test_training_log_averages_each_metric_between_curve_points(tmp_path, capsys
     (run / "results.json").write_text(json.dumps({"label": "ipd"}))
     with pytest.raises(SystemExit, match="no curve"):
         probe.main()
+
+
+def test_lanes_requeue_puts_the_runs_in_flight_before_the_rest_of_the_queue(tmp_path):
+    import subprocess
+
+    old = tmp_path / "s1"
+    old.mkdir()
+    t = "2026-12-05T09:00:00Z"
+    (old / "laneA.log").write_text(f"{t} start run a\n{t} end rc=0 run a\n{t} start run b\n")
+    (old / "laneB.log").write_text(f"{t} start run c\n{t} end rc=1 run c\n{t} queue empty\n")
+    (old / "notes.log").write_text("not a lane log\n")
+    (old / "queue.txt").write_text("run d\n# a comment\nrun e\n")
+    new = tmp_path / "s2" / "queue.txt"
+    lanes = str(BENCHMARKS / "tools" / "lanes.sh")
+    done = subprocess.run(
+        ["bash", lanes, "--requeue", str(old / "queue.txt"), str(new)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert new.read_text().splitlines() == ["run b", "run d", "# a comment", "run e"]
+    assert "3 commands" in done.stdout
+    again = subprocess.run(
+        ["bash", lanes, "--requeue", str(old / "queue.txt"), str(new)],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 2 and "exists; not overwritten" in again.stderr

@@ -12,10 +12,32 @@
 #
 # Each lane's command runs with OMP_NUM_THREADS=1: two lanes with two threads each on a
 # 2-core machine run about 10x slower, not 2x (benchmarks/results/concurrent_runs.md).
+#
+#   benchmarks/tools/lanes.sh --requeue OLD_QUEUE NEW_QUEUE
+#
+# writes NEW_QUEUE for a restart after the lanes were killed: each OLD_QUEUE lane log's command
+# that has a "start" and no "end" (a run in flight), then what is left in OLD_QUEUE.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
+fi
+
+if [[ $1 == --requeue ]]; then
+    [[ $# -eq 3 && -f $2 ]] || { echo "lanes.sh --requeue: needs OLD_QUEUE (a file) NEW_QUEUE" >&2; exit 2; }
+    [[ ! -e $3 ]] || { echo "lanes.sh --requeue: $3 exists; not overwritten" >&2; exit 2; }
+    old=$(dirname "$(realpath "$2")")
+    mkdir -p "$(dirname "$3")"
+    {
+        for log in "$old"/*.log; do  # its last start/end line, when it is a start
+            [[ -f $log ]] || continue
+            { grep -E '^[^ ]+ (start|end rc=[0-9]+) ' "$log" || true; } | tail -n 1 | sed -n 's/^[^ ]* start //p'
+        done
+        cat "$2"
+    } > "$3.tmp"
+    mv "$3.tmp" "$3"
+    echo "lanes.sh: $(grep -c -v -e '^[[:space:]]*$' -e '^[[:space:]]*#' "$3") commands in $3"
+    exit 0
 fi
 queue=$(realpath "$1")
 shift
