@@ -376,8 +376,10 @@ def write_table(
         "Wall time per method (training of all stages, reused cache stages counted at their "
         "original cost; evaluation excluded). Wall-clock seconds of one torch thread, on a 2-core "
         "machine often shared by 2-4 runs at once (a run paused to free the cores counts its "
-        "pause too), so they are upper bounds and the median is the figure to read; the "
-        "machines differ (`meta.machine` in each run's `config.yaml`); "
+        "pause too), so they are upper bounds and the median is the figure to read (except "
+        "for a stage killed and resumed before 2026-12-05, which counts only its last "
+        "process: since then a checkpoint carries the time before it); the machines differ "
+        "(`meta.machine` in each run's `config.yaml`); "
         "`default_hopper.md` has an IPD run timed stage by stage:",
         "",
         "| method | runs | train minutes total | median per run | fastest run |",
