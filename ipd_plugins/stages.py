@@ -246,11 +246,13 @@ class StageCache:
         never killed): the stages they finished, reused now, and the training they
         checkpointed before the stages resumed now. A run's ``wall_seconds`` adds it to its
         own process's time."""
-        return sum(
-            (r.seconds or 0.0) if r.reused else r.resumed_seconds
-            for r in self.records.values()
-            if not r.reused or (self.run_dir is not None and r.run == self.run_dir)
-        )
+        seconds = 0.0
+        for r in self.records.values():
+            if not r.reused:
+                seconds += r.resumed_seconds
+            elif self.run_dir is not None and r.run == self.run_dir:
+                seconds += r.seconds or 0.0
+        return seconds
 
     def write(self, path: Path) -> None:
         """Write :attr:`records` as ``stages.json``."""
@@ -336,7 +338,7 @@ class StageCache:
         resumed = any(not _scratch(p) or _checkpoint(p) for p in folder.iterdir())
         folder.mkdir(parents=True, exist_ok=True)
         self.echo(f"[{stage}] {'resuming' if resumed else 'running'} -> {folder}")
-        earlier = checkpoint_seconds(folder) if resumed else 0.0
+        earlier = checkpoint_seconds(folder)  # 0 without a checkpoint (a fresh stage)
         t0 = time.perf_counter()
         metrics = dict(train(folder) or {})
         artifacts = {
