@@ -86,6 +86,15 @@ class MethodRow:
     n_runs: int = 0
     train_minutes: float = float("nan")  # mean training minutes per run
 
+    @property
+    def has_ci(self) -> bool:
+        """False with one run per dataset: the stratified bootstrap then has nothing to resample,
+        and its interval is the IQM itself."""
+        return any(n > 1 for _, _, n in self.cells.values())
+
+    def ci_text(self) -> str:
+        return f"[{self.ci[0]:.1f}, {self.ci[1]:.1f}]" if self.has_ci else "- (1 run per dataset)"
+
 
 @dataclass
 class Comparison:
@@ -334,8 +343,7 @@ def to_markdown(cmp: Comparison, title: str = "Scores") -> str:
     ]
     for m in cmp.methods:
         lines.append(
-            f"| {m.label} | {m.iqm:.1f} | [{m.ci[0]:.1f}, {m.ci[1]:.1f}] | {m.n_runs} | "
-            f"{m.train_minutes:.1f} |"
+            f"| {m.label} | {m.iqm:.1f} | {m.ci_text()} | {m.n_runs} | {m.train_minutes:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

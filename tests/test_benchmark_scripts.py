@@ -644,6 +644,17 @@ def test_table_for_another_grid_checks_issue_26s_goal(tmp_path):
     assert "**1 of 2** (hopper-medium)" in text and "Not met." in text
     assert "--seeds 10,11 --methods 'ipd,ipd eq26,dt,iql'" in text  # how to rebuild it
     assert "| hopper-medium | 70.5 | 80.5 | 2 |" in text  # pi_QOP of ipd only: 80, 81
+    assert "IPD's IQM CI [" in text  # two seeds a dataset: a real interval
+    single = tmp_path / "single"
+    for d, ipd, dt in [("hopper-medium", 60.0, 50.0), ("walker2d-medium", 30.0, 70.0)]:
+        _record(single, f"{d}__qov-pe-gjs-mpc-ipd-dt__aaaaaaaa", 10, ipd)
+        _record(single, f"{d}__baseline-dt__bbbbbbbb", 10, dt, baseline="dt")
+        _record(single, f"{d}__baseline-iql__cccccccc", 10, 20.0, baseline="iql")
+    one_seed = scores.write_table(
+        str(single), "runs/v2", "default", tmp_path / "v1.md", 50, methods, (10,), "Table v2"
+    )
+    assert "CI above DT's: **not measurable yet** (one run per dataset). Not met." in one_seed
+    assert "| ipd | 45.0 | - (1 run per dataset) | 2 |" in one_seed
 
 
 def test_training_log_averages_each_metric_between_curve_points(tmp_path, capsys, monkeypatch):

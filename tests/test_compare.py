@@ -201,6 +201,9 @@ def test_labels_name_swapped_components_and_never_pool_different_configs(tmp_pat
     assert labels == ["ipd#33334444", "ipd#55556666", "ipd[planner=greedy]"]
     cmp = summarise(load_records([out]), reps=10)
     assert "| hopper-medium | 2.0 (n=1) | 3.0 (n=1) | 1.0 (n=1) |" in to_markdown(cmp)
+    # one run per dataset: the bootstrap's interval is the IQM itself, so none is printed
+    assert not any(m.has_ci for m in cmp.methods)
+    assert "| ipd[planner=greedy] | 1.0 | - (1 run per dataset) | 1 |" in to_markdown(cmp)
 
 
 def test_mixing_normalised_and_raw_scores_is_refused(tmp_path):
