@@ -294,7 +294,7 @@ def train_sac(
 ) -> list[dict[str, Any]]:
     """Train (or resume) SAC in ``work_dir``; returns the snapshot log.
 
-    ``work_dir`` receives ``snapshots/step_XXXXXXX.safetensors`` (float32 actors),
+    ``work_dir`` receives ``snapshots/step_<step, 7 digits>.safetensors`` (float32 actors),
     ``snapshots.jsonl`` (step, evaluation returns, snapshot file), ``config.json``, the
     checkpoint ``sac_state.pt`` and the replay buffer ``replay.pt``; ``DONE`` marks a
     finished run (re-running then returns at once).
