@@ -604,15 +604,22 @@ def test_ablations_plot_pairs_each_variant_with_ipd_on_the_same_seeds(tmp_path):
     run("abl", "hopper-medium", "rtg[policy.target_return=3600]", 0, 30.0)
     run("var", "hopper-medium", "no segments", 1, 45.0)
     run("var", "hopper-medium-replay", "no segments", 0, 20.0)  # no ablation ran there
+    run("abl", "halfcheetah-medium-replay", "ipd", 0, 24.0)  # only fig. 3 ran there
+    run("abl", "halfcheetah-medium-replay", "rtg[policy.target_return=6000]", 0, 27.0)
+    run("var", "halfcheetah-medium-replay", "no segments", 0, 26.0)
     table = ablations_plot.load([str(tmp_path / "abl"), str(tmp_path / "var")])
-    assert list(table) == ["hopper-medium"]
+    assert sorted(table) == ["halfcheetah-medium-replay", "hopper-medium"]
     rows = ablations_plot.groups(table["hopper-medium"])
     assert [x for _, x in rows["n_aug"]] == [None, 0.0, 2.0]  # ipd, then by N_aug
+    assert list(ablations_plot.groups(table["halfcheetah-medium-replay"])) == ["rtg"]
     text = ablations_plot.markdown(table)
     # greedy - ipd per seed: -10, -4 -> mean -7, sample std sqrt(18) = 4.24
     assert "| `greedy` | 40.0 | 56.0 | 48.0 +- 11.3 | -7.0 +- 4.2 (2) |" in text
-    assert "| `no segments` |  | 45.0 | 45.0 | -15.0 +- 0.0 (1) |" in text
-    assert "| `rtg[policy.target_return=3600]` | 30.0 |  | 30.0 | -20.0 +- 0.0 (1) |" in text
+    assert "| `no segments` |  | 45.0 | 45.0 | -15.0 (1) |" in text
+    assert "| `rtg[policy.target_return=3600]` | 30.0 |  | 30.0 | -20.0 (1) |" in text
+    assert "halfcheetah-medium-replay: V(s) tokens" in text
+    assert "halfcheetah-medium-replay: MPC" not in text  # an ablation that did not run there
+    assert "halfcheetah-medium-replay: Augmentation" not in text  # `no segments` alone
     ablations_plot.plot(table, tmp_path / "abl.png")
     assert (tmp_path / "abl.png").stat().st_size > 1000
     run("var2", "hopper-medium", "greedy", 0, 41.0)  # the same (label, seed), another score

@@ -60,26 +60,32 @@ def is_ablation(label: str) -> bool:
 
 
 def paired(scores: dict[int, float], base: dict[int, float]) -> str:
-    """Mean +- std over the seeds both have of (scores - base), with their count."""
+    """Mean +- std over the seeds both have of (scores - base), with their count (one seed:
+    no spread to show)."""
     seeds = sorted(set(scores) & set(base))
     if not seeds:
         return ""
     diff = [scores[s] - base[s] for s in seeds]
-    return f"{np.mean(diff):+.1f} +- {seed_std(diff):.1f} ({len(seeds)})"
+    spread = f" +- {seed_std(diff):.1f}" if len(diff) > 1 else ""
+    return f"{np.mean(diff):+.1f}{spread} ({len(seeds)})"
 
 
 def groups(scores: Scores) -> dict[str, list[tuple[str, float | None]]]:
-    """The three ablations' rows: (label, x) in plotting order; only labels that ran."""
+    """The rows of each ablation that ran on this dataset: (label, x) in plotting order.
+
+    An ablation without a run of its own (say only `ipd`, or only the variants' `no segments`)
+    is left out."""
     n_aug = [(lab, float(m.group(1))) for lab in scores if (m := N_AUG.match(lab))]
-    if NO_SEGMENTS in scores:
-        n_aug.append((NO_SEGMENTS, 0.0))
     rtg = [(lab, float(m.group(1))) for lab in scores if (m := RTG.match(lab))]
+    if n_aug and NO_SEGMENTS in scores:
+        n_aug.append((NO_SEGMENTS, 0.0))
     base = [(BASE, None)] if BASE in scores else []
-    return {
-        "planner": base + [(lab, None) for lab in ("greedy",) if lab in scores],
-        "n_aug": base + sorted(n_aug, key=lambda t: t[1]),
-        "rtg": base + sorted(rtg, key=lambda t: t[1]),
+    runs = {
+        "planner": [(lab, None) for lab in ("greedy",) if lab in scores],
+        "n_aug": sorted(n_aug, key=lambda t: t[1]),
+        "rtg": sorted(rtg, key=lambda t: t[1]),
     }
+    return {kind: base + rows for kind, rows in runs.items() if rows}
 
 
 TITLES = {
@@ -99,8 +105,6 @@ def markdown(table: dict[str, Scores]) -> str:
         scores = table[dataset]
         seeds = sorted({s for v in scores.values() for s in v})
         for kind, rows in groups(scores).items():
-            if len(rows) < 2:  # nothing to compare against ipd
-                continue
             lines += [f"### {dataset}: {TITLES[kind]}", ""]
             lines.append(
                 "| variant | " + " | ".join(f"seed {s}" for s in seeds)
@@ -129,7 +133,12 @@ def plot(table: dict[str, Scores], png: Path) -> None:
     fig, axes = plt.subplots(len(datasets), 3, figsize=(15, 4 * len(datasets)), squeeze=False)
     for row, dataset in zip(axes, datasets, strict=True):
         scores = table[dataset]
-        for ax, (kind, rows) in zip(row, groups(scores).items(), strict=True):
+        ran = groups(scores)
+        for ax, kind in zip(row, TITLES, strict=True):
+            if kind not in ran:  # this ablation did not run on this dataset
+                ax.axis("off")
+                continue
+            rows = ran[kind]
             ax.set_title(f"{dataset}\n{TITLES[kind]}", fontsize=9)
             ax.set_ylabel("normalised score x100")
             ax.grid(alpha=0.3)
