@@ -15,13 +15,15 @@
 Everything is batched over states (and over candidates inside the planner) and runs under
 ``torch.inference_mode()``. The augmented dataset records provenance per step in ``extras``:
 ``imagined`` (bool) and ``source_index`` (the real step s_t a segment grew from; -1 for the
-original data).
+original data). Given a ``work_dir``, both chunk loops checkpoint there, and a killed call
+resumes at its last finished chunk with the same result.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.returns import discounted_return
+from ipd_plugins.training import Checkpointer
 from registry import PlanningContext, UncertaintyMetric, ValueLearner, WorldModel
 from registry.config import added_later
 from registry.protocols import Planner
@@ -201,6 +204,71 @@ def _real_returns(
 
 
 # -- augmentation (Alg. 1) ------------------------------------------------------------------
+class _ChunkLog:
+    """The outputs of the finished chunks of both loops, checkpointed to resume a killed call.
+
+    A checkpoint (``work_dir/augment_train_state.pt``, weights-only, at most every
+    ``every_seconds``) holds those outputs, the augmentation's generator, the global RNGs
+    (pi_QOP's samples in the planner draw from them) and the planner's transition count, so
+    that the chunks after it see the same random streams as in an uninterrupted call. The
+    stage cache keys the folder by the dataset and every setting, so a checkpoint found there
+    belongs to this call.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path | None,
+        generator: torch.Generator,
+        planner: Planner,
+        every_seconds: float,
+    ):
+        self.ckpt = Checkpointer(work_dir, every=1, name="augment_train_state")
+        self.generator, self.planner, self.every = generator, planner, every_seconds
+        self.outputs: dict[str, list[Any]] = {"identify": [], "imagine": []}
+        extra: dict[str, Any] = {}
+        if self.ckpt.restore({}, extra):  # also restores the global RNGs
+            self.outputs = _to_numpy(extra["outputs"])
+            generator.set_state(extra["generator"])
+            if hasattr(planner, "simulated"):
+                planner.simulated = int(extra["simulated"])
+        self._saved = time.perf_counter()
+
+    def done(self, phase: str) -> int:
+        return len(self.outputs[phase])
+
+    def add(self, phase: str, output: Any) -> None:
+        self.outputs[phase].append(output)
+        if time.perf_counter() - self._saved >= self.every:
+            extra = {
+                "outputs": _to_torch(self.outputs),
+                "generator": self.generator.get_state(),
+                "simulated": int(getattr(self.planner, "simulated", 0)),
+            }
+            n_chunks = sum(len(v) for v in self.outputs.values())
+            self.ckpt.maybe_save(n_chunks, {}, extra, force=True)
+            self._saved = time.perf_counter()
+
+
+def _to_torch(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if isinstance(x, dict):
+        return {k: _to_torch(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_to_torch(v) for v in x]
+    return x
+
+
+def _to_numpy(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.numpy()
+    if isinstance(x, dict):
+        return {k: _to_numpy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_to_numpy(v) for v in x]
+    return x
+
+
 def augment(
     dataset: TrajectoryDataset,
     value: ValueLearner,
@@ -212,10 +280,14 @@ def augment(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    work_dir: Path | None = None,
+    save_every_seconds: float = 60.0,
 ) -> AugmentResult:
     """Identify suboptimal states and grow imagined continuations from them (Alg. 1).
 
-    ``progress`` shows bars on a terminal (never in a log file: tqdm's automatic mode).
+    ``progress`` shows bars on a terminal (never in a log file: tqdm's automatic mode). With
+    ``work_dir``, the loops checkpoint there every ``save_every_seconds`` (:class:`_ChunkLog`)
+    and a call killed part-way resumes from it with the same result.
     """
     cfg = config or AugmentConfig()
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -232,12 +304,15 @@ def augment(
         report.update(selected=0, imagined_steps_kept=0)
         return AugmentResult(dataset, None, report)
 
+    log = _ChunkLog(work_dir, gen, planner, save_every_seconds)
+    bars = {"disable": None if progress else True, "leave": False}
+
     # 1. identification, batched over all candidates
     t0 = time.perf_counter()
-    gaps = []
     chunks = range(0, len(cand), cfg.chunk_size)
+    start = log.done("identify")
     with torch.inference_mode():
-        for lo in tqdm(chunks, desc="identify", disable=None if progress else True, leave=False):
+        for lo in tqdm(chunks[start:], desc="identify", initial=start, total=len(chunks), **bars):
             rows = cand[lo : lo + cfg.chunk_size]
             r_im = _imagine_policy_returns(
                 _t(dataset.observations[rows], device),
@@ -249,8 +324,8 @@ def augment(
             )
             n = np.full(len(rows), cfg.horizon)
             r_real = _real_returns(dataset, rows, n, value, cfg.gamma, device)
-            gaps.append((r_im - r_real).float().cpu().numpy())
-    gap = np.concatenate(gaps)
+            log.add("identify", (r_im - r_real).float().cpu().numpy())
+    gap = np.concatenate(log.outputs["identify"])
     report["identification_seconds"] = time.perf_counter() - t0
     report["identification_transitions"] = int(len(cand) * cfg.horizon)
     report["gap_mean_candidates"] = float(gap.mean())
@@ -272,11 +347,11 @@ def augment(
     t0 = time.perf_counter()
     ctx = PlanningContext(value, world_model, uncertainty, float(kappa), gen)
     chunks = range(0, len(sel), cfg.chunk_size)
-    bar = tqdm(chunks, desc="imagine", disable=None if progress else True, leave=False)
-    parts = [
-        _rollout(dataset.observations[sel[lo : lo + cfg.chunk_size]], ctx, planner, cfg, device)
-        for lo in bar
-    ]
+    start = log.done("imagine")
+    for lo in tqdm(chunks[start:], desc="imagine", initial=start, total=len(chunks), **bars):
+        obs0 = dataset.observations[sel[lo : lo + cfg.chunk_size]]
+        log.add("imagine", _rollout(obs0, ctx, planner, cfg, device))
+    parts = log.outputs["imagine"]
     roll = {
         k: np.concatenate([p[k] for p in parts], axis=1 if k != "n_kept" else 0) for k in parts[0]
     }
@@ -302,6 +377,7 @@ def augment(
         report["gap_mean_augmented"] = float((r_aug - r_real).mean())
     segments = _build_segments(dataset, sel, roll, cfg.context)
     out = dataset if segments is None else TrajectoryDataset.concatenate([dataset, segments])
+    log.ckpt.clear()
     return AugmentResult(out, segments, report)
 
 

@@ -296,6 +296,7 @@ def imagine(
             seed=seed,
             device=device,
             progress=progress,
+            work_dir=folder,  # resumable: a killed stage goes on from its last checkpoint
         )
         if result.segments is not None:
             save_npz(result.segments, folder / "segments.npz")

@@ -165,3 +165,61 @@ def test_zero_n_aug_returns_the_dataset_unchanged():
     ds = one_d_dataset()
     res = run_augment(MPCConfig(), ds, n_aug=0.0)
     assert res.segments is None and res.dataset is ds and res.report["selected"] == 0
+
+
+class _Killed(Exception):
+    pass
+
+
+class NoisyModel(ExactModel):
+    """ExactModel plus noise from the augmentation's generator; raises at call ``kill_at``."""
+
+    def __init__(self, kill_at=None):
+        self.calls, self.kill_at = 0, kill_at
+
+    def step(self, obs, act, generator=None):
+        self.calls += 1
+        if self.calls == self.kill_at:
+            raise _Killed
+        out = super().step(obs, act)
+        noise = 0.01 * torch.randn(out.next_obs.shape, generator=generator)
+        return WorldModelStep(
+            out.next_obs + noise, out.reward, out.done, out.member_mean, out.member_var
+        )
+
+
+@pytest.mark.parametrize("kill_at", [20, 150])  # during identification, during the rollouts
+def test_a_killed_augmentation_resumes_to_the_same_result(tmp_path, kill_at):
+    ds = one_d_dataset()
+
+    def run(model, work_dir):
+        torch.manual_seed(0)  # MPC's pi_QOP samples draw from the global RNG
+        return augment(
+            ds,
+            FakeValue(),
+            model,
+            VarUncertainty(),
+            MPCConfig().create(CTX),
+            1e9,
+            AugmentConfig(horizon=5, context=3, chunk_size=16),
+            seed=0,
+            progress=False,
+            work_dir=work_dir,
+            save_every_seconds=0.0,
+        )
+
+    uninterrupted = NoisyModel()
+    whole = run(uninterrupted, None)
+    with pytest.raises(_Killed):
+        run(NoisyModel(kill_at=kill_at), tmp_path)
+    assert (tmp_path / "augment_train_state.pt").exists()
+    again = NoisyModel()
+    resumed = run(again, tmp_path)
+    # only the chunk in flight is done again (a rollout chunk: 5 steps x (10 MPC + 1) calls)
+    left = uninterrupted.calls - kill_at
+    assert left < again.calls <= left + 5 * 11
+    assert resumed.segments.n_steps == whole.segments.n_steps > 0
+    for key in ("observations", "actions", "rewards", "next_observations"):
+        np.testing.assert_array_equal(getattr(resumed.segments, key), getattr(whole.segments, key))
+    assert resumed.report["simulated_transitions"] == whole.report["simulated_transitions"]
+    assert not (tmp_path / "augment_train_state.pt").exists()  # cleared once done
