@@ -238,7 +238,7 @@ class _ChunkLog:
 
     def add(self, phase: str, output: Any) -> None:
         self.outputs[phase].append(output)
-        if time.perf_counter() - self._saved >= self.every:
+        if self.ckpt.path is not None and time.perf_counter() - self._saved >= self.every:
             extra = {
                 "outputs": _to_torch(self.outputs),
                 "generator": self.generator.get_state(),
