@@ -212,7 +212,8 @@ class _ChunkLog:
     (pi_QOP's samples in the planner draw from them) and the planner's transition count, so
     that the chunks after it see the same random streams as in an uninterrupted call. The
     stage cache keys the folder by the dataset and every setting, so a checkpoint found there
-    belongs to this call.
+    belongs to this call, and deletes it once the stage's outputs are written. It also holds
+    each loop's time so far, so that a resumed call reports what the whole loop cost.
     """
 
     def __init__(
@@ -225,16 +226,28 @@ class _ChunkLog:
         self.ckpt = Checkpointer(work_dir, every=1, name="augment_train_state")
         self.generator, self.planner, self.every = generator, planner, every_seconds
         self.outputs: dict[str, list[Any]] = {"identify": [], "imagine": []}
+        self.earlier = {"identify": 0.0, "imagine": 0.0}  # seconds of earlier processes
         extra: dict[str, Any] = {}
         if self.ckpt.restore({}, extra):  # also restores the global RNGs
             self.outputs = _to_numpy(extra["outputs"])
+            self.earlier.update(extra.get("seconds", {}))
             generator.set_state(extra["generator"])
             if hasattr(planner, "simulated"):
                 planner.simulated = int(extra["simulated"])
-        self._saved = time.perf_counter()
+        self._saved = self._t0 = time.perf_counter()
+        self._phase = ""
 
-    def done(self, phase: str) -> int:
+    def begin(self, phase: str) -> int:
+        """Start timing ``phase`` (the phase before it stops); its number of chunks done."""
+        if self._phase:
+            self.earlier[self._phase] = self.seconds(self._phase)
+        self._phase, self._t0 = phase, time.perf_counter()
         return len(self.outputs[phase])
+
+    def seconds(self, phase: str) -> float:
+        """``phase``'s time over every process that worked on it."""
+        now = time.perf_counter() - self._t0 if phase == self._phase else 0.0
+        return self.earlier[phase] + now
 
     def add(self, phase: str, output: Any) -> None:
         self.outputs[phase].append(output)
@@ -243,6 +256,7 @@ class _ChunkLog:
                 "outputs": _to_torch(self.outputs),
                 "generator": self.generator.get_state(),
                 "simulated": int(getattr(self.planner, "simulated", 0)),
+                "seconds": {phase: self.seconds(phase) for phase in self.earlier},
             }
             n_chunks = sum(len(v) for v in self.outputs.values())
             self.ckpt.maybe_save(n_chunks, {}, extra, force=True)
@@ -308,9 +322,8 @@ def augment(
     bars = {"disable": None if progress else True, "leave": False}
 
     # 1. identification, batched over all candidates
-    t0 = time.perf_counter()
     chunks = range(0, len(cand), cfg.chunk_size)
-    start = log.done("identify")
+    start = log.begin("identify")
     with torch.inference_mode():
         for lo in tqdm(chunks[start:], desc="identify", initial=start, total=len(chunks), **bars):
             rows = cand[lo : lo + cfg.chunk_size]
@@ -326,7 +339,7 @@ def augment(
             r_real = _real_returns(dataset, rows, n, value, cfg.gamma, device)
             log.add("identify", (r_im - r_real).float().cpu().numpy())
     gap = np.concatenate(log.outputs["identify"])
-    report["identification_seconds"] = time.perf_counter() - t0
+    report["identification_seconds"] = log.seconds("identify")
     report["identification_transitions"] = int(len(cand) * cfg.horizon)
     report["gap_mean_candidates"] = float(gap.mean())
 
@@ -344,10 +357,9 @@ def augment(
         return AugmentResult(dataset, None, report)
 
     # 2. rollouts from the selected states with the planner
-    t0 = time.perf_counter()
     ctx = PlanningContext(value, world_model, uncertainty, float(kappa), gen)
     chunks = range(0, len(sel), cfg.chunk_size)
-    start = log.done("imagine")
+    start = log.begin("imagine")
     for lo in tqdm(chunks[start:], desc="imagine", initial=start, total=len(chunks), **bars):
         obs0 = dataset.observations[sel[lo : lo + cfg.chunk_size]]
         log.add("imagine", _rollout(obs0, ctx, planner, cfg, device))
@@ -355,7 +367,7 @@ def augment(
     roll = {
         k: np.concatenate([p[k] for p in parts], axis=1 if k != "n_kept" else 0) for k in parts[0]
     }
-    report["rollout_seconds"] = time.perf_counter() - t0
+    report["rollout_seconds"] = log.seconds("imagine")
     n_kept = roll["n_kept"]
     report["imagined_steps_kept"] = int(n_kept.sum())
     report["rollouts_with_steps"] = int((n_kept > 0).sum())
@@ -377,7 +389,6 @@ def augment(
         report["gap_mean_augmented"] = float((r_aug - r_real).mean())
     segments = _build_segments(dataset, sel, roll, cfg.context)
     out = dataset if segments is None else TrajectoryDataset.concatenate([dataset, segments])
-    log.ckpt.clear()
     return AugmentResult(out, segments, report)
 
 

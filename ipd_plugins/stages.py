@@ -7,7 +7,8 @@ SHA-256 of each artifact. So:
 
 - a later run that needs the same artifact reuses it (an ablation that changes only the planner
   retrains neither the value function nor the world model);
-- an interrupted stage resumes from the periodic checkpoint its component keeps in the folder;
+- an interrupted stage resumes from the periodic checkpoint its component keeps in the folder
+  (``*train_state.pt``, deleted once ``done.json`` is written: a finished stage is reused);
 - two runs that need one stage at once do not both train it: the second waits on the stage's
   lock file (``<key>/.lock``), then reuses what the first made;
 - a cached artifact that no longer matches its checksum, or fails to load, is set aside as
@@ -359,6 +360,9 @@ class StageCache:
         )
         info = {k: v for k, v in record.to_dict().items() if k not in ("key", "path", "reused")}
         write_json(folder / "done.json", info)
+        for path in folder.iterdir():  # a finished stage is reused, never resumed
+            if _checkpoint(path):
+                path.unlink(missing_ok=True)
         return record
 
 

@@ -5,6 +5,8 @@ Imagined returns are true returns there, so every check is about the algorithm i
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -172,15 +174,17 @@ class _Killed(Exception):
 
 
 class NoisyModel(ExactModel):
-    """ExactModel plus noise from the augmentation's generator; raises at call ``kill_at``."""
+    """ExactModel plus noise from the augmentation's generator; raises at call ``kill_at``.
+    Each call that returns takes one second of ``clock``."""
 
-    def __init__(self, kill_at=None):
-        self.calls, self.kill_at = 0, kill_at
+    def __init__(self, kill_at=None, clock=None):
+        self.calls, self.kill_at, self.clock = 0, kill_at, clock if clock is not None else [0.0]
 
     def step(self, obs, act, generator=None):
         self.calls += 1
         if self.calls == self.kill_at:
             raise _Killed
+        self.clock[0] += 1.0
         out = super().step(obs, act)
         noise = 0.01 * torch.randn(out.next_obs.shape, generator=generator)
         return WorldModelStep(
@@ -189,8 +193,10 @@ class NoisyModel(ExactModel):
 
 
 @pytest.mark.parametrize("kill_at", [20, 150])  # during identification, during the rollouts
-def test_a_killed_augmentation_resumes_to_the_same_result(tmp_path, kill_at):
+def test_a_killed_augmentation_resumes_to_the_same_result(tmp_path, monkeypatch, kill_at):
     ds = one_d_dataset()
+    clock = [0.0]  # model calls are the only thing that takes time
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
 
     def run(model, work_dir):
         torch.manual_seed(0)  # MPC's pi_QOP samples draw from the global RNG
@@ -208,12 +214,13 @@ def test_a_killed_augmentation_resumes_to_the_same_result(tmp_path, kill_at):
             save_every_seconds=0.0,
         )
 
-    uninterrupted = NoisyModel()
+    uninterrupted = NoisyModel(clock=clock)
     whole = run(uninterrupted, None)
     with pytest.raises(_Killed):
-        run(NoisyModel(kill_at=kill_at), tmp_path)
+        run(NoisyModel(kill_at=kill_at, clock=clock), tmp_path)
     assert (tmp_path / "augment_train_state.pt").exists()
-    again = NoisyModel()
+    clock[0] += 100.0  # the time lost with the chunk in flight is not counted
+    again = NoisyModel(clock=clock)
     resumed = run(again, tmp_path)
     # only the chunk in flight is done again (a rollout chunk: 5 steps x (10 MPC + 1) calls)
     left = uninterrupted.calls - kill_at
@@ -222,4 +229,6 @@ def test_a_killed_augmentation_resumes_to_the_same_result(tmp_path, kill_at):
     for key in ("observations", "actions", "rewards", "next_observations"):
         np.testing.assert_array_equal(getattr(resumed.segments, key), getattr(whole.segments, key))
     assert resumed.report["simulated_transitions"] == whole.report["simulated_transitions"]
-    assert not (tmp_path / "augment_train_state.pt").exists()  # cleared once done
+    # each loop's time is summed over both processes (the chunk in flight counted once)
+    for key in ("identification_seconds", "rollout_seconds"):
+        assert resumed.report[key] == whole.report[key] > 0

@@ -156,7 +156,8 @@ def test_a_resumed_stage_and_run_count_the_time_of_the_killed_process(tmp_path, 
     assert rec.run == str(run_dir.resolve())
     done = json.loads((Path(rec.path) / "done.json").read_text())
     assert done["seconds"] == 40.0 and done["resumed_seconds"] == 20.0
-    assert set(done["artifacts"]) == {"weights.pt"}  # the resume checkpoint is scratch
+    assert set(done["artifacts"]) == {"weights.pt"}  # the resume checkpoint is scratch,
+    assert not list(Path(rec.path).glob("*train_state.pt"))  # deleted once the stage is done
     assert second.earlier_seconds() == 20.0
     assert wall_seconds(t_start, second, replay=False) == 40.0  # its own 20 s + the killed 20 s
 
