@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,21 @@ def test_a_killed_worker_is_retried_and_resumes_to_the_same_result(swept, tmp_pa
     np.testing.assert_allclose(
         resumed["scores"]["policy"]["returns"], reference["scores"]["policy"]["returns"], rtol=1e-4
     )
+
+
+def test_a_local_sweeps_trials_run_at_the_drivers_priority():
+    import ray
+
+    from ipd_plugins.sweep.ray_driver import _init_ray
+
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert _init_ray(None, 1, None), "Ray was already running"
+    try:
+        assert ray.get(ray.remote(niceness).remote()) == niceness()  # Ray's default is +15
+    finally:
+        ray.shutdown()
 
 
 def test_a_sweep_across_a_two_node_cluster(swept, tmp_path):

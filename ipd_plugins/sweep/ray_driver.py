@@ -177,6 +177,9 @@ def _init_ray(address: str | None, num_cpus: int | None, runtime_env: dict | Non
             address="local",
             num_cpus=num_cpus or usable_cores(),
             include_dashboard=False,
+            # Ray runs workers at niceness 15; the trials are the sweep's work, and beside
+            # any other job on the machine (a test run, a second sweep) they would starve
+            _system_config={"worker_niceness": 0},
             **kwargs,
         )
     return True
