@@ -85,6 +85,43 @@ def test_each_baseline_trains_and_is_scored_like_ipd_run(store, tmp_path, algo):
     np.testing.assert_allclose(again.returns, policy["returns"], rtol=1e-5)
 
 
+def test_ipd_eval_asks_a_trained_dt_for_another_return(store, tmp_path):
+    """`--set baseline.target_return` is an acting option: scored again, nothing retrains."""
+    out = tmp_path / "runs"
+    _baseline("dt", out)
+    run_dir = _seed_dir(out, "dt")
+    own = json.loads((run_dir / "eval.json").read_text())
+    args = ["eval", str(run_dir), "--set", "baseline.target_return=-50"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "[baseline]" not in result.output  # loaded, not trained
+    (file,) = run_dir.glob("eval_none_*.json")
+    other = json.loads(file.read_text())["policy"]
+    assert other["acting"] == {"target_return": -50.0}
+    assert json.loads((run_dir / "eval.json").read_text()) == own  # the run's scores stay
+    assert other["returns"] != own["policy"]["returns"]  # the token changes what it does
+    # the same weights asked for -50 directly act as scored
+    from ipd_plugins.baselines.run import load_trained_baseline
+    from ipd_plugins.evaluate import evaluate
+
+    trained = load_trained_baseline(run_dir)
+    actor = trained.baseline.acting_as(target_return=-50.0).actor()
+    again = evaluate(actor, "Pendulum-v1", 2, seed=100_000)
+    np.testing.assert_allclose(again.returns, other["returns"], rtol=1e-5)
+    # a training option, or an algorithm without acting options, is refused before loading
+    for algo_args, message in (
+        (["--set", "baseline.n_layer=1"], "`ipd baseline dt --set baseline.n_layer=...`"),
+        (["--set", "baseline.target_return=none"], "give target_return a number"),
+    ):
+        result = CliRunner().invoke(main, ["eval", str(run_dir), *algo_args])
+        assert result.exit_code == 2 and message in result.output, result.output
+    _baseline("bc", out)
+    result = CliRunner().invoke(
+        main, ["eval", str(_seed_dir(out, "bc")), "--set", "baseline.target_return=1"]
+    )
+    assert result.exit_code == 2 and "baseline 'bc' has none" in result.output, result.output
+
+
 def test_same_seed_same_result_and_the_cache_is_reused(store, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     _baseline("td3+bc", a)

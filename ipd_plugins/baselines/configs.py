@@ -378,12 +378,14 @@ class DTBaselineConfig(BaselineConfig):
             warm-up (d3rlpy's reproduction: 1e-4, 1e-4, 0.25, 10k).
         reward_scale: rewards (and returns-to-go) x this (d3rlpy's reproduction: 0.001).
         target_return: the return asked for; None: the D4RL value for Hopper/HalfCheetah/
-            Walker2d, else the best episode return of the dataset.
+            Walker2d, else the best episode return of the dataset. An acting option: ``ipd
+            eval RUN --set baseline.target_return=R`` re-scores a trained DT for another.
         max_timestep: size of the timestep embedding (>= the longest episode).
     """
 
     name: ClassVar[str] = "dt"
     sequence: ClassVar[bool] = True
+    acting_options: ClassVar[tuple[str, ...]] = ("target_return",)
 
     batch_size: int = 64
     # timesteps per window (K)

@@ -8,6 +8,7 @@ them weights-only and continues. Saved weights never use d3rlpy's pickles.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,6 +214,20 @@ class D3rlpyBaseline:
         if self.is_dt:
             return DTActor(self.algo, self.target_return)
         return D3rlpyActor(self.algo)
+
+    def acting_as(self, **options: Any) -> D3rlpyBaseline:
+        """This trained baseline with other acting options (its config's ``acting_options``:
+        ``dt``'s ``target_return``), sharing its weights; training options are refused."""
+        bad = sorted(set(options) - set(type(self.config).acting_options))
+        if bad:
+            raise ValueError(f"baseline '{self.config.name}': {bad} are not acting options")
+        other = copy.copy(self)
+        other.config = self.config.replace(**options)
+        if self.is_dt and "target_return" in options:
+            if other.config.target_return is None:
+                raise ValueError("baseline 'dt': give target_return a number to act with")
+            other.target_return = float(other.config.target_return)
+        return other
 
     @property
     def gamma(self) -> float:

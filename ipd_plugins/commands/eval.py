@@ -4,7 +4,8 @@ Nothing retrains: the run's trained weights are loaded (an ``ipd baseline`` fold
 model, for an adapter that needs one, comes from the stage cache: trained there once if no run
 has trained it). ``--set policy.KEY=VALUE`` changes only the policy's acting options (its
 config's ``acting_options`` and ``acting_only`` fields, e.g. ``gtp``'s sampler, ``dt``'s
-``target_return``), never what it learned. Without
+``target_return``), never what it learned; ``--set baseline.KEY=VALUE`` a baseline's (the
+d3rlpy DT's ``target_return``). Without
 ``--adapter``/``--set`` the scores go to the run's ``eval.json``; with them to
 ``eval_<adapter>_<hash>.json`` next to it, so the run's own scores stay.
 """
@@ -31,18 +32,24 @@ def eval_file_name(adapter: str, config: Any, parts: tuple[Any, ...] = ()) -> st
 
 
 def check_acting_options(config: Any, keys: Any) -> None:
-    """Fail unless every key is one of the policy config's ``acting_options`` or
-    :func:`~registry.config.acting_only` fields."""
+    """Fail unless every key is one of the config's ``acting_options`` or
+    :func:`~registry.config.acting_only` fields (``config``: a policy's or a baseline's, an
+    instance or its class)."""
     from registry.config import acting_only_fields
 
-    allowed = (*type(config).acting_options, *acting_only_fields(config))
+    cls = config if isinstance(config, type) else type(config)
+    allowed = (*cls.acting_options, *acting_only_fields(config))
     bad = sorted(set(keys) - set(allowed))
     if bad:
-        takes = f"takes {', '.join(allowed)}" if allowed else "has none"
+        kind, takes = (
+            getattr(config, "kind", "policy"),
+            f"takes {', '.join(allowed)}" if allowed else "has none",
+        )
+        command = f"ipd baseline {config.name}" if kind == "baseline" else "ipd run"
         raise ValueError(
-            f"--set policy.{bad[0]}: `ipd eval` changes only how the trained policy acts, and "
-            f"policy '{config.name}' {takes}; an option that changes training needs a new run "
-            f"(`ipd run --set policy.{bad[0]}=...`)"
+            f"--set {kind}.{bad[0]}: `ipd eval` changes only how the trained {kind} acts, and "
+            f"{kind} '{config.name}' {takes}; an option that changes training needs a new run "
+            f"(`{command} --set {kind}.{bad[0]}=...`)"
         )
 
 
@@ -59,8 +66,8 @@ def check_acting_options(config: Any, keys: Any) -> None:
     multiple=True,
     metavar="adapter.KEY=VALUE",
     help="an adapter option, e.g. --set adapter.lr=5e-5, or an acting option of the policy, "
-    "e.g. --set policy.sampler=euler for gtp (repeatable; baseline folders also take "
-    "world_model.KEY=VALUE)",
+    "e.g. --set policy.sampler=euler for gtp (repeatable; baseline folders take "
+    "world_model.KEY=VALUE and their acting options, e.g. baseline.target_return=3600 for dt)",
 )
 @click.option(
     "--actor",
@@ -92,12 +99,13 @@ def eval_run(
       ipd eval runs/<run>/seed_0 --adapter dwm --actor qop    # pi_QOP only
       ipd eval runs/<baseline-rebrac-run>/seed_0 --adapter dwm
       ipd eval runs/<gtp-run>/seed_0 --set policy.sampler=euler   # an acting option
+      ipd eval runs/<baseline-dt-run>/seed_0 --set baseline.target_return=1800
     """
     from ipd_plugins.run_config import load_config_file, parse_overrides
 
     with usage_errors():
         is_baseline = "baseline" in load_config_file(Path(run_dir) / "config.yaml")
-        sections = ("adapter", "world_model") if is_baseline else ("adapter", "policy")
+        sections = ("adapter", "world_model", "baseline") if is_baseline else ("adapter", "policy")
         parsed = parse_overrides(overrides, sections=sections)
     if is_baseline:
         scores, out = _eval_baseline(Path(run_dir), episodes, adapter, parsed)
@@ -165,28 +173,45 @@ def _eval_baseline(
     )
     from ipd_plugins.evaluate import score
     from ipd_plugins.files import write_json
+    from ipd_plugins.run_config import load_config_file
     from ipd_plugins.stages import StageCache
+    from registry import get_registry
 
+    parsed = dict(parsed)
+    acting = parsed.pop("baseline", {})
+    if acting:  # checked against the run's algorithm before anything loads
+        algo = load_config_file(run_dir / "config.yaml")["baseline"].get("algo")
+        with usage_errors():
+            check_acting_options(get_registry().config_class("baseline", algo), acting)
     trained = load_trained_baseline(run_dir)
-    settings, p = trained.settings, trained.prepared
+    settings, p, baseline = trained.settings, trained.prepared, trained.baseline
     if episodes is not None:
         settings.eval_episodes = episodes
     with usage_errors():
         adaptation = resolve_adaptation(settings, parsed, trained.file, adapter)
-    actor = trained.baseline.actor()
+        if acting:
+            baseline = baseline.acting_as(**acting)
+    acted = {k: getattr(baseline.config, k) for k in sorted(acting)}  # typed: 1800 is 1800.0
+    actor = baseline.actor()
     out_file = "eval.json"
     if adaptation is not None:
         cache = StageCache(settings.out_dir, echo)
-        actor = adapt_baseline_actor(adaptation, p, cache, trained.baseline, actor, echo)
-    if adapter or parsed:
+        actor = adapt_baseline_actor(adaptation, p, cache, baseline, actor, echo)
+    if adapter or parsed or acting:
         name = adaptation.components["adapter"] if adaptation is not None else "none"
-        parts = () if adaptation is None else (adaptation.hash_part("world_model"),)
+        parts: tuple[Any, ...] = ()
+        if adaptation is not None:
+            parts += (adaptation.hash_part("world_model"),)
+        if acted:
+            parts += (acted,)
         config = adaptation.configs["adapter"] if adaptation is not None else {}
         out_file = eval_file_name(name, config, parts)
     n, env_id = settings.eval_episodes, p.ctx.env_id
     assert env_id is not None
     echo(f"[evaluate] {n} episodes of {env_id}")
     result = score(actor, env_id, n, settings.seed, p.dataset).to_dict()
+    if acted:
+        result["acting"] = acted
     report = getattr(actor, "report", None)
     if report is not None:
         result["adaptation"] = report()
