@@ -89,8 +89,11 @@ def test_a_second_return_target_reuses_the_trained_dt_and_acts_with_its_own(stor
     assert sorted(runs) == [1800.0, 5400.0]
     # and a finished dt run acts for another target without retraining
     run = runs[1800.0]
-    result = CliRunner().invoke(main, ["eval", str(run), "--set", "policy.target_return=900"])
-    assert result.exit_code == 0, result.output
+    for target in ("900", "900.0"):  # one target, one file
+        result = CliRunner().invoke(
+            main, ["eval", str(run), "--set", f"policy.target_return={target}"]
+        )
+        assert result.exit_code == 0, result.output
     assert len(list(run.glob("eval_*.json"))) == 1 and "running" not in result.output
 
 

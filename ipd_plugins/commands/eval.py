@@ -145,8 +145,8 @@ def _eval_ipd(
     out_file = "eval.json"
     if adapter or parsed or actors:
         parts: tuple[Any, ...] = () if actors is None else tuple(sorted(actors))
-        if parsed.get("policy"):
-            parts += (dict(sorted(parsed["policy"].items())),)
+        if parsed.get("policy"):  # typed, so that 900 and 900.0 name one file
+            parts += ({k: getattr(cfg.configs["policy"], k) for k in sorted(parsed["policy"])},)
         out_file = eval_file_name(cfg.components["adapter"], cfg.configs["adapter"], parts)
     p = Prepared(trained.dataset, trained.ctx, trained.dataset.content_hash())
     c = trained.components
