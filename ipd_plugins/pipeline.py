@@ -245,7 +245,7 @@ def _fitted(cache: StageCache, cfg: RunConfig, p: Prepared, kind: str, key: str,
     def fit(folder: Path, log: Any) -> dict[str, float]:
         return component.fit(p.dataset, work_dir=folder, log=log)
 
-    cache.fit(kind, key, component, fit, seed)
+    cache.fit(kind, key, component, fit, seed, code=(type(cfg.configs[kind]),))
     return component
 
 
@@ -308,7 +308,8 @@ def imagine(
         path = folder / "segments.npz"
         return load_npz(path) if path.exists() else None  # a corrupt file fails: retrains
 
-    record = cache.run("augment", key, train, load)
+    code = (augment, type(planner), type(uncertainty), type(cfg.configs["planner"]))
+    record = cache.run("augment", key, train, load, code=code)
     report = record.metrics
     segments = load(Path(record.path)) if not record.reused else record.loaded
     train_ds = p.dataset
@@ -354,7 +355,8 @@ def distill(
     def content() -> str:  # hashes the training data: only when the key has no folder yet
         return policy_content(cfg, keys, train_ds, policy)
 
-    cache.fit("policy", keys["policy"], policy, fit, cfg.run.seed + 3, content=content)
+    code = (type(cfg.configs["policy"]),)
+    cache.fit("policy", keys["policy"], policy, fit, cfg.run.seed + 3, content, code)
     return policy
 
 

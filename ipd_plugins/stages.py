@@ -13,6 +13,10 @@ SHA-256 of each artifact. So:
   lock file (``<key>/.lock``), then reuses what the first made;
 - a cached artifact that no longer matches its checksum, or fails to load, is set aside as
   ``<file>.corrupt`` and its stage retrains, saying so;
+- ``done.json`` records a digest of the source of the modules that define the stage's
+  component (``code``: its classes and their bases, :func:`source_digests`); a stage reused
+  after one of them changed says so, since the key hashes configs, not code: delete the
+  folder to retrain it;
 - a stage may also name what it really consumes (``content``: e.g. the policy's training data
   by value and its effective config), recorded in ``<out>/cache/by_content/<stage>/``: a run
   whose key differs only by options that did not change that (a cap that did not bind) reuses
@@ -27,10 +31,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import inspect
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -144,6 +149,7 @@ class StageRecord:
     finished: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    code: dict[str, str] = field(default_factory=dict)  # module -> source digest (trained by)
     loaded: Any = field(default=None, repr=False, compare=False)  # what `load` returned on reuse
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,6 +200,7 @@ class StageCache:
         train: Callable[[Path], dict[str, Any] | None],
         load: Callable[[Path], Any],
         content: Callable[[], str] | None = None,
+        code: Iterable[Any] = (),
     ) -> StageRecord:
         """Reuse the stage's artifact (``load(folder)``) or make it (``train(folder)``).
 
@@ -202,14 +209,16 @@ class StageCache:
         file ``train`` leaves in the folder is checksummed in ``done.json``. ``content``:
         returns a hash of what the stage consumes, called only when ``key`` has no finished
         folder; when another key with the same content has one, that folder is reused.
+        ``code``: the classes, functions or modules that make the artifact
+        (:func:`source_digests`); reusing it after their source changed prints a note.
         """
         folder = self.folder(stage, key)
-        record, digest = None, None
+        record, digest, source = None, None, source_digests(code)
         if content is not None and not (folder / "done.json").exists():
             digest = content()
-            record = self._same_content(stage, digest, load)
+            record = self._same_content(stage, digest, load, source)
         if record is None:
-            record = self._locked(stage, key, folder, train, load)
+            record = self._locked(stage, key, folder, train, load, source)
             if digest is not None:
                 write_json(self._content_file(stage, digest), {"key": record.key})
         self.records[stage] = record
@@ -223,9 +232,10 @@ class StageCache:
         fit: Callable[[Path, Logger], dict[str, float] | None],
         seed: int,
         content: Callable[[], str] | None = None,
+        code: Iterable[Any] = (),
     ) -> StageRecord:
         """A trainable component's stage: seed, ``fit(folder, log)``, ``weights.pt``; or reuse
-        (``content``: as in :meth:`run`)."""
+        (``content``: as in :meth:`run`; ``code``: there, and always the component's class)."""
 
         def train(folder: Path) -> dict[str, Any]:
             seed_everything(seed)
@@ -240,7 +250,7 @@ class StageCache:
         def load(folder: Path) -> Any:
             return component.load(folder / "weights.pt")
 
-        return self.run(stage, key, train, load, content=content)
+        return self.run(stage, key, train, load, content, (type(component), *code))
 
     def earlier_seconds(self) -> float:
         """The time earlier processes of this run spent on its stages (0 for a run that was
@@ -267,21 +277,22 @@ class StageCache:
         folder: Path,
         train: Callable[[Path], dict[str, Any] | None],
         load: Callable[[Path], Any],
+        source: dict[str, str],
     ) -> StageRecord:
         def waiting() -> None:
             self.echo(f"[{stage}] another run is making {folder}; waiting for it")
 
         with stage_lock(folder / ".lock", on_wait=waiting):
-            record = self._reuse(stage, key, folder, load)
+            record = self._reuse(stage, key, folder, load, source)
             if record is None:
-                record = self._train(stage, key, folder, train)
+                record = self._train(stage, key, folder, train, source)
         return record
 
     def _content_file(self, stage: str, content: str) -> Path:
         return self.root / "by_content" / stage / f"{content}.json"
 
     def _same_content(
-        self, stage: str, content: str, load: Callable[[Path], Any]
+        self, stage: str, content: str, load: Callable[[Path], Any], source: dict[str, str]
     ) -> StageRecord | None:
         """The finished folder another key made from the same ``content``, reused; else None."""
         path = self._content_file(stage, content)
@@ -294,10 +305,15 @@ class StageCache:
             return None
         self.echo(f"[{stage}] same training data and effective config as {folder}")
         with stage_lock(folder / ".lock"):
-            return self._reuse(stage, other, folder, load)
+            return self._reuse(stage, other, folder, load, source)
 
     def _reuse(
-        self, stage: str, key: str, folder: Path, load: Callable[[Path], Any]
+        self,
+        stage: str,
+        key: str,
+        folder: Path,
+        load: Callable[[Path], Any],
+        source: dict[str, str],
     ) -> StageRecord | None:
         done = folder / "done.json"
         if not done.exists():
@@ -312,6 +328,15 @@ class StageCache:
             self._set_aside(stage, folder, err)
             return None
         self.echo(f"[{stage}] reusing {folder} (trained {info.get('finished', '?')})")
+        was = info.get("code") or {}
+        changed = []
+        if was and source:  # not for a record from before digests, or a caller naming no code
+            changed = [m for m in sorted(set(was) | set(source)) if was.get(m) != source.get(m)]
+        if changed:  # the key hashes the configs, not the code that trains them
+            self.echo(
+                f"[{stage}] note: the source of {', '.join(changed)} changed since this stage "
+                f"was trained; it is reused as the old code made it (delete {folder} to retrain)"
+            )
         return StageRecord(
             key=key,
             path=str(folder),
@@ -322,6 +347,7 @@ class StageCache:
             finished=info.get("finished"),
             metrics=info.get("metrics", {}),
             artifacts=info.get("artifacts", {}),
+            code=was,
             loaded=loaded,
         )
 
@@ -334,7 +360,12 @@ class StageCache:
                 path.replace(path.with_name(path.name + ".corrupt"))
 
     def _train(
-        self, stage: str, key: str, folder: Path, train: Callable[[Path], dict[str, Any] | None]
+        self,
+        stage: str,
+        key: str,
+        folder: Path,
+        train: Callable[[Path], dict[str, Any] | None],
+        source: dict[str, str],
     ) -> StageRecord:
         resumed = any(not _scratch(p) or _checkpoint(p) for p in folder.iterdir())
         folder.mkdir(parents=True, exist_ok=True)
@@ -357,6 +388,7 @@ class StageCache:
             finished=time.strftime("%Y-%m-%d %H:%M:%S"),
             metrics=metrics,
             artifacts=artifacts,
+            code=source,
         )
         info = {k: v for k, v in record.to_dict().items() if k not in ("key", "path", "reused")}
         write_json(folder / "done.json", info)
@@ -364,6 +396,32 @@ class StageCache:
             if _checkpoint(path):
                 path.unlink(missing_ok=True)
         return record
+
+
+#: top-level packages whose source is not hashed (:func:`source_digests`): the standard
+#: library, the numerical libraries (their versions are in each run's config.yaml) and the
+#: plugin system's interfaces (``registry``: protocols and config plumbing, no training code)
+_NOT_HASHED = frozenset(sys.stdlib_module_names) | {"torch", "numpy", "registry"}
+
+
+def source_digests(code: Iterable[Any]) -> dict[str, str]:
+    """``{module: sha256 of its source file}`` of the modules that define the classes (and
+    every class they derive from), functions and modules in ``code``, leaving out
+    :data:`_NOT_HASHED`. What a stage's ``done.json`` records as ``code``.
+
+    A helper module those call into is not covered: after changing one, delete the stage
+    folders it feeds.
+    """
+    out: dict[str, str] = {}
+    for obj in code:
+        for part in obj.__mro__ if isinstance(obj, type) else (obj,):
+            name = part.__name__ if inspect.ismodule(part) else getattr(part, "__module__", "")
+            if not name or name in out or name.split(".")[0] in _NOT_HASHED:
+                continue
+            path = getattr(sys.modules.get(name), "__file__", None)
+            if path and path.endswith(".py") and Path(path).is_file():
+                out[name] = file_sha256(Path(path))[:16]
+    return dict(sorted(out.items()))
 
 
 def wall_seconds(t_start: float, cache: StageCache, replay: bool) -> float:

@@ -54,6 +54,36 @@ def test_a_stage_is_made_once_then_reused_with_the_same_weights(tmp_path):
     assert other.fits == 1 and torch.equal(other.w, first.w)
 
 
+def test_a_stage_reused_after_its_code_changed_says_so(tmp_path, monkeypatch):
+    """done.json records the source digests of the component's modules; reuse compares."""
+    import importlib.util
+    import sys
+
+    source = tmp_path / "my_plugin_learner.py"
+    source.write_text("class Learner:\n    rate = 1\n")
+    spec = importlib.util.spec_from_file_location("my_plugin_learner", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "my_plugin_learner", module)
+
+    def fit(lines: list[str]):
+        c = Counter()
+        return _cache(tmp_path, lines).fit("value", "k", c, c.fit, seed=0, code=(module.Learner,))
+
+    made = fit([])
+    assert set(made.code) == {"my_plugin_learner", "test_stages"}  # the class and Counter's
+    done = json.loads((Path(made.path) / "done.json").read_text())
+    assert done["code"] == made.code
+    same: list[str] = []
+    assert fit(same).reused and not any("changed" in m for m in same)
+    source.write_text("class Learner:\n    rate = 2  # a fix\n")
+    after: list[str] = []
+    record = fit(after)
+    assert record.reused and record.code == made.code  # the code that made it
+    (note,) = [m for m in after if "changed" in m]
+    assert "my_plugin_learner" in note and "test_stages" not in note and made.path in note
+
+
 def test_a_key_with_the_same_content_reuses_the_other_keys_folder(tmp_path):
     lines: list[str] = []
     first = Counter()

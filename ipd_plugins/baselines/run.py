@@ -334,7 +334,7 @@ def run_baseline(
         return baseline.fit(p.dataset, work_dir=folder, log=logged)
 
     echo(f"[baseline] {algo}, {bconf.n_steps} steps")
-    record = cache.fit("baseline", key, baseline, fit, settings.seed)
+    record = cache.fit("baseline", key, baseline, fit, settings.seed, code=(type(bconf),))
     cache.records = {"train": record, **made}
     actor = baseline.actor()
     if adaptation is not None:  # may train (or reuse) the dataset's world model
