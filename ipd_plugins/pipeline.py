@@ -308,7 +308,8 @@ def imagine(
         path = folder / "segments.npz"
         return load_npz(path) if path.exists() else None  # a corrupt file fails: retrains
 
-    code = (augment, type(planner), type(uncertainty), type(cfg.configs["planner"]))
+    kinds = ("planner", "uncertainty")
+    code = (augment, type(planner), type(uncertainty), *(type(cfg.configs[k]) for k in kinds))
     record = cache.run("augment", key, train, load, code=code)
     report = record.metrics
     segments = load(Path(record.path)) if not record.reused else record.loaded

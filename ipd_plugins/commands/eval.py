@@ -41,10 +41,8 @@ def check_acting_options(config: Any, keys: Any) -> None:
     allowed = (*cls.acting_options, *acting_only_fields(config))
     bad = sorted(set(keys) - set(allowed))
     if bad:
-        kind, takes = (
-            getattr(config, "kind", "policy"),
-            f"takes {', '.join(allowed)}" if allowed else "has none",
-        )
+        kind = getattr(config, "kind", "policy")
+        takes = f"takes {', '.join(allowed)}" if allowed else "has none"
         command = f"ipd baseline {config.name}" if kind == "baseline" else "ipd run"
         raise ValueError(
             f"--set {kind}.{bad[0]}: `ipd eval` changes only how the trained {kind} acts, and "
