@@ -171,10 +171,21 @@ def test_table_keeps_one_column_per_method_and_says_how_complete_it_is(tmp_path)
     assert "| dataset | IPD - iql |" in text
     assert "| hopper-medium | +15.0 (+15.3) |" in text
     assert "| IPD ahead on | 1 of 1 |" in text
+    assert "| IPD ahead on, (dataset, seed) pairs | 1 of 1 |" in text  # seed 0: 40 against 30
     # the same (dataset, method, seed) twice is refused, naming both records
     _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__dddddddd", 1, 55.0)
     with pytest.raises(ValueError, match="ipd hopper-medium seed 1 is recorded twice"):
         scores.write_table(str(record), "runs/x", "default", table, reps=50)
+
+
+def test_table_counts_ipd_ahead_seed_by_seed_as_well_as_on_the_means(tmp_path):
+    record = tmp_path / "record"
+    for seed, ipd, iql in ((0, 40.0, 30.0), (1, 50.0, 60.0)):  # means level at 45
+        _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__aaaaaaaa", seed, ipd)
+        _record(record, "hopper-medium__baseline-iql__cccccccc", seed, iql, baseline="iql")
+    text = scores.write_table(str(record), "runs/x", "default", tmp_path / "t.md", reps=50)
+    assert "| IPD ahead on | 0 of 1 |" in text
+    assert "| IPD ahead on, (dataset, seed) pairs | 1 of 2 |" in text
 
 
 def test_table_lists_the_dataset_realisations_only_when_runs_differ(tmp_path):

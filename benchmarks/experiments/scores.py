@@ -41,7 +41,14 @@ from ipd_plugins.baselines import (
     resolve_baseline,
     run_baseline,
 )
-from ipd_plugins.compare import Comparison, load_records, summarise, to_markdown
+from ipd_plugins.compare import (
+    Comparison,
+    RunRecord,
+    load_records,
+    paired_changes,
+    summarise,
+    to_markdown,
+)
 from ipd_plugins.files import atomic_write_text
 from ipd_plugins.hardware import resolve_device
 from ipd_plugins.pipeline import run_pipeline
@@ -237,10 +244,13 @@ def realisation_lines(by_dataset: dict[str, dict[str, dict[str, Any]]]) -> list[
     return lines
 
 
-def gap_lines(cmp: Comparison, methods: tuple[str, ...] = METHODS) -> list[str]:
+def gap_lines(
+    cmp: Comparison, methods: tuple[str, ...] = METHODS, records: list[RunRecord] | None = None
+) -> list[str]:
     """IPD's mean minus each other method's per dataset, next to the same gap in paper table 1
-    where the paper has the method. IPD's own variants (``ipd eq26``, ``ipd+gtp``) are not
-    baselines: the means table has them, ``ipd compare --against ipd`` their paired change."""
+    where the paper has the method, and (with ``records``) on how many (dataset, seed) pairs
+    IPD is ahead. IPD's own variants (``ipd eq26``, ``ipd+gtp``) are not baselines: the means
+    table has them, ``ipd compare --against ipd`` their paired change."""
     rows = {m.label: m.cells for m in cmp.methods}
     ipd = rows.get("ipd")
     others = [m for m in methods if not m.startswith("ipd") and m in rows]
@@ -273,6 +283,14 @@ def gap_lines(cmp: Comparison, methods: tuple[str, ...] = METHODS) -> list[str]:
         + " | ".join(f"{sum(g > 0 for g in gaps[m])} of {len(gaps[m])}" for m in others)
         + " |"
     )
+    if records:  # seed by seed: the other method's score minus IPD's on the same pair
+        pairs = paired_changes(records, "ipd")
+        ahead = {m: [c < 0 for d in pairs.get(m, {}).values() for c in d.values()] for m in others}
+        lines.append(
+            "| IPD ahead on, (dataset, seed) pairs | "
+            + " | ".join(f"{sum(ahead[m])} of {len(ahead[m])}" for m in others)
+            + " |"
+        )
     lines.append(
         "| mean over datasets | " + " | ".join(f"{np.mean(gaps[m]):+.1f}" for m in others) + " |"
     )
@@ -344,7 +362,7 @@ def write_table(
         if r.label.split("#")[0] == "ipd:qop":
             qop.setdefault(r.dataset, []).append(r.score)
     lines = (
-        gap_lines(cmp, methods)
+        gap_lines(cmp, methods, records)
         + goal_lines(cmp)
         + [
             "",
