@@ -108,12 +108,13 @@ def test_ipd_eval_asks_a_trained_dt_for_another_return(store, tmp_path):
     actor = trained.baseline.acting_as(target_return=-50.0).actor()
     again = evaluate(actor, "Pendulum-v1", 2, seed=100_000)
     np.testing.assert_allclose(again.returns, other["returns"], rtol=1e-5)
-    # a training option, or an algorithm without acting options, is refused before loading
-    for algo_args, message in (
-        (["--set", "baseline.n_layer=1"], "`ipd baseline dt --set baseline.n_layer=...`"),
-        (["--set", "baseline.target_return=none"], "give target_return a number"),
+    # refused: a training option and an algorithm without acting options (before anything
+    # loads), a target that is no number
+    for option, message in (
+        ("baseline.n_layer=1", "`ipd baseline dt --set baseline.n_layer=...`"),
+        ("baseline.target_return=none", "give target_return a number"),
     ):
-        result = CliRunner().invoke(main, ["eval", str(run_dir), *algo_args])
+        result = CliRunner().invoke(main, ["eval", str(run_dir), "--set", option])
         assert result.exit_code == 2 and message in result.output, result.output
     _baseline("bc", out)
     result = CliRunner().invoke(
