@@ -328,11 +328,11 @@ class StageCache:
             self._set_aside(stage, folder, err)
             return None
         self.echo(f"[{stage}] reusing {folder} (trained {info.get('finished', '?')})")
+        # the key hashes the configs, not the code: say when the code changed (not for a
+        # record from before digests, or a caller that names no code)
         was = info.get("code") or {}
-        changed = []
-        if was and source:  # not for a record from before digests, or a caller naming no code
-            changed = [m for m in sorted(set(was) | set(source)) if was.get(m) != source.get(m)]
-        if changed:  # the key hashes the configs, not the code that trains them
+        changed = [m for m in sorted(set(was) | set(source)) if was.get(m) != source.get(m)]
+        if was and source and changed:
             self.echo(
                 f"[{stage}] note: the source of {', '.join(changed)} changed since this stage "
                 f"was trained; it is reused as the old code made it (delete {folder} to retrain)"
