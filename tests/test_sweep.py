@@ -205,6 +205,52 @@ def test_a_sweep_across_a_two_node_cluster(swept, tmp_path):
         )
 
 
+def test_reproduce_trains_a_recorded_run_again_and_keeps_the_record(store, tmp_path):
+    """A run whose folder was lost is only in the record: `--reproduce` trains it again into
+    --out, says whether the scores are the record's, and never replaces the record's copy."""
+    data = {
+        "out": str(tmp_path / "runs"),
+        "record": str(tmp_path / "record"),
+        "datasets": ["pendulum-medium-replay"],
+        "seeds": [0],
+        "methods": {"mpc": MPC},
+    }
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def sweep(*args: str) -> str:
+        got = CliRunner().invoke(main, ["sweep", str(spec), *args], catch_exceptions=False)
+        assert got.exit_code == 0, got.output
+        return got.output
+
+    sweep("--serial")
+    (kept,) = (tmp_path / "record").glob("*/seed_0/results.json")
+    recorded = kept.read_bytes()
+    policy = json.loads(recorded)["scores"]["policy"]["normalized_mean"]
+    lost = ["--out", str(tmp_path / "elsewhere")]  # the first run's folder is not there
+    assert "finished earlier" in sweep("--serial", *lost)  # without the flag: done in the record
+    assert "1 trials: 0 done, 1 to run" in sweep("--dry-run", "--reproduce", *lost)
+    again = sweep("--serial", "--reproduce", *lost)
+    assert "1 finished now" in again
+    assert f"reproduces the record's scores (policy {policy:.2f}" in again, again
+    assert kept.read_bytes() == recorded  # the first result stands (its wall times too)
+
+    # a record that another machine wrote, with other scores: kept, and the difference named
+    other = json.loads(recorded)
+    other["scores"]["policy"]["normalized_mean"] = policy + 5.0
+    other["scores"]["policy"]["returns"][0] += 1.0
+    kept.write_text(json.dumps(other))
+    differs = sweep("--serial", "--reproduce", *lost)  # finished in --out: checked, not run
+    assert f"differs from the record, which is kept ({kept}): policy {policy + 5:.2f} -> " in (
+        differs
+    ), differs
+    assert json.loads(kept.read_text()) == other
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump({k: v for k, v in data.items() if k != "record"}))
+    got = CliRunner().invoke(main, ["sweep", str(bare), "--reproduce", "--serial"])
+    assert got.exit_code == 2 and "bare.yaml names no record" in got.output, got.output
+
+
 def test_the_score_table_spec_is_the_72_runs_of_scores_py():
     spec = load_spec(ROOT / "benchmarks" / "experiments" / "scores.yaml")
     trials = expand(spec)

@@ -37,6 +37,13 @@ __all__ = ["sweep"]
     help="run nothing: label and record the trials that have finished (run by an earlier "
     "sweep, or by hand with the same options), list the ones that have not",
 )
+@click.option(
+    "--reproduce",
+    is_flag=True,
+    help="also run the trials that the spec's record has but --out has not (their folders "
+    "were lost, or to check the record): the record keeps its results, and each such trial "
+    "says whether it got the same scores",
+)
 @click.option("--out", "out_dir", help="run folders + stage cache (default: the spec's 'out')")
 @click.option(
     "--datasets",
@@ -65,6 +72,7 @@ def sweep(
     num_cpus: int | None,
     serial: bool,
     collect: bool,
+    reproduce: bool,
     out_dir: str | None,
     datasets: str | None,
     seeds: str | None,
@@ -97,6 +105,7 @@ def sweep(
       ipd sweep grid.yaml                      # a local Ray instance
       ipd sweep grid.yaml --address auto       # the cluster this node belongs to
       ipd sweep grid.yaml --methods ipd --seeds 0   # a slice first
+      ipd sweep grid.yaml --reproduce --seeds 0     # train recorded runs again, compare
       ipd compare runs/grid                    # the table of what finished
     """
     import dataclasses
@@ -116,8 +125,12 @@ def sweep(
         spec = select(spec, names(datasets), seed_list, names(methods))
         if out_dir:
             spec = dataclasses.replace(spec, out=out_dir)
+        if reproduce and not spec.record:
+            raise ValueError(f"--reproduce runs what the record has: {spec_file} names no record")
+        if reproduce and collect:
+            raise ValueError("--collect runs nothing: it takes no --reproduce")
         if dry_run:
-            click.echo(plan(spec))
+            click.echo(plan(spec, reproduce=reproduce))
             return
         if (serial or collect) and (address or num_cpus):
             flag = "--serial" if serial else "--collect"
@@ -131,6 +144,7 @@ def sweep(
         executor="collect" if collect else "serial" if serial else "ray",
         echo=echo,
         progress_seconds=progress_seconds,
+        reproduce=reproduce,
     )
     now, earlier = result.count("finished"), result.count("done")
     bad = [o for o in result.outcomes if o.status in ("failed", "invalid")]

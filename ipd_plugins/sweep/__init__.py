@@ -22,7 +22,10 @@ Every (dataset, seed, method, grid point) is a *trial*: an ordinary ``ipd run`` 
 ``ipd baseline`` seed folder, resolved and checked when the spec is read (a trial whose options
 are bad is reported and the others run). A trial whose folder already has ``results.json``
 (under ``out``, or ``record``, or in a folder of another hash whose config replays to the same
-run) is done: running a spec again runs only what is missing.
+run) is done: running a spec again runs only what is missing. The record keeps the first
+result of each run: ``--reproduce`` trains again the trials that only the record has (their
+folders were lost, or to check the record) and reports whether each got the record's scores
+(:func:`~ipd_plugins.sweep.trials.finish_trial`).
 
 Scheduling (:func:`run_sweep`): one Ray task per dataset loads (or makes) it and gives its
 content hash; from it the stage-cache keys of every trial

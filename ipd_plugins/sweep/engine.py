@@ -174,6 +174,7 @@ def run_trials(
     retries: int = 3,
     logs: str | Path | None = None,
     runtime_env: dict[str, Any] | None = None,
+    reproduce: bool = False,
 ) -> list[TrialOutcome]:
     """Run every trial that is not done yet; returns an outcome per trial, in order.
 
@@ -182,6 +183,9 @@ def run_trials(
     after another, ``progress`` bars allowed) or ``"collect"`` (nothing runs: the finished
     trials are labelled and recorded, the others are ``not run``). ``logs``: the folder of the
     Ray tasks' logs (default ``<out>/sweeps/logs``). ``runtime_env`` goes to ``ray.init``.
+    ``reproduce``: a trial that ``record`` has but its own folder has not is run again (its
+    folder was lost, or to check the record); the record keeps its result and each such trial
+    says whether it got the same scores (:func:`~ipd_plugins.sweep.trials.finish_trial`).
     """
     if executor not in ("ray", "serial", "collect"):
         raise ValueError(f"unknown executor '{executor}'; executors: ray, serial, collect")
@@ -192,12 +196,13 @@ def run_trials(
             outcomes[t.index] = TrialOutcome(t, "invalid", error=t.error)
             echo(f"{prefix} {t.title}: invalid: {t.error}")
             continue
-        done = find_finished(t, record)
+        done = find_finished(t, None if reproduce else record)
         if done is not None:
+            note = None
             if Path(done).resolve().parent == Path(t.run_dir).resolve():
-                finish_trial(t, done, record)
+                note = finish_trial(t, done, record)
             outcomes[t.index] = TrialOutcome(t, "done", results=str(done))
-            echo(f"{prefix} {t.title}: finished earlier ({done.parent})")
+            echo(f"{prefix} {t.title}: finished earlier ({done.parent})" + _also(note))
             continue
         todo.append(t)
     counter = _Progress(len(trials), echo, prefix, progress_seconds)
@@ -233,7 +238,7 @@ def _run_serial(
         try:
             run_trial(t, echo=echo, progress=progress)
             results = Path(t.run_dir) / "results.json"
-            finish_trial(t, results, record)
+            note = finish_trial(t, results, record)
         except Exception as err:  # a trial's own failure: reported, the others go on
             counter.failed += 1
             outcomes[t.index] = TrialOutcome(
@@ -245,15 +250,23 @@ def _run_serial(
             counter.finished_now += 1
             seconds = time.perf_counter() - t0
             outcomes[t.index] = TrialOutcome(t, "finished", results=str(results), seconds=seconds)
+            if note:
+                echo(f"{prefix} {t.title}: {note}")
         counter.show(0, force=True)
 
 
+def _also(note: str | None) -> str:
+    return f"; {note}" if note else ""
+
+
 # -- the command's engine ----------------------------------------------------------------------
-def dry_run(spec: SweepSpec) -> str:
+def dry_run(spec: SweepSpec, reproduce: bool = False) -> str:
     """``ipd sweep --dry-run``: every trial, done or not, and the stages they share
-    (:func:`describe`); nothing runs, no data is loaded."""
+    (:func:`describe`); nothing runs, no data is loaded. ``reproduce``: as
+    :func:`run_trials`."""
     trials = expand(spec)
-    finished = {t.index: find_finished(t, spec.record) for t in trials if t.error is None}
+    record = None if reproduce else spec.record
+    finished = {t.index: find_finished(t, record) for t in trials if t.error is None}
     return describe(trials, finished, spec)
 
 
@@ -266,6 +279,7 @@ def run_sweep(
     echo: Echo = print,
     progress_seconds: float = 60.0,
     runtime_env: dict[str, Any] | None = None,
+    reproduce: bool = False,
 ) -> SweepResult:
     """Run a spec (the engine of ``ipd sweep``): every trial not done yet
     (:func:`run_trials`; task logs in ``<out>/sweeps/<name>/logs``), then the outcome of each
@@ -285,6 +299,7 @@ def run_sweep(
         retries=spec.retries,
         logs=folder / "logs",
         runtime_env=runtime_env,
+        reproduce=reproduce,
     )
     result = SweepResult(outcomes, folder / "summary.json")
     statuses = ("done", "finished", "failed", "invalid", "cancelled", "not run")

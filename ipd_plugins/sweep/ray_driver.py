@@ -121,7 +121,7 @@ def _trial_task(trial: Trial, ctx: dict[str, Any], monitor: Any, *deps: Any) -> 
     t0 = time.perf_counter()
     results = run_trial(trial, echo=echo, progress=False)
     path = Path(trial.run_dir) / "results.json"
-    finish_trial(trial, path, ctx.get("record"))
+    against_record = finish_trial(trial, path, ctx.get("record"))
     note = None
     seen = results.get("dataset", {}).get("hash")
     if ctx.get("data_hash") and seen != ctx["data_hash"]:
@@ -137,6 +137,7 @@ def _trial_task(trial: Trial, ctx: dict[str, Any], monitor: Any, *deps: Any) -> 
         "results": str(path),
         "score": score.get("normalized_mean", score.get("mean_return")),
         "note": note,
+        "against_record": against_record,
     }
 
 
@@ -387,6 +388,7 @@ class _RayDriver:
             f"{self.prefix} {t.title}: finished, score "
             + ("-" if score is None else f"{score:.1f}")
             + f" ({_duration(value['seconds'])}, node {value['node'][:8]})"
+            + (f"; {value['against_record']}" if value.get("against_record") else "")
         )
         return True
 

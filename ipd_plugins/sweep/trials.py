@@ -89,22 +89,59 @@ def _duration(seconds: float) -> str:
     return f"{s}s"
 
 
-def finish_trial(trial: Trial, results: Path, record: str | None = None) -> None:
+def finish_trial(trial: Trial, results: Path, record: str | None = None) -> str | None:
     """After a trial: its label in ``results.json`` (for ``ipd compare``) and, with ``record``,
-    a copy of its ``config.yaml`` and ``results.json`` there."""
+    a copy of its ``config.yaml`` and ``results.json`` there.
+
+    A record that already holds another result of this run (the run was trained again, e.g. by
+    ``ipd sweep --reproduce`` after its folder was lost) keeps it: the first result of a run
+    stands. Returns what was found then: whether the scores are the record's, or how they differ.
+    """
     from ipd_plugins.files import atomic_write_text, write_json
 
     data = json.loads(results.read_text())
     if data.get("label") != trial.label:
         data["label"] = trial.label
         write_json(results, data)
-    if record:
-        folder = results.parent
-        dest = Path(record) / Path(trial.run_dir).relative_to(trial.out_dir)
-        for name in ("config.yaml", "results.json"):
-            src, copy = folder / name, dest / name
-            if src.exists() and (not copy.exists() or copy.read_text() != src.read_text()):
-                atomic_write_text(copy, src.read_text())
+    if not record:
+        return None
+    folder = results.parent
+    dest = Path(record) / Path(trial.run_dir).relative_to(trial.out_dir)
+    kept = dest / "results.json"
+    recorded = json.loads(kept.read_text()) if kept.exists() else None
+    if recorded is not None and {**recorded, "label": 0} != {**data, "label": 0}:
+        change = score_change(recorded, data)  # another result of this run: the record stands
+        if recorded.get("scores") != data.get("scores"):
+            return f"differs from the record, which is kept ({kept}): {change}"
+        return f"reproduces the record's scores ({change})"
+    for name in ("config.yaml", "results.json"):
+        src, copy = folder / name, dest / name
+        if src.exists() and (not copy.exists() or copy.read_text() != src.read_text()):
+            atomic_write_text(copy, src.read_text())
+    return None
+
+
+def score_change(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Each actor's score in two ``results.json``: ``policy 16.77`` when its evaluation is the
+    same, else ``policy 16.77 -> 17.10`` (normalised x100 where the environment has reference
+    scores)."""
+
+    def means(data: dict[str, Any]) -> dict[str, float | None]:
+        return {
+            actor: s.get("normalized_mean", s.get("mean_return"))
+            for actor, s in (data.get("scores") or {}).items()
+        }
+
+    def text(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    old, new = means(before), means(after)
+    parts = []
+    for actor in [*old, *(a for a in new if a not in old)]:
+        a, b = old.get(actor), new.get(actor)
+        same = (before.get("scores") or {}).get(actor) == (after.get("scores") or {}).get(actor)
+        parts.append(f"{actor} {text(a)}" if same else f"{actor} {text(a)} -> {text(b)}")
+    return ", ".join(parts)
 
 
 def run_trial(trial: Trial, echo: Echo = print, progress: bool = False) -> dict[str, Any]:
