@@ -113,6 +113,7 @@ def test_ipd_eval_asks_a_trained_dt_for_another_return(store, tmp_path):
     for option, message in (
         ("baseline.n_layer=1", "`ipd baseline dt --set baseline.n_layer=...`"),
         ("baseline.target_return=none", "give target_return a number"),
+        ("baseline.target_return=abc", "cannot read 'abc' as float"),
     ):
         result = CliRunner().invoke(main, ["eval", str(run_dir), "--set", option])
         assert result.exit_code == 2 and message in result.output, result.output

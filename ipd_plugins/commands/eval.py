@@ -168,6 +168,7 @@ def _eval_baseline(
         adapt_baseline_actor,
         load_trained_baseline,
         resolve_adaptation,
+        resolve_settings,
     )
     from ipd_plugins.evaluate import score
     from ipd_plugins.files import write_json
@@ -177,10 +178,12 @@ def _eval_baseline(
 
     parsed = dict(parsed)
     acting = parsed.pop("baseline", {})
-    if acting:  # checked against the run's algorithm before anything loads
-        algo = load_config_file(run_dir / "config.yaml")["baseline"].get("algo")
+    if acting:  # checked against the run's algorithm, values too, before anything loads
+        file = load_config_file(run_dir / "config.yaml")
+        algo = file["baseline"].get("algo")
         with usage_errors():
             check_acting_options(get_registry().config_class("baseline", algo), acting)
+            resolve_settings(algo, None, {"baseline": acting}, file)
     trained = load_trained_baseline(run_dir)
     settings, p, baseline = trained.settings, trained.prepared, trained.baseline
     if episodes is not None:
