@@ -310,7 +310,7 @@ def imagine(
 
     kinds = ("planner", "uncertainty")
     code = (augment, type(planner), type(uncertainty), *(type(cfg.configs[k]) for k in kinds))
-    record = cache.run("augment", key, train, load, code=code)
+    record = cache.run("augment", key, train, load, code=code, inputs=("value", "world_model"))
     report = record.metrics
     segments = load(Path(record.path)) if not record.reused else record.loaded
     train_ds = p.dataset
@@ -357,7 +357,8 @@ def distill(
         return policy_content(cfg, keys, train_ds, policy)
 
     code = (type(cfg.configs["policy"]),)
-    cache.fit("policy", keys["policy"], policy, fit, cfg.run.seed + 3, content, code)
+    made_from = ("augment", "value")
+    cache.fit("policy", keys["policy"], policy, fit, cfg.run.seed + 3, content, code, made_from)
     return policy
 
 

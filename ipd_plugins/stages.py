@@ -17,6 +17,10 @@ SHA-256 of each artifact. So:
   component (``code``: its classes and their bases, :func:`source_digests`); a stage reused
   after one of them changed says so, since the key hashes configs, not code: delete the
   folder to retrain it;
+- ``done.json`` also records a digest of the artifacts of the stages it was made from
+  (``inputs``: the augmentation's value function and world model, the policy's augmentation
+  and value function); a stage whose inputs were made again since (e.g. after deleting the
+  value function's folder) is stale: it is set aside as ``<file>.stale`` and retrains;
 - a stage may also name what it really consumes (``content``: e.g. the policy's training data
   by value and its effective config), recorded in ``<out>/cache/by_content/<stage>/``: a run
   whose key differs only by options that did not change that (a cap that did not bind) reuses
@@ -150,6 +154,7 @@ class StageRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     code: dict[str, str] = field(default_factory=dict)  # module -> source digest (trained by)
+    inputs: dict[str, str] = field(default_factory=dict)  # stage -> digest of its artifacts
     loaded: Any = field(default=None, repr=False, compare=False)  # what `load` returned on reuse
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,6 +206,7 @@ class StageCache:
         load: Callable[[Path], Any],
         content: Callable[[], str] | None = None,
         code: Iterable[Any] = (),
+        inputs: Iterable[str] = (),
     ) -> StageRecord:
         """Reuse the stage's artifact (``load(folder)``) or make it (``train(folder)``).
 
@@ -211,14 +217,18 @@ class StageCache:
         folder; when another key with the same content has one, that folder is reused.
         ``code``: the classes, functions or modules that make the artifact
         (:func:`source_digests`); reusing it after their source changed prints a note.
+        ``inputs``: the stages (run earlier with this cache) whose artifacts it is made from;
+        a folder made from other artifacts of theirs than this run's is stale and retrains
+        (not one reused by ``content``, which hashes what the stage consumes by value).
         """
         folder = self.folder(stage, key)
         record, digest, source = None, None, source_digests(code)
+        made_from = {s: _digest(self.records[s].artifacts) for s in inputs if s in self.records}
         if content is not None and not (folder / "done.json").exists():
             digest = content()
             record = self._same_content(stage, digest, load, source)
         if record is None:
-            record = self._locked(stage, key, folder, train, load, source)
+            record = self._locked(stage, key, folder, train, load, source, made_from)
             if digest is not None:
                 write_json(self._content_file(stage, digest), {"key": record.key})
         self.records[stage] = record
@@ -233,9 +243,11 @@ class StageCache:
         seed: int,
         content: Callable[[], str] | None = None,
         code: Iterable[Any] = (),
+        inputs: Iterable[str] = (),
     ) -> StageRecord:
         """A trainable component's stage: seed, ``fit(folder, log)``, ``weights.pt``; or reuse
-        (``content``: as in :meth:`run`; ``code``: there, and always the component's class)."""
+        (``content``, ``inputs``: as in :meth:`run`; ``code``: there, and always the
+        component's class)."""
 
         def train(folder: Path) -> dict[str, Any]:
             seed_everything(seed)
@@ -250,7 +262,7 @@ class StageCache:
         def load(folder: Path) -> Any:
             return component.load(folder / "weights.pt")
 
-        return self.run(stage, key, train, load, content, (type(component), *code))
+        return self.run(stage, key, train, load, content, (type(component), *code), inputs)
 
     def earlier_seconds(self) -> float:
         """The time earlier processes of this run spent on its stages (0 for a run that was
@@ -278,14 +290,15 @@ class StageCache:
         train: Callable[[Path], dict[str, Any] | None],
         load: Callable[[Path], Any],
         source: dict[str, str],
+        made_from: dict[str, str],
     ) -> StageRecord:
         def waiting() -> None:
             self.echo(f"[{stage}] another run is making {folder}; waiting for it")
 
         with stage_lock(folder / ".lock", on_wait=waiting):
-            record = self._reuse(stage, key, folder, load, source)
+            record = self._reuse(stage, key, folder, load, source, made_from)
             if record is None:
-                record = self._train(stage, key, folder, train, source)
+                record = self._train(stage, key, folder, train, source, made_from)
         return record
 
     def _content_file(self, stage: str, content: str) -> Path:
@@ -314,6 +327,7 @@ class StageCache:
         folder: Path,
         load: Callable[[Path], Any],
         source: dict[str, str],
+        made_from: dict[str, str] | None = None,
     ) -> StageRecord | None:
         done = folder / "done.json"
         if not done.exists():
@@ -325,7 +339,19 @@ class StageCache:
                     raise ValueError(f"{name} does not match the checksum in done.json")
             loaded = load(folder)
         except (*LOAD_ERRORS, json.JSONDecodeError) as err:
-            self._set_aside(stage, folder, err)
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            self.echo(f"[{stage}] the cached artifact in {folder} is unusable ({why}); retraining")
+            _set_aside(folder, ".corrupt")
+            return None
+        was_from = info.get("inputs") or {}  # none recorded before inputs were
+        now = made_from or {}
+        stale = [s for s in sorted(now) if s in was_from and was_from[s] != now[s]]
+        if stale:
+            self.echo(
+                f"[{stage}] {folder} was made from another {' and '.join(stale)} than this "
+                f"run's (made again since); setting it aside as *.stale and retraining"
+            )
+            _set_aside(folder, ".stale")
             return None
         self.echo(f"[{stage}] reusing {folder} (trained {info.get('finished', '?')})")
         # the key hashes the configs, not the code: say when the code changed (not for a
@@ -335,7 +361,8 @@ class StageCache:
         if was and source and changed:
             self.echo(
                 f"[{stage}] note: the source of {', '.join(changed)} changed since this stage "
-                f"was trained; it is reused as the old code made it (delete {folder} to retrain)"
+                f"was trained; it is reused as the old code made it (delete {folder} to "
+                "retrain it; the stages made from it then retrain too)"
             )
         return StageRecord(
             key=key,
@@ -348,16 +375,9 @@ class StageCache:
             metrics=info.get("metrics", {}),
             artifacts=info.get("artifacts", {}),
             code=was,
+            inputs=was_from,
             loaded=loaded,
         )
-
-    def _set_aside(self, stage: str, folder: Path, err: BaseException) -> None:
-        """Rename the artifacts and ``done.json`` to ``*.corrupt`` (kept, never deleted)."""
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        self.echo(f"[{stage}] the cached artifact in {folder} is unusable ({first}); retraining")
-        for path in folder.iterdir():  # not the lock file we hold (a dotfile)
-            if path.is_file() and not path.name.endswith(".corrupt") and path.name[0] != ".":
-                path.replace(path.with_name(path.name + ".corrupt"))
 
     def _train(
         self,
@@ -366,6 +386,7 @@ class StageCache:
         folder: Path,
         train: Callable[[Path], dict[str, Any] | None],
         source: dict[str, str],
+        made_from: dict[str, str],
     ) -> StageRecord:
         resumed = any(not _scratch(p) or _checkpoint(p) for p in folder.iterdir())
         folder.mkdir(parents=True, exist_ok=True)
@@ -389,6 +410,7 @@ class StageCache:
             metrics=metrics,
             artifacts=artifacts,
             code=source,
+            inputs=made_from,
         )
         info = {k: v for k, v in record.to_dict().items() if k not in ("key", "path", "reused")}
         write_json(folder / "done.json", info)
@@ -438,7 +460,23 @@ def _checkpoint(path: Path) -> bool:
     return path.name.endswith("train_state.pt")
 
 
+_SET_ASIDE = (".corrupt", ".stale")
+
+
+def _set_aside(folder: Path, suffix: str) -> None:
+    """Rename a stage folder's artifacts and ``done.json`` to ``*<suffix>`` (kept, never
+    deleted): ``.corrupt`` (unusable) or ``.stale`` (made from other inputs)."""
+    for path in folder.iterdir():  # not the lock file the caller holds (a dotfile)
+        if path.is_file() and not path.name.endswith(_SET_ASIDE) and path.name[0] != ".":
+            path.replace(path.with_name(path.name + suffix))
+
+
+def _digest(artifacts: dict[str, str]) -> str:
+    """One digest of a stage's artifacts (``{file: sha256}``): what ``inputs`` records."""
+    return hashlib.sha256(json.dumps(artifacts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _scratch(path: Path) -> bool:
     """Files that are not the artifact: set-aside copies, temporaries, resume checkpoints."""
     name = path.name
-    return name.endswith((".corrupt", ".tmp")) or name.startswith(".") or _checkpoint(path)
+    return name.endswith((*_SET_ASIDE, ".tmp")) or name.startswith(".") or _checkpoint(path)

@@ -84,6 +84,48 @@ def test_a_stage_reused_after_its_code_changed_says_so(tmp_path, monkeypatch):
     assert "my_plugin_learner" in note and "test_stages" not in note and made.path in note
 
 
+def test_a_stage_made_from_inputs_made_again_since_is_stale_and_retrains(tmp_path):
+    """done.json records a digest of the inputs' artifacts: after the upstream folder is
+    deleted and trained again, the same key's downstream folder is set aside and retrains; an
+    upstream trained again to the same weights (the same seed) keeps it."""
+    import shutil
+
+    lines: list[str] = []
+
+    def pipeline(value_seed: int) -> tuple[Counter, Counter, StageCache]:
+        cache, value, policy = _cache(tmp_path, lines), Counter(), Counter()
+        cache.fit("value", "v", value, value.fit, seed=value_seed)
+        cache.fit("policy", "p", policy, policy.fit, seed=3, inputs=("value", "world_model"))
+        return value, policy, cache
+
+    _, first, cache = pipeline(value_seed=1)
+    record = cache.records["policy"]
+    assert first.fits == 1 and set(record.inputs) == {"value"}  # no world model in this run
+    _, again, _ = pipeline(value_seed=1)
+    assert again.fits == 0 and torch.equal(again.w, first.w)
+
+    shutil.rmtree(tmp_path / "out" / "cache" / "value" / "v")  # as the code-change note advises
+    _, same, _ = pipeline(value_seed=1)  # trained again to the same weights: still the inputs
+    assert same.fits == 0 and not any("stale" in m for m in lines)
+    shutil.rmtree(tmp_path / "out" / "cache" / "value" / "v")
+    _, retrained, _ = pipeline(value_seed=2)  # other weights (new code, say) under the same key
+    folder = Path(record.path)
+    assert retrained.fits == 1, lines
+    assert any(f"[policy] {folder} was made from another value than this run's" in m for m in lines)
+    assert (folder / "weights.pt.stale").exists() and (folder / "done.json.stale").exists()
+    assert not (folder / "weights.pt.stale.corrupt").exists()
+    _, reused, _ = pipeline(value_seed=2)
+    assert reused.fits == 0 and torch.equal(reused.w, retrained.w)
+
+    # a folder from before inputs were recorded is reused as it is
+    done = folder / "done.json"
+    done.write_text(json.dumps({k: v for k, v in json.loads(done.read_text()).items()
+                                if k != "inputs"}))  # fmt: skip
+    shutil.rmtree(tmp_path / "out" / "cache" / "value" / "v")
+    _, old, _ = pipeline(value_seed=1)
+    assert old.fits == 0
+
+
 def test_a_key_with_the_same_content_reuses_the_other_keys_folder(tmp_path):
     lines: list[str] = []
     first = Counter()
