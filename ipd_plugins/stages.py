@@ -354,10 +354,10 @@ class StageCache:
             _set_aside(folder, ".stale")
             return None
         self.echo(f"[{stage}] reusing {folder} (trained {info.get('finished', '?')})")
-        # the key hashes the configs, not the code: say when the code changed (not for a
-        # record from before digests, or a caller that names no code)
+        # the key hashes the configs, not the code: say when the code it was made with changed
+        # (not for a record from before digests, or a caller that names no code)
         was = info.get("code") or {}
-        changed = [m for m in sorted(set(was) | set(source)) if was.get(m) != source.get(m)]
+        changed = [m for m in sorted(was) if was[m] != source.get(m)]
         if was and source and changed:
             self.echo(
                 f"[{stage}] note: the source of {', '.join(changed)} changed since this stage "
@@ -428,21 +428,35 @@ _NOT_HASHED = frozenset(sys.stdlib_module_names) | {"torch", "numpy", "registry"
 
 def source_digests(code: Iterable[Any]) -> dict[str, str]:
     """``{module: sha256 of its source file}`` of the modules that define the classes (and
-    every class they derive from), functions and modules in ``code``, leaving out
+    every class they derive from), functions and modules in ``code``, and of the modules of
+    their own package that those import at module level (helpers such as ``nn.py`` or
+    ``value/losses.py``; one level, not what the helpers import), leaving out
     :data:`_NOT_HASHED`. What a stage's ``done.json`` records as ``code``.
 
-    A helper module those call into is not covered: after changing one, delete the stage
-    folders it feeds.
+    A helper imported only inside a function is not covered: after changing one, delete the
+    stage folders it feeds.
     """
-    out: dict[str, str] = {}
+
+    def module_of(obj: Any) -> str:
+        name = obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", None)
+        return name if isinstance(name, str) else ""
+
+    own: list[str] = []
     for obj in code:
-        for part in obj.__mro__ if isinstance(obj, type) else (obj,):
-            name = part.__name__ if inspect.ismodule(part) else getattr(part, "__module__", "")
-            if not name or name in out or name.split(".")[0] in _NOT_HASHED:
-                continue
-            path = getattr(sys.modules.get(name), "__file__", None)
-            if path and path.endswith(".py") and Path(path).is_file():
-                out[name] = file_sha256(Path(path))[:16]
+        own += [module_of(part) for part in (obj.__mro__ if isinstance(obj, type) else (obj,))]
+    names = set(own)
+    for name in own:  # the helpers of the same package that each imports at module level
+        module, package = sys.modules.get(name), name.split(".")[0]
+        if module is not None:
+            helpers = (module_of(value) for value in vars(module).values())
+            names.update(h for h in helpers if h.split(".")[0] == package)
+    out: dict[str, str] = {}
+    for name in names:
+        if not name or name.split(".")[0] in _NOT_HASHED:
+            continue
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path and path.endswith(".py") and Path(path).is_file():
+            out[name] = file_sha256(Path(path))[:16]
     return dict(sorted(out.items()))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -55,33 +57,45 @@ def test_a_stage_is_made_once_then_reused_with_the_same_weights(tmp_path):
 
 
 def test_a_stage_reused_after_its_code_changed_says_so(tmp_path, monkeypatch):
-    """done.json records the source digests of the component's modules; reuse compares."""
-    import importlib.util
-    import sys
-
-    source = tmp_path / "my_plugin_learner.py"
-    source.write_text("class Learner:\n    rate = 1\n")
-    spec = importlib.util.spec_from_file_location("my_plugin_learner", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setitem(sys.modules, "my_plugin_learner", module)
+    """done.json records the source digests of the component's modules and of the helpers of
+    its package they import; reuse compares."""
+    package = tmp_path / "my_plugin"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("def scale(x):\n    return x\n")
+    learner = package / "learner.py"
+    learner.write_text("from my_plugin.helpers import scale\n\nclass Learner:\n    rate = 1\n")
+    (package / "unused.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("my_plugin.learner")
+    importlib.import_module("my_plugin.unused")
+    for name in ("my_plugin", "my_plugin.helpers", "my_plugin.learner", "my_plugin.unused"):
+        monkeypatch.setitem(sys.modules, name, sys.modules[name])  # removed after the test
 
     def fit(lines: list[str]):
         c = Counter()
         return _cache(tmp_path, lines).fit("value", "k", c, c.fit, seed=0, code=(module.Learner,))
 
     made = fit([])
-    assert set(made.code) == {"my_plugin_learner", "test_stages"}  # the class and Counter's
+    # the class, its helper, and Counter's module (the tests import no helper of theirs)
+    assert set(made.code) == {"my_plugin.learner", "my_plugin.helpers", "test_stages"}
     done = json.loads((Path(made.path) / "done.json").read_text())
     assert done["code"] == made.code
     same: list[str] = []
     assert fit(same).reused and not any("changed" in m for m in same)
-    source.write_text("class Learner:\n    rate = 2  # a fix\n")
-    after: list[str] = []
-    record = fit(after)
-    assert record.reused and record.code == made.code  # the code that made it
-    (note,) = [m for m in after if "changed" in m]
-    assert "my_plugin_learner" in note and "test_stages" not in note and made.path in note
+    for path, text in ((learner, "rate = 1"), (package / "helpers.py", "return x")):
+        path.write_text(path.read_text().replace(text, text + "  # a fix"))
+        after: list[str] = []
+        record = fit(after)
+        assert record.reused and record.code == made.code  # the code that made it
+        (note,) = [m for m in after if "changed" in m]
+        assert path.stem in note and "test_stages" not in note and made.path in note
+        path.write_text(path.read_text().replace("  # a fix", ""))
+    # a module the stage was not made with (recorded before helpers were) is no change
+    done["code"].pop("my_plugin.helpers")
+    (Path(made.path) / "done.json").write_text(json.dumps(done))
+    quiet: list[str] = []
+    assert fit(quiet).reused and not any("changed" in m for m in quiet)
 
 
 def test_a_stage_made_from_inputs_made_again_since_is_stale_and_retrains(tmp_path):
