@@ -486,8 +486,11 @@ def _set_aside(folder: Path, suffix: str) -> None:
 
 
 def _digest(artifacts: dict[str, str]) -> str:
-    """One digest of a stage's artifacts (``{file: sha256}``): what ``inputs`` records."""
-    return hashlib.sha256(json.dumps(artifacts, sort_keys=True).encode()).hexdigest()[:16]
+    """One digest of a stage's artifacts (``{file: sha256}``) as input of another: what
+    ``inputs`` records. Not of its ``report.json``: a report holds timings, which differ
+    between two makings of the same artifact."""
+    made = {k: v for k, v in artifacts.items() if k != "report.json"}
+    return hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _scratch(path: Path) -> bool:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ipd_plugins.files import atomic_save, safe_load
-from ipd_plugins.stages import CurveLogger, StageCache, wall_seconds
+from ipd_plugins.stages import CurveLogger, StageCache, _digest, wall_seconds
 from ipd_plugins.training import Checkpointer
 
 
@@ -130,6 +130,10 @@ def test_a_stage_made_from_inputs_made_again_since_is_stale_and_retrains(tmp_pat
     assert not (folder / "weights.pt.stale.corrupt").exists()
     _, reused, _ = pipeline(value_seed=2)
     assert reused.fits == 0 and torch.equal(reused.w, retrained.w)
+    # an augmentation made again has the same segments but a report of other timings
+    report = {"segments.npz": "a" * 64}
+    assert _digest({**report, "report.json": "1" * 64}) == _digest({**report, "report.json": "2"})
+    assert _digest({**report, "report.json": "1"}) != _digest({"segments.npz": "b" * 64})
 
     # a folder from before inputs were recorded is reused as it is
     done = folder / "done.json"
