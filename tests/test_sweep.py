@@ -119,6 +119,17 @@ def test_local_sweep_makes_a_shared_stage_once_and_a_rerun_does_nothing(swept):
     assert {r.label for r in load_records([spec.parent / "record"])} == {"mpc", "greedy"}
     assert sorted(out.glob("*/seed_*")) == before and "[value]" not in got.output
 
+    # --reproduce on Ray: the record's mpc trained again elsewhere, its scores compared
+    (kept,) = (spec.parent / "record").glob("*mpc*/seed_0/results.json")
+    recorded = kept.read_bytes()
+    args = ["sweep", str(grown), "--reproduce", "--methods", "mpc", "--num-cpus", "1",
+            "--out", str(spec.parent / "again")]  # fmt: skip
+    redo = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert redo.exit_code == 0 and "reproduces the record's scores (policy " in redo.output, (
+        redo.output
+    )
+    assert kept.read_bytes() == recorded
+
 
 def _killer(marker: str):
     """A Ray worker setup hook: the first worker to reach policy step 30 kills itself."""
