@@ -726,3 +726,54 @@ def test_lanes_requeue_puts_the_runs_in_flight_before_the_rest_of_the_queue(tmp_
         text=True,
     )
     assert again.returncode == 2 and "exists; not overwritten" in again.stderr
+
+
+def test_table_v2_queue_has_a_line_for_each_missing_trial_and_dwm_row(
+    tmp_path, monkeypatch, capsys
+):
+    """Every (dataset, seed) with a trial left gets a sweep line (the short baselines their own
+    too), chained with the `dwm` rows it lacks; a recorded run without its row and without its
+    folder is trained again with --reproduce."""
+    import dataclasses
+    import re
+
+    from ipd_plugins.sweep import expand, find_finished, load_spec
+
+    queue = _script("table_v2_queue")
+    wt, out = tmp_path / "wt", tmp_path / "runs"
+    monkeypatch.setattr(sys, "argv", ["q", "--worktree", str(wt), "--out", str(out)])
+    monkeypatch.chdir(tmp_path)
+    queue.main()
+    lines = capsys.readouterr().out.splitlines()
+    spec = load_spec(BENCHMARKS / "experiments" / "table_v2.yaml")
+    spec = dataclasses.replace(spec, out=str(out), record=str(BENCHMARKS.parent / spec.record))
+    trials = [t for t in expand(spec) if t.error is None]
+    left = {(t.seed, t.dataset, t.label) for t in trials if find_finished(t, spec.record) is None}
+    rows = [json.loads(x) for x in queue.DWM_ROWS.read_text().splitlines() if x.strip()]
+    rowed = {(Path(r["run"]).parent.name, Path(r["run"]).name) for r in rows}
+    no_row = {
+        (t.seed, t.dataset, t.label)
+        for t in trials
+        if t.label in ("ipd", "rebrac")
+        and (Path(t.run_dir).parent.name, f"seed_{t.seed}") not in rowed
+    }
+    full, short, again, dwm = set(), set(), set(), []
+    for line in lines:
+        assert line.startswith(f"cd {wt} && ") and f"--serial --out {out} " in line, line
+        seed, dataset = re.search(r"--seeds (\d+) --datasets (\S+)", line).groups()
+        key = (int(seed), dataset)
+        if "--methods iql,td3+bc" in line:
+            short.add(key)
+        elif "--reproduce" in line:
+            again.add((*key, re.search(r"--methods '([^']+)'", line).group(1)))
+        else:
+            full.add(key)
+        for run in re.findall(r"--runs (\S+)", line):
+            assert run.startswith(str(out)), run
+            folder = Path(run)
+            label = "rebrac" if "baseline-rebrac" in folder.parent.name else "ipd"
+            dwm.append((int(folder.name[5:]), folder.parent.name.split("__")[0], label))
+    assert full == {(s, d) for s, d, m in left if m not in ("iql", "td3+bc")}
+    assert short == {(s, d) for s, d, m in left if m in ("iql", "td3+bc")}
+    assert again == no_row - left  # recorded, and no folder under the fresh --out
+    assert sorted(dwm) == sorted(no_row)  # each missing row once, after its run
