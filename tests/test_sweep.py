@@ -244,6 +244,7 @@ def test_reproduce_trains_a_recorded_run_again_and_keeps_the_record(store, tmp_p
     again = sweep("--serial", "--reproduce", *lost)
     assert "1 finished now" in again
     assert f"reproduces the record's scores (policy {policy:.2f}" in again, again
+    assert "against the record: 1 of 1 reproduce its scores" in again
     assert kept.read_bytes() == recorded  # the first result stands (its wall times too)
 
     # a record that another machine wrote, with other scores: kept, and the difference named
@@ -256,6 +257,7 @@ def test_reproduce_trains_a_recorded_run_again_and_keeps_the_record(store, tmp_p
         differs
     ), differs
     assert json.loads(kept.read_text()) == other
+    assert "against the record: 0 of 1 reproduce its scores" in differs
     bare = tmp_path / "bare.yaml"
     bare.write_text(yaml.safe_dump({k: v for k, v in data.items() if k != "record"}))
     got = CliRunner().invoke(main, ["sweep", str(bare), "--reproduce", "--serial"])

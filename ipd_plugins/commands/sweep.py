@@ -155,6 +155,13 @@ def sweep(
     )
     for o in bad:
         click.echo(f"  failed: {o.trial.title}: {o.error}")
+    checked = [o for o in result.outcomes if o.against_record]
+    if checked:
+        same = sum(o.against_record.startswith("reproduces") for o in checked)
+        click.echo(f"against the record: {same} of {len(checked)} reproduce its scores")
+        for o in checked:
+            if not o.against_record.startswith("reproduces"):
+                click.echo(f"  {o.trial.title}: {o.against_record}")
     click.echo(f"summary: {result.summary}")
     where = spec.record if collect and spec.record else spec.out
     click.echo(f"compare: ipd compare {where} --out {where}/{spec.name}.md")

@@ -201,7 +201,7 @@ def run_trials(
             note = None
             if Path(done).resolve().parent == Path(t.run_dir).resolve():
                 note = finish_trial(t, done, record)
-            outcomes[t.index] = TrialOutcome(t, "done", results=str(done))
+            outcomes[t.index] = TrialOutcome(t, "done", results=str(done), against_record=note)
             echo(f"{prefix} {t.title}: finished earlier ({done.parent})" + _also(note))
             continue
         todo.append(t)
@@ -249,7 +249,9 @@ def _run_serial(
             counter.done += 1
             counter.finished_now += 1
             seconds = time.perf_counter() - t0
-            outcomes[t.index] = TrialOutcome(t, "finished", results=str(results), seconds=seconds)
+            outcomes[t.index] = TrialOutcome(
+                t, "finished", results=str(results), seconds=seconds, against_record=note
+            )
             if note:
                 echo(f"{prefix} {t.title}: {note}")
         counter.show(0, force=True)

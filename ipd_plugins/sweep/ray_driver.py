@@ -382,6 +382,7 @@ class _RayDriver:
             node=value["node"],
             seconds=value["seconds"],
             error=value.get("note"),
+            against_record=value.get("against_record"),
         )
         score = value.get("score")
         self.echo(

@@ -48,6 +48,7 @@ class TrialOutcome:
     error: str | None = None
     node: str | None = None  # the Ray node that ran it
     seconds: float | None = None
+    against_record: str | None = None  # a result other than the record's: the same scores?
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +65,7 @@ class TrialOutcome:
             "error": self.error,
             "node": self.node,
             "seconds": self.seconds,
+            "against_record": self.against_record,
         }
 
 
