@@ -50,7 +50,20 @@ __all__ = [
     "adapt_actors",
     "run_pipeline",
     "SEGMENTS_FORMAT",
+    "STAGES",
+    "check_stages",
 ]
+
+#: The stages of a run, in order (each cached under ``<out>/cache/<stage>/<key>``).
+STAGES = ("value", "world_model", "augment", "policy")
+
+
+def check_stages(names: Collection[str]) -> None:
+    """Fail unless every name is one of :data:`STAGES` (``ipd run --retrain``)."""
+    bad = sorted(set(names) - set(STAGES))
+    if bad:
+        raise ValueError(f"--retrain {bad[0]}: no such stage; stages: {', '.join(STAGES)}")
+
 
 #: Part of the augment stage's cache key: bumped when ``segments.npz`` gains or changes a
 #: column, so that older caches are recomputed instead of read without it (2: ``timestep``).
@@ -447,10 +460,21 @@ def policy_curve(cfg: RunConfig, cache: StageCache, echo: Echo = print) -> list[
     )
 
 
-def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume, or reuse) every stage of one seed; returns ``results.json``'s content."""
+def run_pipeline(
+    cfg: RunConfig, echo: Echo = print, progress: bool = True, retrain: Collection[str] = ()
+) -> dict[str, Any]:
+    """Run (or resume, or reuse) every stage of one seed; returns ``results.json``'s content.
+
+    ``retrain``: stages (of :data:`STAGES`) to train again even when cached; the stages made
+    from them retrain if their inputs changed (:class:`~ipd_plugins.stages.StageCache`), and
+    the run's earlier ``results.json`` is kept as ``results.json.replaced``.
+    """
     t_start = time.perf_counter()
-    replay = (cfg.run_dir / "results.json").exists()  # of a finished run: its own time only
+    check_stages(retrain)
+    results_file = cfg.run_dir / "results.json"
+    if retrain and results_file.exists():
+        results_file.replace(results_file.with_name("results.json.replaced"))
+    replay = results_file.exists()  # of a finished run: its own time only
     threads = set_threads(cfg.run.threads)
     run = cfg.run
     p = prepare_run(run, echo)
@@ -461,7 +485,9 @@ def run_pipeline(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> d
         f"{p.ctx.precision})"
     )
     keys = stage_keys(cfg, p.data_hash, p.ctx.env_id)
-    cache = StageCache(run.out_dir, echo, tb_dir=cfg.run_dir / "tb", run_dir=cfg.run_dir)
+    cache = StageCache(
+        run.out_dir, echo, tb_dir=cfg.run_dir / "tb", run_dir=cfg.run_dir, retrain=retrain
+    )
 
     value = fit_value(cache, cfg, p, keys["value"])
     world_model = fit_world_model(cache, cfg, p, keys["world_model"])

@@ -14,13 +14,16 @@ SHA-256 of each artifact. So:
 - a cached artifact that no longer matches its checksum, or fails to load, is set aside as
   ``<file>.corrupt`` and its stage retrains, saying so;
 - ``done.json`` records a digest of the source of the modules that define the stage's
-  component (``code``: its classes and their bases, :func:`source_digests`); a stage reused
-  after one of them changed says so, since the key hashes configs, not code: delete the
-  folder to retrain it;
+  component (``code``: its classes and their bases and the helpers of their package,
+  :func:`source_digests`); a stage reused after one of them changed says so, since the key
+  hashes configs, not code (``retrain`` below, or deleting the folder, retrains it);
 - ``done.json`` also records a digest of the artifacts of the stages it was made from
   (``inputs``: the augmentation's value function and world model, the policy's augmentation
-  and value function); a stage whose inputs were made again since (e.g. after deleting the
-  value function's folder) is stale: it is set aside as ``<file>.stale`` and retrains;
+  and value function); a stage whose inputs were made again since (``ipd run --retrain
+  value``, or its folder deleted) to other artifacts is stale: it is set aside as
+  ``<file>.stale`` and retrains;
+- a stage named in ``retrain`` is trained again even when cached (its folder's files set aside
+  as ``<file>.replaced``);
 - a stage may also name what it really consumes (``content``: e.g. the policy's training data
   by value and its effective config), recorded in ``<out>/cache/by_content/<stage>/``: a run
   whose key differs only by options that did not change that (a cap that did not bind) reuses
@@ -171,6 +174,7 @@ class StageCache:
         tb_dir: TensorBoard folder of the run (None: no TensorBoard).
         progress_seconds: seconds between progress lines; None picks 60 when stderr is not a
             terminal, else off (bars show progress there).
+        retrain: the stages to train again even when cached (``ipd run --retrain``).
         run_dir: the run folder the stages are made for (recorded in ``done.json`` as ``run``,
             so that a resumed run can count the time of the stages it made before it was killed;
             :meth:`earlier_seconds`).
@@ -183,6 +187,7 @@ class StageCache:
         tb_dir: Path | None = None,
         progress_seconds: float | None = None,
         run_dir: Path | None = None,
+        retrain: Iterable[str] = (),
     ):
         self.root = Path(out_dir) / "cache"
         self.echo, self.tb_dir = echo, tb_dir
@@ -191,6 +196,7 @@ class StageCache:
             progress_seconds = 60.0
         self.progress_seconds = progress_seconds
         self.records: dict[str, StageRecord] = {}
+        self.retrain = frozenset(retrain)
 
     def folder(self, stage: str, key: str) -> Path:
         return (self.root / stage / key).resolve()
@@ -224,7 +230,11 @@ class StageCache:
         folder = self.folder(stage, key)
         record, digest, source = None, None, source_digests(code)
         made_from = {s: _digest(self.records[s].artifacts) for s in inputs if s in self.records}
-        if content is not None and not (folder / "done.json").exists():
+        if (
+            content is not None
+            and stage not in self.retrain
+            and not (folder / "done.json").exists()
+        ):
             digest = content()
             record = self._same_content(stage, digest, load, source)
         if record is None:
@@ -296,6 +306,9 @@ class StageCache:
             self.echo(f"[{stage}] another run is making {folder}; waiting for it")
 
         with stage_lock(folder / ".lock", on_wait=waiting):
+            if stage in self.retrain and (folder / "done.json").exists():
+                self.echo(f"[{stage}] --retrain: setting {folder} aside as *.replaced")
+                _set_aside(folder, ".replaced")
             record = self._reuse(stage, key, folder, load, source, made_from)
             if record is None:
                 record = self._train(stage, key, folder, train, source, made_from)
@@ -361,8 +374,9 @@ class StageCache:
         if was and source and changed:
             self.echo(
                 f"[{stage}] note: the source of {', '.join(changed)} changed since this stage "
-                f"was trained; it is reused as the old code made it (delete {folder} to "
-                "retrain it; the stages made from it then retrain too)"
+                f"was trained; it is reused as the old code made it (`ipd run ... --retrain "
+                f"{stage}` or deleting {folder} retrains it; the stages made from it then "
+                "retrain too)"
             )
         return StageRecord(
             key=key,
@@ -433,8 +447,8 @@ def source_digests(code: Iterable[Any]) -> dict[str, str]:
     ``value/losses.py``; one level, not what the helpers import), leaving out
     :data:`_NOT_HASHED`. What a stage's ``done.json`` records as ``code``.
 
-    A helper imported only inside a function is not covered: after changing one, delete the
-    stage folders it feeds.
+    A helper imported only inside a function is not covered: after changing one, retrain the
+    stages it feeds (``ipd run --retrain``).
     """
 
     def module_of(obj: Any) -> str:
@@ -474,12 +488,13 @@ def _checkpoint(path: Path) -> bool:
     return path.name.endswith("train_state.pt")
 
 
-_SET_ASIDE = (".corrupt", ".stale")
+_SET_ASIDE = (".corrupt", ".stale", ".replaced")
 
 
 def _set_aside(folder: Path, suffix: str) -> None:
     """Rename a stage folder's artifacts and ``done.json`` to ``*<suffix>`` (kept, never
-    deleted): ``.corrupt`` (unusable) or ``.stale`` (made from other inputs)."""
+    deleted): ``.corrupt`` (unusable), ``.stale`` (made from other inputs) or ``.replaced``
+    (retrained on request)."""
     for path in folder.iterdir():  # not the lock file the caller holds (a dotfile)
         if path.is_file() and not path.name.endswith(_SET_ASIDE) and path.name[0] != ".":
             path.replace(path.with_name(path.name + suffix))

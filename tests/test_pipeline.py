@@ -248,3 +248,27 @@ def test_data_commands_take_names_list_exports_and_name_the_overwrite_flag(store
     assert "test/pendulum/copy-v0" in listing
     again = CliRunner().invoke(main, export)
     assert again.exit_code == 1 and "pass --overwrite" in again.output
+
+
+def test_retrain_trains_a_cached_stage_again_and_keeps_what_it_replaces(store, tmp_path):
+    """`--retrain value`: the value function trains again (its old files set aside); with one
+    seed it comes out the same, so the stages made from it are reused and the scores repeat."""
+    out = tmp_path / "runs"
+    assert _run(out).exit_code == 0
+    (results,) = out.glob("*/seed_0/results.json")
+    before = results.read_bytes()
+    bad = _run(out, "--retrain", "value,valu")
+    assert bad.exit_code == 2 and "--retrain valu: no such stage; stages: value, world_model" in (
+        bad.output
+    ), bad.output
+    assert "[value]" not in bad.output
+    again = _run(out, "--retrain", "value")
+    assert again.exit_code == 0, again.output
+    assert "[value] --retrain: setting" in again.output and "[value] running" in again.output
+    assert "[augment] reusing" in again.output and "[policy] reusing" in again.output
+    assert "stale" not in again.output  # the same weights: the augmentation's inputs are its
+    (folder,) = (out / "cache" / "value").iterdir()
+    assert (folder / "weights.pt.replaced").read_bytes() == (folder / "weights.pt").read_bytes()
+    assert (results.parent / "results.json.replaced").read_bytes() == before
+    new = json.loads(results.read_text())
+    assert new["scores"] == json.loads(before)["scores"] and not new["stage_reused"]["value"]

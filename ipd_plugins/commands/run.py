@@ -52,12 +52,20 @@ def summarise_seeds(all_results: list[dict[str, Any]]) -> None:
     help="adapt the actors' weights while they act in evaluation, e.g. dwm (default none)",
 )
 @run_options("training, augmentation and evaluation")
+@click.option(
+    "--retrain",
+    metavar="STAGE,...",
+    help="train these stages again although cached (value, world_model, augment, policy; e.g. "
+    "after changing a component's code): their folders are set aside as *.replaced, and the "
+    "stages made from them retrain if their inputs changed",
+)
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def run(
     run: dict[str, Any],
     seeds: list[int | None],
     config_file: str | None,
     overrides: tuple[str, ...],
+    retrain: str | None,
     quiet: bool,
     **components: str | None,
 ) -> None:
@@ -76,13 +84,16 @@ def run(
       ipd run --dataset hopper-medium --profile default --seeds 0,1,2
       ipd run --dataset expert.hdf5 --env Hopper-v5 --clip-actions
       ipd run --config runs/<run>/seed_0      # replay a run
+      ipd run --planner random --retrain augment   # after editing the planner's code
     """
-    from ipd_plugins.pipeline import run_pipeline
+    from ipd_plugins.pipeline import check_stages, run_pipeline
     from ipd_plugins.run_config import load_config_file, parse_overrides, resolve_config
 
     with usage_errors():  # every seed's config first: a bad option fails before training
         file = load_config_file(config_file) if config_file else None
         parsed = parse_overrides(overrides)
+        stages = [x.strip() for x in (retrain or "").split(",") if x.strip()]
+        check_stages(stages)
         configs = [
             resolve_config(file, components, run={**run, "seed": s}, overrides=parsed)
             for s in seeds
@@ -95,7 +106,7 @@ def run(
             + ", ".join(f"{k}={cfg.components[k]}" for k in kinds)
             + f" | profile {cfg.run.profile} | dataset {cfg.run.dataset} | seed {cfg.run.seed}"
         )
-        results = run_pipeline(cfg, echo=echo, progress=not quiet)
+        results = run_pipeline(cfg, echo=echo, progress=not quiet, retrain=stages)
         print_scores(results)
         click.echo(f"results: {cfg.run_dir / 'results.json'}")
         all_results.append(results)
