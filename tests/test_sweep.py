@@ -258,6 +258,15 @@ def test_reproduce_trains_a_recorded_run_again_and_keeps_the_record(store, tmp_p
     ), differs
     assert json.loads(kept.read_text()) == other
     assert "against the record: 0 of 1 reproduce its scores" in differs
+
+    # a record written before a config field was added: another hash, the same run
+    older = kept.parent.parent.with_name(kept.parent.parent.name.rsplit("__", 1)[0] + "__0ld")
+    kept.parent.parent.rename(older)
+    lost = ["--out", str(tmp_path / "third")]
+    assert "finished earlier" in sweep("--serial", *lost)
+    third = sweep("--serial", "--reproduce", *lost)
+    assert "1 finished now" in third and "differs from the record, which is kept (" in third
+    assert [p.name for p in (tmp_path / "record").iterdir()] == [older.name]  # no second copy
     bare = tmp_path / "bare.yaml"
     bare.write_text(yaml.safe_dump({k: v for k, v in data.items() if k != "record"}))
     got = CliRunner().invoke(main, ["sweep", str(bare), "--reproduce", "--serial"])

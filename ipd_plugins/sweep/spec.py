@@ -468,15 +468,15 @@ def expand(spec: SweepSpec) -> list[Trial]:
     return trials
 
 
-def find_finished(trial: Trial, record: str | None = None) -> Path | None:
+def find_finished(trial: Trial, record: str | None = None, in_out: bool = True) -> Path | None:
     """The ``results.json`` of a finished run equal to ``trial``: its own folder under ``out``
-    or ``record``, or a folder of another hash (written before a config field was added)
-    whose ``config.yaml`` replays to the same run."""
+    (unless not ``in_out``) or ``record``, or a folder of another hash (written before a
+    config field was added) whose ``config.yaml`` replays to the same run."""
     from ipd_plugins.run_config import load_config_file
 
     out = Path(trial.out_dir)
     rel = Path(trial.run_dir).relative_to(out)
-    bases = [out] + ([Path(record)] if record else [])
+    bases = ([out] if in_out else []) + ([Path(record)] if record else [])
     for base in bases:
         if (base / rel / "results.json").is_file():
             return base / rel / "results.json"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipd_plugins.sweep.spec import Echo, Trial
+from ipd_plugins.sweep.spec import Echo, Trial, find_finished
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -109,13 +109,16 @@ def finish_trial(trial: Trial, results: Path, record: str | None = None) -> str 
         return None
     folder = results.parent
     dest = Path(record) / Path(trial.run_dir).relative_to(trial.out_dir)
-    kept = dest / "results.json"
-    recorded = json.loads(kept.read_text()) if kept.exists() else None
-    if recorded is not None and {**recorded, "label": 0} != {**data, "label": 0}:
-        change = score_change(recorded, data)  # another result of this run: the record stands
-        if recorded.get("scores") != data.get("scores"):
-            return f"differs from the record, which is kept ({kept}): {change}"
-        return f"reproduces the record's scores ({change})"
+    kept = find_finished(trial, record, in_out=False)  # its folder, or one of an older hash
+    if kept is not None:
+        recorded = json.loads(kept.read_text())
+        if {**recorded, "label": 0} != {**data, "label": 0}:  # another result: the record stands
+            change = score_change(recorded, data)
+            if recorded.get("scores") != data.get("scores"):
+                return f"differs from the record, which is kept ({kept}): {change}"
+            return f"reproduces the record's scores ({change})"
+        if kept.parent != dest:  # this result, recorded under an older hash
+            return None
     for name in ("config.yaml", "results.json"):
         src, copy = folder / name, dest / name
         if src.exists() and (not copy.exists() or copy.read_text() != src.read_text()):
