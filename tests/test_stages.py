@@ -56,7 +56,7 @@ def test_a_stage_is_made_once_then_reused_with_the_same_weights(tmp_path):
     assert other.fits == 1 and torch.equal(other.w, first.w)
 
 
-def test_a_stage_reused_after_its_code_changed_says_so(tmp_path, monkeypatch):
+def test_a_stage_reused_after_its_code_changed_says_so(tmp_path, monkeypatch, request):
     """done.json records the source digests of the component's modules and of the helpers of
     its package they import; reuse compares."""
     package = tmp_path / "my_plugin"
@@ -67,10 +67,10 @@ def test_a_stage_reused_after_its_code_changed_says_so(tmp_path, monkeypatch):
     learner.write_text("from my_plugin.helpers import scale\n\nclass Learner:\n    rate = 1\n")
     (package / "unused.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
+    names = ("my_plugin", "my_plugin.helpers", "my_plugin.learner", "my_plugin.unused")
+    request.addfinalizer(lambda: [sys.modules.pop(name, None) for name in names])
     module = importlib.import_module("my_plugin.learner")
     importlib.import_module("my_plugin.unused")
-    for name in ("my_plugin", "my_plugin.helpers", "my_plugin.learner", "my_plugin.unused"):
-        monkeypatch.setitem(sys.modules, name, sys.modules[name])  # removed after the test
 
     def fit(lines: list[str]):
         c = Counter()
