@@ -31,7 +31,7 @@ import json
 import os
 from pathlib import Path
 
-from ipd_plugins.sweep import expand, find_finished, load_spec
+from ipd_plugins.sweep import Trial, expand, find_finished, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = "benchmarks/experiments/table_v2.yaml"
@@ -53,27 +53,27 @@ def main() -> None:
     ap.add_argument("--venv", default=os.environ.get("VIRTUAL_ENV", "/work/venv"))
     ap.add_argument("--minari", default=os.environ.get("MINARI_DATASETS_PATH", "/work/minari"))
     args = ap.parse_args()
-    wt = Path(args.worktree).resolve()
+    wt, out = Path(args.worktree).resolve(), str(Path(args.out).resolve())
     os.chdir(ROOT)  # the spec's record is relative to the checkout
-    spec = dataclasses.replace(load_spec(ROOT / SPEC), out=args.out)
+    spec = dataclasses.replace(load_spec(ROOT / SPEC), out=out)
     trials = [t for t in expand(spec) if t.error is None]
     rows = [json.loads(x) for x in DWM_ROWS.read_text().splitlines() if x.strip()]
     have = {(Path(r["run"]).parent.name, Path(r["run"]).name, r["actor"]) for r in rows}
 
     env = f". {args.venv}/bin/activate && export PYTHONPATH={wt} MINARI_DATASETS_PATH={args.minari}"
-    prefix = f"cd {wt} && {env} && ipd sweep {wt / SPEC} --serial --out {args.out}"
+    prefix = f"cd {wt} && {env} && ipd sweep {wt / SPEC} --serial --out {out}"
 
     def sweep(seed: int, dataset: str, *extra: str) -> str:
         return " ".join([prefix, f"--seeds {seed} --datasets {dataset}", *extra])
 
-    def dwm(t) -> str:
+    def dwm(t: Trial) -> str:
         actor = ADAPTED[t.label]
         return (
             f"python {wt}/benchmarks/experiments/dwm_scores.py --out {DWM_ROWS} --runs {t.run_dir} "
             f"--lrs {DWM_LR[actor][t.dataset]}" + (" --actor qop" if actor == "qop" else "")
         )
 
-    pending: dict[tuple[int, str], list] = {}
+    pending: dict[tuple[int, str], list[Trial]] = {}
     reproduce: dict[int, list[str]] = {}
     for t in trials:
         done = find_finished(t, spec.record)
@@ -86,8 +86,8 @@ def main() -> None:
                 line += " --reproduce"
             reproduce.setdefault(t.seed, []).append(f"{line} && {dwm(t)}")
     lines = []
+    names = [str(d["dataset"]) for d in spec.datasets]
     for seed in spec.seeds:
-        names = [str(d["dataset"]) for d in spec.datasets]
         here = [(d, pending[seed, d]) for d in names if (seed, d) in pending]
         for dataset, ts in here:
             if any(t.label in SHORT for t in ts):
