@@ -372,12 +372,11 @@ class StageCache:
         was = info.get("code") or {}
         changed = [m for m in sorted(was) if was[m] != source.get(m)]
         if was and source and changed:
-            how = f"deleting {folder} retrains it"  # `ipd run` retrains a run's stages on request
-            if stage != "baseline":
-                how = f"`ipd run ... --retrain {stage}` or {how}; the stages made from it follow"
             self.echo(
                 f"[{stage}] note: the source of {', '.join(changed)} changed since this stage "
-                f"was trained; it is reused as the old code made it ({how})"
+                f"was trained; it is reused as the old code made it (deleting {folder}, or "
+                f"`ipd run ... --retrain {stage}` for a run's stage, retrains it; the stages "
+                "made from it follow)"
             )
         return StageRecord(
             key=key,

@@ -112,6 +112,7 @@ def sweep(
 
     from ipd_plugins.sweep import dry_run as plan
     from ipd_plugins.sweep import load_spec, run_sweep, select
+    from ipd_plugins.sweep.trials import REPRODUCES
 
     def names(text: str | None) -> list[str] | None:
         return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
@@ -157,10 +158,10 @@ def sweep(
         click.echo(f"  failed: {o.trial.title}: {o.error}")
     checked = [o for o in result.outcomes if o.against_record]
     if checked:
-        same = sum(o.against_record.startswith("reproduces") for o in checked)
+        same = sum(o.against_record.startswith(REPRODUCES) for o in checked)
         click.echo(f"against the record: {same} of {len(checked)} reproduce its scores")
         for o in checked:
-            if not o.against_record.startswith("reproduces"):
+            if not o.against_record.startswith(REPRODUCES):
                 click.echo(f"  {o.trial.title}: {o.against_record}")
     click.echo(f"summary: {result.summary}")
     where = spec.record if collect and spec.record else spec.out

@@ -91,6 +91,11 @@ def _duration(seconds: float) -> str:
     return f"{s}s"
 
 
+#: how :func:`finish_trial`'s note on a result other than the record's begins when the scores
+#: are the record's
+REPRODUCES = "reproduces the record's scores"
+
+
 def finish_trial(trial: Trial, results: Path, record: str | None = None) -> str | None:
     """After a trial: its label in ``results.json`` (for ``ipd compare``) and, with ``record``,
     a copy of its ``config.yaml`` and ``results.json`` there.
@@ -116,7 +121,7 @@ def finish_trial(trial: Trial, results: Path, record: str | None = None) -> str 
             change = score_change(recorded, data)
             if recorded.get("scores") != data.get("scores"):
                 return f"differs from the record, which is kept ({kept}): {change}"
-            return f"reproduces the record's scores ({change})"
+            return f"{REPRODUCES} ({change})"
         if kept.parent != dest:  # this result, recorded under an older hash
             return None
     for name in ("config.yaml", "results.json"):
