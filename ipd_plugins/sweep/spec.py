@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipd_plugins.pipeline import STAGES
+
 Echo = Callable[[str], None]
 
 #: The keys of a spec and what each holds.
@@ -33,7 +35,8 @@ METHOD_KEYS = {
     "grid": "SECTION.KEY (or components.KIND) -> a list of values: one trial per combination",
     "resources": "num_cpus, num_gpus of this method's trials",
 }
-STAGE_ORDER = ("value", "world_model", "augment", "policy", "baseline")
+#: The stages a trial may train, in order: an IPD run's, then a baseline run's one stage.
+STAGE_ORDER = (*STAGES, "baseline")
 #: Stages that get a task of their own when pending trials share them (a shared policy or
 #: baseline would be the same run twice: the stage lock makes the second one wait and reuse).
 SHARED_STAGES = ("value", "world_model", "augment")
