@@ -548,6 +548,34 @@ def test_dwm_scores_refuses_a_record_copy_before_evaluating_anything(tmp_path, m
     assert not out.exists()
 
 
+def test_dwm_scores_writes_no_row_a_concurrent_command_wrote(tmp_path, monkeypatch):
+    dwm_scores = _script("dwm_scores")
+    run = tmp_path / "hopper-medium__baseline-rebrac__ab12cd34" / "seed_0"
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text(json.dumps({"policy": {"normalized_mean": 40.0}}))
+    out = tmp_path / "o.jsonl"
+    theirs = {"run": str(run), "actor": "policy", "lr": 1e-6, "options": [], "actors": [],
+              "without": 40.0, "with": 41.0}  # fmt: skip
+    calls = []
+
+    def evaluate(run, lr, *args):  # at 1e-6 the other command appends its row meanwhile
+        calls.append(lr)
+        if lr == 1e-6:
+            out.write_text(json.dumps(theirs) + "\n")
+        return {"file": "f", "seconds": 1.0,
+                "policy": {"normalized_mean": 42.0, "normalized_std": 1.0}}  # fmt: skip
+
+    monkeypatch.setattr(dwm_scores, "evaluate", evaluate)
+    argv = ["dwm_scores.py", "--runs", str(run), "--lrs", "1e-6,1e-5", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    dwm_scores.main()
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["lr"], r["with"]) for r in rows] == [(1e-6, 41.0), (1e-5, 42.0)]  # 1e-6: theirs
+    assert calls == [1e-6, 1e-5]
+    monkeypatch.setattr(dwm_scores, "evaluate", lambda *a: pytest.fail("evaluated it again"))
+    dwm_scores.main()  # both rows on file: a rerun evaluates nothing
+
+
 def test_gtp_acting_table_averages_each_sampler_over_seeds():
     gtp_acting = _script("gtp_acting")
     run = "/o/hopper-medium__qov-pe-gjs-mpc-gtp__ab12cd34/seed_{}"

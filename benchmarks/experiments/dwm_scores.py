@@ -27,6 +27,8 @@ tuning seed, evaluated at one step size, is then reported at it as "not tuned".
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import re
 import subprocess
@@ -47,6 +49,22 @@ def evaluate(run: Path, lr: float, actors: list[str], extra: list[str]) -> dict:
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     path = Path(next(line for line in out.splitlines() if line.startswith("scores: "))[8:])
     return {"file": str(path), "seconds": time.perf_counter() - t0, **json.loads(path.read_text())}
+
+
+def _key(row: dict) -> tuple:
+    return row["run"], row["lr"], tuple(row["options"]), tuple(row["actors"])
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Hold an exclusive lock on ``OUT.lock`` (concurrent commands appending to one file)."""
+    with open(f"{out}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in out.read_text().splitlines() if x] if out.is_file() else []
 
 
 def _where(run: str) -> tuple[str, str, int]:
@@ -127,11 +145,6 @@ def main() -> None:
         ap.error("--runs and --lrs are required (or --table)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out.is_file():
-        for line in out.read_text().splitlines():
-            row = json.loads(line)
-            done.add((row["run"], row["lr"], tuple(row["options"]), tuple(row["actors"])))
     missing = [str(r) for r in map(Path, args.runs) if not (r / "eval.json").is_file()]
     if missing:  # checked before any evaluation starts
         ap.error(
@@ -141,8 +154,10 @@ def main() -> None:
     for run in map(Path, args.runs):
         plain = json.loads((run / "eval.json").read_text())
         for lr in (float(x) for x in args.lrs.split(",")):
-            if (str(run), lr, tuple(args.set), tuple(args.actor)) in done:
-                continue
+            key = (str(run), lr, tuple(args.set), tuple(args.actor))
+            with _locked(out):  # read now: another command may have evaluated it meanwhile
+                if key in set(map(_key, _rows(out))):
+                    continue
             scores = evaluate(run, lr, args.actor, args.set)
             for actor, result in scores.items():
                 if actor in ("file", "seconds"):
@@ -160,8 +175,11 @@ def main() -> None:
                     "seconds": scores["seconds"],
                     "file": scores["file"],
                 }
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                with _locked(out):
+                    if (_key(row), actor) in {(_key(r), r["actor"]) for r in _rows(out)}:
+                        continue  # written by a concurrent command while this one evaluated
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
                 print(f"{run} {actor} lr={lr:g}: {row['without']:.1f} -> {row['with']:.1f} "
                       f"({scores['seconds']:.0f} s)", flush=True)  # fmt: skip
 
