@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,8 @@ __all__ = [
     "safe_load",
     "load_component",
     "load_state_checked",
+    "set_aside",
+    "is_set_aside",
 ]
 
 
@@ -50,6 +53,29 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+#: What a set-aside copy's name ends with (:func:`set_aside`): a reason, then a generation.
+_SET_ASIDE_NAME = re.compile(r"\.(corrupt|stale|replaced)(\.\d+)?$")
+
+
+def set_aside(path: str | Path, suffix: str) -> Path:
+    """Rename ``path`` to ``<path><suffix>`` (``.corrupt``, ``.stale`` or ``.replaced``) and
+    return the new path; when that copy exists, to ``<path><suffix>.2``, ``.3``, ...: a file
+    set aside is never overwritten, so the first one (the original) stays ``<path><suffix>``."""
+    path = Path(path)
+    if not _SET_ASIDE_NAME.search(suffix):
+        raise ValueError(f"set_aside: suffix {suffix!r} is not .corrupt, .stale or .replaced")
+    target, n = path.with_name(path.name + suffix), 2
+    while target.exists():
+        target, n = path.with_name(f"{path.name}{suffix}.{n}"), n + 1
+    path.replace(target)
+    return target
+
+
+def is_set_aside(name: str) -> bool:
+    """Whether a file name is a copy made by :func:`set_aside`."""
+    return _SET_ASIDE_NAME.search(name) is not None
 
 
 def _jsonable(x: Any) -> Any:

@@ -26,7 +26,7 @@ from ipd_plugins.augment import augment
 from ipd_plugins.curve import stage_curve, with_curve
 from ipd_plugins.data.dataset import TrajectoryDataset
 from ipd_plugins.evaluate import CallableActor, score
-from ipd_plugins.files import atomic_write_text, write_json
+from ipd_plugins.files import atomic_write_text, set_aside, write_json
 from ipd_plugins.hardware import resolve_device, resolve_precision, set_threads
 from ipd_plugins.provenance import run_meta
 from ipd_plugins.run_config import RUN_KINDS, RunConfig, RunSettings, changed_options, curve_key
@@ -467,13 +467,14 @@ def run_pipeline(
 
     ``retrain``: stages (of :data:`STAGES`) to train again even when cached; the stages made
     from them retrain if their inputs changed (:class:`~ipd_plugins.stages.StageCache`), and
-    the run's earlier ``results.json`` is kept as ``results.json.replaced``.
+    the run's earlier ``results.json`` is kept as ``results.json.replaced`` (``.replaced.2``,
+    ... after later retrainings: :func:`~ipd_plugins.files.set_aside`).
     """
     t_start = time.perf_counter()
     check_stages(retrain)
     results_file = cfg.run_dir / "results.json"
     if retrain and results_file.exists():
-        results_file.replace(results_file.with_name("results.json.replaced"))
+        set_aside(results_file, ".replaced")
     replay = results_file.exists()  # of a finished run: its own time only
     threads = set_threads(cfg.run.threads)
     run = cfg.run

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ipd_plugins.files import write_json
+from ipd_plugins.files import is_set_aside, set_aside, write_json
 from ipd_plugins.training import checkpoint_seconds, seed_everything
 from registry.protocols import Logger
 
@@ -488,16 +488,13 @@ def _checkpoint(path: Path) -> bool:
     return path.name.endswith("train_state.pt")
 
 
-_SET_ASIDE = (".corrupt", ".stale", ".replaced")
-
-
 def _set_aside(folder: Path, suffix: str) -> None:
     """Rename a stage folder's artifacts and ``done.json`` to ``*<suffix>`` (kept, never
     deleted): ``.corrupt`` (unusable), ``.stale`` (made from other inputs) or ``.replaced``
-    (retrained on request)."""
+    (retrained on request); earlier copies are kept too (:func:`~ipd_plugins.files.set_aside`)."""
     for path in folder.iterdir():  # not the lock file the caller holds (a dotfile)
-        if path.is_file() and not path.name.endswith(_SET_ASIDE) and path.name[0] != ".":
-            path.replace(path.with_name(path.name + suffix))
+        if path.is_file() and not is_set_aside(path.name) and path.name[0] != ".":
+            set_aside(path, suffix)
 
 
 def _digest(artifacts: dict[str, str]) -> str:
@@ -511,4 +508,4 @@ def _digest(artifacts: dict[str, str]) -> str:
 def _scratch(path: Path) -> bool:
     """Files that are not the artifact: set-aside copies, temporaries, resume checkpoints."""
     name = path.name
-    return name.endswith((*_SET_ASIDE, ".tmp")) or name.startswith(".") or _checkpoint(path)
+    return is_set_aside(name) or name.endswith(".tmp") or name.startswith(".") or _checkpoint(path)

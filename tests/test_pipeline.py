@@ -272,3 +272,8 @@ def test_retrain_trains_a_cached_stage_again_and_keeps_what_it_replaces(store, t
     assert (results.parent / "results.json.replaced").read_bytes() == before
     new = json.loads(results.read_text())
     assert new["scores"] == json.loads(before)["scores"] and not new["stage_reused"]["value"]
+    second = results.read_bytes()
+    assert _run(out, "--retrain", "value").exit_code == 0  # again: the first copies stay
+    assert (results.parent / "results.json.replaced").read_bytes() == before
+    assert (results.parent / "results.json.replaced.2").read_bytes() == second
+    assert (folder / "done.json.replaced.2").exists() and not (folder / "done.json.2").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ipd_plugins.files import atomic_save, safe_load
+from ipd_plugins.files import atomic_save, is_set_aside, safe_load, set_aside
 from ipd_plugins.stages import CurveLogger, StageCache, _digest, wall_seconds
 from ipd_plugins.training import Checkpointer
 
@@ -169,6 +169,21 @@ def test_a_key_with_the_same_content_reuses_the_other_keys_folder(tmp_path):
         "policy", "k4", fresh, fresh.fit, seed=7, content=lambda: "c3"
     )
     assert not rec.reused and rec.key == "k4" and fresh.fits == 1
+
+
+def test_set_aside_never_overwrites_an_earlier_copy(tmp_path):
+    path = tmp_path / "weights.pt"
+    for generation in (b"first", b"second", b"third"):
+        path.write_bytes(generation)
+        set_aside(path, ".replaced")
+    assert not path.exists()
+    assert (tmp_path / "weights.pt.replaced").read_bytes() == b"first"  # the original
+    assert (tmp_path / "weights.pt.replaced.2").read_bytes() == b"second"
+    assert (tmp_path / "weights.pt.replaced.3").read_bytes() == b"third"
+    assert is_set_aside("weights.pt.replaced.3") and is_set_aside("done.json.stale")
+    assert not is_set_aside("weights.pt") and not is_set_aside("replaced.pt")
+    with pytest.raises(ValueError, match="'.old' is not .corrupt, .stale or .replaced"):
+        set_aside(tmp_path / "weights.pt.replaced", ".old")
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])

@@ -56,8 +56,8 @@ def summarise_seeds(all_results: list[dict[str, Any]]) -> None:
     "--retrain",
     metavar="STAGE,...",
     help="train these stages again although cached (value, world_model, augment, policy; e.g. "
-    "after changing a component's code): their folders are set aside as *.replaced, and the "
-    "stages made from them retrain if their inputs changed",
+    "after changing a component's code): their files are set aside as *.replaced (never "
+    "overwritten), and the stages made from them retrain if their inputs changed",
 )
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def run(
