@@ -55,8 +55,10 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
 
 
-#: What a set-aside copy's name ends with (:func:`set_aside`): a reason, then a generation.
-_SET_ASIDE_NAME = re.compile(r"\.(corrupt|stale|replaced)(\.\d+)?$")
+#: Why a file was set aside (:func:`set_aside`): unusable, made from other inputs, retrained.
+SET_ASIDE_REASONS = (".corrupt", ".stale", ".replaced")
+#: A set-aside copy's name ends with a reason, then maybe a generation.
+_SET_ASIDE_NAME = re.compile(f"({'|'.join(map(re.escape, SET_ASIDE_REASONS))})(\\.\\d+)?$")
 
 
 def set_aside(path: str | Path, suffix: str) -> Path:
@@ -64,7 +66,7 @@ def set_aside(path: str | Path, suffix: str) -> Path:
     return the new path; when that copy exists, to ``<path><suffix>.2``, ``.3``, ...: a file
     set aside is never overwritten, so the first one (the original) stays ``<path><suffix>``."""
     path = Path(path)
-    if not _SET_ASIDE_NAME.search(suffix):
+    if suffix not in SET_ASIDE_REASONS:
         raise ValueError(f"set_aside: suffix {suffix!r} is not .corrupt, .stale or .replaced")
     target, n = path.with_name(path.name + suffix), 2
     while target.exists():
