@@ -175,6 +175,33 @@ def test_resolve_dataset_makes_a_known_name_first(minari_store, monkeypatch):
         resolve_dataset("pendulum-hard")
 
 
+def test_a_dataset_another_process_is_making_is_waited_for_not_made_twice(
+    minari_store, monkeypatch
+):
+    """Two runs that need a dataset not made yet: the second waits on the first's lock and
+    loads what it made (before, it made the dataset too and failed on the existing id)."""
+    import threading
+
+    from minari.storage import get_dataset_path
+
+    from ipd_plugins.data import make
+    from ipd_plugins.data.minari_io import to_minari
+    from ipd_plugins.stages import stage_lock
+
+    made, loaded = [], []
+    monkeypatch.setattr(make, "make_dataset", lambda name, **kw: made.append(name))
+    mid = make.dataset_id("pendulum-medium")
+    with make.making(mid), make.making(mid):  # reentrant in one process
+        pass
+    path = get_dataset_path(mid)
+    with stage_lock(path.parent / f".{path.name}.making.lock"):  # the other process makes it
+        second = threading.Thread(target=lambda: loaded.append(resolve_dataset(mid, echo=print)))
+        second.start()
+        to_minari(make.generate("pendulum-medium", n_steps=400, seed=0), mid)
+    second.join(timeout=60)
+    assert made == [] and loaded[0].n_steps == 400
+
+
 def test_resolve_dataset_passes_the_options_to_files(tmp_path):
     arrays = _hopper_arrays()
     del arrays["timeouts"], arrays["terminals"]

@@ -28,9 +28,11 @@ one batched actor call per step.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -64,6 +66,7 @@ __all__ = [
     "pendulum_policy",
     "generate",
     "make_dataset",
+    "making",
     "store_size",
     "makeable",
 ]
@@ -340,6 +343,30 @@ def generate(
     )
 
 
+_MAKING: set[str] = set()  # the ids whose lock this process holds (:func:`making`)
+
+
+@contextlib.contextmanager
+def making(dataset_id_: str) -> Iterator[None]:
+    """Hold the lock of making ``dataset_id_`` in the local Minari store (a dotfile beside it):
+    another process making it is waited for, so two runs that need a dataset not made yet make
+    it once and neither reads it half-written. Reentrant within a process."""
+    from minari.storage import get_dataset_path
+
+    from ipd_plugins.stages import stage_lock
+
+    if dataset_id_ in _MAKING:
+        yield
+        return
+    path = get_dataset_path(dataset_id_)
+    with stage_lock(path.parent / f".{path.name}.making.lock"):
+        _MAKING.add(dataset_id_)
+        try:
+            yield
+        finally:
+            _MAKING.discard(dataset_id_)
+
+
 def make_dataset(
     name: str,
     *,
@@ -350,31 +377,33 @@ def make_dataset(
 ) -> str:
     """Generate ``name`` and write it into the local Minari store; returns its Minari id.
 
-    An existing dataset is kept (and its id returned) unless ``overwrite``.
+    An existing dataset is kept (and its id returned) unless ``overwrite``; one that another
+    process is making is waited for, then kept (:func:`making`).
     """
     from ipd_plugins.data.minari_io import minari_local_ids, to_minari
 
     spec = _spec(name)
-    if spec.dataset_id in minari_local_ids() and not overwrite:
-        return spec.dataset_id
-    ds = generate(name, n_steps=steps, seed=seed, progress=progress)
-    returns = ds.episode_returns()
-    description = (
-        f"ipd '{name}' ({spec.env_id}): {ds.n_episodes} episodes, {ds.n_steps} steps, seed "
-        f"{seed}, mean return {returns.mean():.1f}. Made by `ipd data make {name}`; "
-        + (
+    with making(spec.dataset_id):
+        if spec.dataset_id in minari_local_ids() and not overwrite:
+            return spec.dataset_id
+        ds = generate(name, n_steps=steps, seed=seed, progress=progress)
+        summary = (
+            f"ipd '{name}' ({spec.env_id}): {ds.n_episodes} episodes, {ds.n_steps} steps, seed "
+            f"{seed}, mean return {ds.episode_returns().mean():.1f}. Made by `ipd data make "
+            f"{name}`; "
+        )
+        source = (
             "scripted swing-up controller with random actions."
             if spec.family == "pendulum"
             else "SAC behaviour snapshots shipped in ipd_plugins/assets/behavior."
         )
-    )
-    to_minari(
-        ds,
-        spec.dataset_id,
-        algorithm_name=f"ipd-{spec.family}-{spec.kind}",
-        description=description,
-        overwrite=overwrite,
-    )
+        to_minari(
+            ds,
+            spec.dataset_id,
+            algorithm_name=f"ipd-{spec.family}-{spec.kind}",
+            description=summary + source,
+            overwrite=overwrite,
+        )
     return spec.dataset_id
 
 

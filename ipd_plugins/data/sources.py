@@ -109,9 +109,10 @@ def resolve_dataset(
         name = source if source in catalogue.CATALOGUE else by_id.get(source)
         if name is not None:
             dataset_id = catalogue.dataset_id(name)
-            if dataset_id not in minari_local_ids():
-                echo(f"[data] {dataset_id} is not in the local Minari store: making it")
-                catalogue.make_dataset(name)
+            with catalogue.making(dataset_id):  # another process making it: wait for it
+                if dataset_id not in minari_local_ids():
+                    echo(f"[data] {dataset_id} is not in the local Minari store: making it")
+                    catalogue.make_dataset(name)
             source = dataset_id
     return load_dataset(
         source, env_id=env_id, clip_actions=clip_actions, episode_length=episode_length
