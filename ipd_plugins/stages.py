@@ -62,6 +62,7 @@ __all__ = [
     "CurveLogger",
     "file_sha256",
     "stage_lock",
+    "try_lock",
     "wall_seconds",
 ]
 
@@ -94,6 +95,26 @@ def stage_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterato
         finally:
             if fcntl is not None:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def try_lock(path: Path) -> Iterator[bool]:
+    """Try to hold an exclusive lock on ``path`` (created if missing) without waiting; yields
+    whether it got it (the lock is held until the ``with`` block ends)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        if fcntl is None:
+            yield True
+            return
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class CurveLogger:

@@ -3,6 +3,7 @@ does nothing, a killed worker retried to the same result, a sweep across a 2-nod
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -271,6 +272,48 @@ def test_reproduce_trains_a_recorded_run_again_and_keeps_the_record(store, tmp_p
     bare.write_text(yaml.safe_dump({k: v for k, v in data.items() if k != "record"}))
     got = CliRunner().invoke(main, ["sweep", str(bare), "--reproduce", "--serial"])
     assert got.exit_code == 2 and "bare.yaml names no record" in got.output, got.output
+
+
+def test_two_serial_sweeps_split_the_trials_by_claiming_run_folders(tmp_path, monkeypatch):
+    """A trial whose run folder another process claims is put off while another can run; found
+    finished by that process later, it is not run again; when only claimed trials are left, the
+    first is waited for and, if that process died without finishing it, run here."""
+    from ipd_plugins.stages import stage_lock
+    from ipd_plugins.sweep import engine
+    from ipd_plugins.sweep.spec import Trial
+
+    out = tmp_path / "runs"
+    config = {"run": {"out_dir": str(out)}}
+    trials = [
+        Trial(i, f"m{i}", "ipd", "d", 0, config, str(out / f"m{i}__0" / "seed_0"))
+        for i in (1, 2, 3)
+    ]
+    other = {i: contextlib.ExitStack() for i in (1, 3)}  # the other process runs trials 1 and 3
+    for i, claim in other.items():
+        claim.enter_context(stage_lock(Path(trials[i - 1].run_dir) / engine.CLAIM))
+    ran, lines = [], []
+
+    def write_results(t: Trial) -> None:
+        (Path(t.run_dir) / "results.json").write_text(json.dumps({"scores": {}}))
+
+    def run_trial(t: Trial, echo, progress) -> None:
+        ran.append(t.index)
+        if t.index == 2:  # meanwhile the other process finishes trial 1
+            write_results(trials[0])
+            other[1].close()
+        write_results(t)
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if "m3, d, seed 0: another process is running it; waiting for it" in line:
+            other[3].close()  # ... and dies on trial 3 without finishing it
+
+    monkeypatch.setattr(engine, "run_trial", run_trial)
+    outcomes = engine.run_trials(trials, executor="serial", echo=echo)
+    assert ran == [2, 3], lines
+    assert [o.status for o in outcomes] == ["done", "finished", "finished"]
+    assert any("m1, d, seed 0: finished by another process" in x for x in lines), lines
+    assert any("waiting for it" in x for x in lines), lines
 
 
 def test_the_score_table_spec_is_the_72_runs_of_scores_py():

@@ -44,7 +44,10 @@ same path on every node of a cluster), as must the datasets (``MINARI_DATASETS_P
 files): a worker whose dataset differs from the one the sweep planned with fails saying so.
 
 The executor ``serial`` runs the same trials one after another in this process, without Ray
-(``ipd ablate`` uses it, as does ``ipd sweep --serial``).
+(``ipd ablate`` uses it, as does ``ipd sweep --serial``). Each trial holds a claim on its run
+folder while it runs, so two ``ipd sweep --serial`` of one spec (one per core, say) split its
+trials: each skips the trial the other is running and runs the next one nobody runs
+(:func:`~ipd_plugins.sweep.engine._run_serial`); trials that share a stage still wait for it.
 
 Modules: ``spec`` (the spec and its trials), ``trials`` (one trial: stage keys, running it,
 its outcome), ``engine`` (:func:`describe`, the serial executor, :func:`run_sweep`),

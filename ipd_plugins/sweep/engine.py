@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -223,6 +224,10 @@ def run_trials(
     return [outcomes[t.index] for t in trials]
 
 
+#: A serial trial's claim on its run folder: held while this process runs the trial.
+CLAIM = ".trial.lock"
+
+
 def _run_serial(
     todo: list[Trial],
     outcomes: dict[int, TrialOutcome],
@@ -231,30 +236,67 @@ def _run_serial(
     echo: Echo,
     progress: bool,
 ) -> None:
+    """One trial after another, each under a claim on its run folder (:data:`CLAIM`). A trial
+    another process is running (a second ``ipd sweep --serial`` on the same ``out``) is put
+    off while a trial nobody runs is left, then waited for; if that process finished it, it is
+    not run again (and if that process died, it resumes here)."""
+    from ipd_plugins.stages import stage_lock, try_lock
+
     prefix = counter.prefix
-    for t in todo:
-        echo(f"{prefix} {t.title} -> {t.run_dir}")
-        t0 = time.perf_counter()
-        try:
-            run_trial(t, echo=echo, progress=progress)
-            results = Path(t.run_dir) / "results.json"
-            note = finish_trial(t, results, record)
-        except Exception as err:  # a trial's own failure: reported, the others go on
-            counter.failed += 1
-            outcomes[t.index] = TrialOutcome(
-                t, "failed", error=f"{type(err).__name__}: {_first_line(err)}", exception=err
-            )
-            echo(f"{prefix} {t.title}: failed: {type(err).__name__}: {_first_line(err)}")
-        else:
-            counter.done += 1
-            counter.finished_now += 1
-            seconds = time.perf_counter() - t0
-            outcomes[t.index] = TrialOutcome(
-                t, "finished", results=str(results), seconds=seconds, against_record=note
-            )
-            if note:
-                echo(f"{prefix} {t.title}: {note}")
+    pending = list(todo)
+    while pending:
+        with contextlib.ExitStack() as claims:
+            free = (t for t in pending if claims.enter_context(try_lock(_claim(t))))
+            t = next(free, None)
+            if t is None:  # every trial left is another process's: wait for the first
+                t = pending[0]
+                echo(f"{prefix} {t.title}: another process is running it; waiting for it")
+                claims.enter_context(stage_lock(_claim(t)))
+            pending.remove(t)
+            _serial_trial(t, outcomes, counter, record, echo, progress)
         counter.show(0, force=True)
+
+
+def _claim(t: Trial) -> Path:
+    return Path(t.run_dir) / CLAIM
+
+
+def _serial_trial(
+    t: Trial,
+    outcomes: dict[int, TrialOutcome],
+    counter: _Progress,
+    record: str | None,
+    echo: Echo,
+    progress: bool,
+) -> None:
+    prefix = counter.prefix
+    results = Path(t.run_dir) / "results.json"
+    if results.is_file():  # another process finished it while this one ran others
+        note = finish_trial(t, results, record)
+        counter.done += 1
+        outcomes[t.index] = TrialOutcome(t, "done", results=str(results), against_record=note)
+        echo(f"{prefix} {t.title}: finished by another process ({t.run_dir})" + _also(note))
+        return
+    echo(f"{prefix} {t.title} -> {t.run_dir}")
+    t0 = time.perf_counter()
+    try:
+        run_trial(t, echo=echo, progress=progress)
+        note = finish_trial(t, results, record)
+    except Exception as err:  # a trial's own failure: reported, the others go on
+        counter.failed += 1
+        outcomes[t.index] = TrialOutcome(
+            t, "failed", error=f"{type(err).__name__}: {_first_line(err)}", exception=err
+        )
+        echo(f"{prefix} {t.title}: failed: {type(err).__name__}: {_first_line(err)}")
+    else:
+        counter.done += 1
+        counter.finished_now += 1
+        seconds = time.perf_counter() - t0
+        outcomes[t.index] = TrialOutcome(
+            t, "finished", results=str(results), seconds=seconds, against_record=note
+        )
+        if note:
+            echo(f"{prefix} {t.title}: {note}")
 
 
 def _also(note: str | None) -> str:
