@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ipd_plugins.stages import stage_lock, try_lock
 from ipd_plugins.sweep.spec import (
     STAGE_ORDER,
     Echo,
@@ -240,8 +241,6 @@ def _run_serial(
     another process is running (a second ``ipd sweep --serial`` on the same ``out``) is put
     off while a trial nobody runs is left, then waited for; if that process finished it, it is
     not run again (and if that process died, it resumes here)."""
-    from ipd_plugins.stages import stage_lock, try_lock
-
     prefix = counter.prefix
     pending = list(todo)
     while pending:
