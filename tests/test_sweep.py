@@ -316,6 +316,29 @@ def test_two_serial_sweeps_split_the_trials_by_claiming_run_folders(tmp_path, mo
     assert any("waiting for it" in x for x in lines), lines
 
 
+def test_a_serial_trial_that_fails_is_reported_and_the_next_runs(tmp_path, monkeypatch):
+    from ipd_plugins.sweep import engine
+    from ipd_plugins.sweep.spec import Trial
+
+    out = tmp_path / "runs"
+    config = {"run": {"out_dir": str(out)}}
+    trials = [
+        Trial(i, f"m{i}", "ipd", "d", 0, config, str(out / f"m{i}__0" / "seed_0")) for i in (1, 2)
+    ]
+
+    def run_trial(t: Trial, echo, progress) -> None:
+        if t.index == 1:
+            raise ValueError("diverged\nat step 3")
+        (Path(t.run_dir) / "results.json").write_text(json.dumps({"scores": {}}))
+
+    monkeypatch.setattr(engine, "run_trial", run_trial)
+    lines: list[str] = []
+    outcomes = engine.run_trials(trials, executor="serial", echo=lines.append)
+    assert [o.status for o in outcomes] == ["failed", "finished"]
+    assert outcomes[0].error == "ValueError: diverged"
+    assert "[sweep] m1, d, seed 0: failed: ValueError: diverged" in lines
+
+
 def test_the_score_table_spec_is_the_72_runs_of_scores_py():
     spec = load_spec(ROOT / "benchmarks" / "experiments" / "scores.yaml")
     trials = expand(spec)

@@ -242,6 +242,35 @@ def _run_serial(
     off while a trial nobody runs is left, then waited for; if that process finished it, it is
     not run again (and if that process died, it resumes here)."""
     prefix = counter.prefix
+
+    def run_one(t: Trial) -> None:
+        results = Path(t.run_dir) / "results.json"
+        if results.is_file():  # another process finished it while this one ran others
+            note = finish_trial(t, results, record)
+            counter.done += 1
+            outcomes[t.index] = TrialOutcome(t, "done", results=str(results), against_record=note)
+            echo(f"{prefix} {t.title}: finished by another process ({t.run_dir})" + _also(note))
+            return
+        echo(f"{prefix} {t.title} -> {t.run_dir}")
+        t0 = time.perf_counter()
+        try:
+            run_trial(t, echo=echo, progress=progress)
+            note = finish_trial(t, results, record)
+        except Exception as err:  # a trial's own failure: reported, the others go on
+            counter.failed += 1
+            error = f"{type(err).__name__}: {_first_line(err)}"
+            outcomes[t.index] = TrialOutcome(t, "failed", error=error, exception=err)
+            echo(f"{prefix} {t.title}: failed: {error}")
+        else:
+            counter.done += 1
+            counter.finished_now += 1
+            seconds = time.perf_counter() - t0
+            outcomes[t.index] = TrialOutcome(
+                t, "finished", results=str(results), seconds=seconds, against_record=note
+            )
+            if note:
+                echo(f"{prefix} {t.title}: {note}")
+
     pending = list(todo)
     while pending:
         with contextlib.ExitStack() as claims:
@@ -252,50 +281,12 @@ def _run_serial(
                 echo(f"{prefix} {t.title}: another process is running it; waiting for it")
                 claims.enter_context(stage_lock(_claim(t)))
             pending.remove(t)
-            _serial_trial(t, outcomes, counter, record, echo, progress)
+            run_one(t)
         counter.show(0, force=True)
 
 
 def _claim(t: Trial) -> Path:
     return Path(t.run_dir) / CLAIM
-
-
-def _serial_trial(
-    t: Trial,
-    outcomes: dict[int, TrialOutcome],
-    counter: _Progress,
-    record: str | None,
-    echo: Echo,
-    progress: bool,
-) -> None:
-    prefix = counter.prefix
-    results = Path(t.run_dir) / "results.json"
-    if results.is_file():  # another process finished it while this one ran others
-        note = finish_trial(t, results, record)
-        counter.done += 1
-        outcomes[t.index] = TrialOutcome(t, "done", results=str(results), against_record=note)
-        echo(f"{prefix} {t.title}: finished by another process ({t.run_dir})" + _also(note))
-        return
-    echo(f"{prefix} {t.title} -> {t.run_dir}")
-    t0 = time.perf_counter()
-    try:
-        run_trial(t, echo=echo, progress=progress)
-        note = finish_trial(t, results, record)
-    except Exception as err:  # a trial's own failure: reported, the others go on
-        counter.failed += 1
-        outcomes[t.index] = TrialOutcome(
-            t, "failed", error=f"{type(err).__name__}: {_first_line(err)}", exception=err
-        )
-        echo(f"{prefix} {t.title}: failed: {type(err).__name__}: {_first_line(err)}")
-    else:
-        counter.done += 1
-        counter.finished_now += 1
-        seconds = time.perf_counter() - t0
-        outcomes[t.index] = TrialOutcome(
-            t, "finished", results=str(results), seconds=seconds, against_record=note
-        )
-        if note:
-            echo(f"{prefix} {t.title}: {note}")
 
 
 def _also(note: str | None) -> str:
