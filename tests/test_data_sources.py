@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -200,6 +202,19 @@ def test_a_dataset_another_process_is_making_is_waited_for_not_made_twice(
         to_minari(make.generate("pendulum-medium", n_steps=400, seed=0), mid)
     second.join(timeout=60)
     assert made == [] and loaded[0].n_steps == 400
+
+    # a store this user cannot write (a shared one): read without the lock
+    def read_only(real):
+        def call(self, *args, **kwargs):
+            if self.name.endswith(".making.lock"):
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self, *args, **kwargs)
+
+        return call
+
+    for method in ("touch", "open"):
+        monkeypatch.setattr(Path, method, read_only(getattr(Path, method)))
+    assert resolve_dataset(mid).content_hash() == loaded[0].content_hash() and made == []
 
 
 def test_resolve_dataset_passes_the_options_to_files(tmp_path):

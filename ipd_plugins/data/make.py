@@ -350,16 +350,23 @@ _MAKING: set[str] = set()  # the ids whose lock this process holds (:func:`makin
 def making(dataset_id_: str) -> Iterator[None]:
     """Hold the lock of making ``dataset_id_`` in the local Minari store (a dotfile beside it):
     another process making it is waited for, so two runs that need a dataset not made yet make
-    it once and neither reads it half-written. Reentrant within a process."""
+    it once and neither reads it half-written. Reentrant within a process; no lock in a store
+    this user cannot write (nothing can be made there)."""
     from minari.storage import get_dataset_path
 
     from ipd_plugins.stages import stage_lock
 
-    if dataset_id_ in _MAKING:
+    path = get_dataset_path(dataset_id_)
+    lock = path.parent / f".{path.name}.making.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+    except OSError:  # a read-only store (shared, say): readers only
+        lock = None
+    if dataset_id_ in _MAKING or lock is None:
         yield
         return
-    path = get_dataset_path(dataset_id_)
-    with stage_lock(path.parent / f".{path.name}.making.lock"):
+    with stage_lock(lock):
         _MAKING.add(dataset_id_)
         try:
             yield
