@@ -62,7 +62,6 @@ __all__ = [
     "CurveLogger",
     "file_sha256",
     "stage_lock",
-    "try_lock",
     "wall_seconds",
 ]
 
@@ -79,28 +78,11 @@ def file_sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def stage_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing); ``on_wait`` if we must wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        if fcntl is not None:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def try_lock(path: Path) -> Iterator[bool]:
-    """Try to hold an exclusive lock on ``path`` (created if missing) without waiting; yields
-    whether it got it (the lock is held until the ``with`` block ends)."""
+def stage_lock(
+    path: Path, on_wait: Callable[[], None] | None = None, wait: bool = True
+) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path`` (created if missing); ``on_wait`` if we must wait.
+    ``wait=False``: do not wait for a lock another process holds; yields whether it got it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         if fcntl is None:
@@ -109,8 +91,12 @@ def try_lock(path: Path) -> Iterator[bool]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield True
         finally:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ipd_plugins.stages import stage_lock, try_lock
+from ipd_plugins.stages import stage_lock
 from ipd_plugins.sweep.spec import (
     STAGE_ORDER,
     Echo,
@@ -274,7 +274,7 @@ def _run_serial(
     pending = list(todo)
     while pending:
         with contextlib.ExitStack() as claims:
-            free = (t for t in pending if claims.enter_context(try_lock(_claim(t))))
+            free = (t for t in pending if claims.enter_context(stage_lock(_claim(t), wait=False)))
             t = next(free, None)
             if t is None:  # every trial left is another process's: wait for the first
                 t = pending[0]
