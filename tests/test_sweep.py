@@ -217,6 +217,35 @@ def test_a_sweep_across_a_two_node_cluster(swept, tmp_path):
         )
 
 
+def test_a_ray_trial_another_sweep_finished_meanwhile_is_not_run_again(
+    swept, tmp_path, monkeypatch
+):
+    """A Ray task runs its trial under the trial's claim: one that another sweep on the same
+    out finished after this sweep was planned is reported done, its results kept, not trained
+    again (the serial executor's test above covers the waiting)."""
+    from ipd_plugins.sweep import engine
+
+    out, _, _ = swept
+    new = tmp_path / "runs"
+    _copy_shared_stages(out, new)
+    spec = load_spec(_spec(tmp_path, new, {"mpc": MPC}))
+    (trial,) = expand(spec)
+    finished = Path(trial.run_dir) / "results.json"
+    finished.parent.mkdir(parents=True)
+    shutil.copy(_results(out)["mpc"]["_dir"] / "results.json", finished)
+    before = finished.read_bytes()
+    monkeypatch.setattr(engine, "find_finished", lambda *a, **k: None)  # planned: not finished
+    lines: list[str] = []
+    (outcome,) = run_sweep(spec, num_cpus=1, echo=lines.append).outcomes
+    assert outcome.status == "done", lines
+    assert any(
+        "mpc, pendulum-medium-replay, seed 0: finished by another process" in x for x in lines
+    )
+    assert finished.read_bytes() == before
+    (log,) = (new / "sweeps" / "grid" / "logs").glob("trial-*.log")
+    assert "[policy]" not in log.read_text()
+
+
 def test_reproduce_trains_a_recorded_run_again_and_keeps_the_record(store, tmp_path):
     """A run whose folder was lost is only in the record: `--reproduce` trains it again into
     --out, says whether the scores are the record's, and never replaces the record's copy."""
@@ -281,6 +310,7 @@ def test_two_serial_sweeps_split_the_trials_by_claiming_run_folders(tmp_path, mo
     from ipd_plugins.stages import stage_lock
     from ipd_plugins.sweep import engine
     from ipd_plugins.sweep.spec import Trial
+    from ipd_plugins.sweep.trials import claim_path
 
     out = tmp_path / "runs"
     config = {"run": {"out_dir": str(out)}}
@@ -290,7 +320,7 @@ def test_two_serial_sweeps_split_the_trials_by_claiming_run_folders(tmp_path, mo
     ]
     other = {i: contextlib.ExitStack() for i in (1, 3)}  # the other process runs trials 1 and 3
     for i, claim in other.items():
-        claim.enter_context(stage_lock(Path(trials[i - 1].run_dir) / engine.CLAIM))
+        claim.enter_context(stage_lock(claim_path(trials[i - 1])))
     ran, lines = [], []
 
     def write_results(t: Trial) -> None:

@@ -48,6 +48,8 @@ The executor ``serial`` runs the same trials one after another in this process, 
 folder while it runs, so two ``ipd sweep --serial`` of one spec (one per core, say) split its
 trials: each skips the trial the other is running and runs the next one nobody runs
 (:func:`~ipd_plugins.sweep.engine._run_serial`); trials that share a stage still wait for it.
+A Ray task takes the same claim (waiting for it, a CPU of the cluster idle meanwhile), so a
+trial another sweep on the same ``out`` finished is not run twice.
 
 Modules: ``spec`` (the spec and its trials), ``trials`` (one trial: stage keys, running it,
 its outcome), ``engine`` (:func:`describe`, the serial executor, :func:`run_sweep`),

@@ -26,6 +26,7 @@ from ipd_plugins.sweep.trials import (
     _Progress,
     _shared,
     _stage_keys,
+    claim_path,
     finish_trial,
     run_trial,
 )
@@ -225,10 +226,6 @@ def run_trials(
     return [outcomes[t.index] for t in trials]
 
 
-#: A serial trial's claim on its run folder: held while this process runs the trial.
-CLAIM = ".trial.lock"
-
-
 def _run_serial(
     todo: list[Trial],
     outcomes: dict[int, TrialOutcome],
@@ -237,10 +234,11 @@ def _run_serial(
     echo: Echo,
     progress: bool,
 ) -> None:
-    """One trial after another, each under a claim on its run folder (:data:`CLAIM`). A trial
-    another process is running (a second ``ipd sweep --serial`` on the same ``out``) is put
-    off while a trial nobody runs is left, then waited for; if that process finished it, it is
-    not run again (and if that process died, it resumes here)."""
+    """One trial after another, each under a claim on its run folder
+    (:data:`~ipd_plugins.sweep.trials.CLAIM`). A trial another process is running (a second
+    ``ipd sweep``, serial or on Ray, on the same ``out``) is put off while a trial nobody runs
+    is left, then waited for; if that process finished it, it is not run again (and if that
+    process died, it resumes here)."""
     prefix = counter.prefix
 
     def run_one(t: Trial) -> None:
@@ -271,22 +269,21 @@ def _run_serial(
             if note:
                 echo(f"{prefix} {t.title}: {note}")
 
+    def claimed(t: Trial, claims: contextlib.ExitStack) -> bool:  # if no other process has
+        return claims.enter_context(stage_lock(claim_path(t), wait=False))
+
     pending = list(todo)
     while pending:
         with contextlib.ExitStack() as claims:
-            free = (t for t in pending if claims.enter_context(stage_lock(_claim(t), wait=False)))
+            free = (t for t in pending if claimed(t, claims))
             t = next(free, None)
             if t is None:  # every trial left is another process's: wait for the first
                 t = pending[0]
                 echo(f"{prefix} {t.title}: another process is running it; waiting for it")
-                claims.enter_context(stage_lock(_claim(t)))
+                claims.enter_context(stage_lock(claim_path(t)))
             pending.remove(t)
             run_one(t)
         counter.show(0, force=True)
-
-
-def _claim(t: Trial) -> Path:
-    return Path(t.run_dir) / CLAIM
 
 
 def _also(note: str | None) -> str:

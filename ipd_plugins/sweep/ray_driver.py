@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ipd_plugins.stages import stage_lock
 from ipd_plugins.sweep.spec import SHARED_STAGES, STAGE_ORDER, Echo, Trial, _first_line
 from ipd_plugins.sweep.trials import (
     TrialOutcome,
@@ -15,6 +17,7 @@ from ipd_plugins.sweep.trials import (
     _Progress,
     _shared,
     _stage_keys,
+    claim_path,
     finish_trial,
     run_trial,
 )
@@ -116,12 +119,17 @@ def _stage_task(
 
 
 def _trial_task(trial: Trial, ctx: dict[str, Any], monitor: Any, *deps: Any) -> dict[str, Any]:
-    """Run one trial (its shared stages, ``deps``, are made: it reuses them)."""
+    """Run one trial (its shared stages, ``deps``, are made: it reuses them), under its claim
+    (:func:`~ipd_plugins.sweep.trials.claim_path`): if another sweep on the same ``out`` is
+    running it, wait, and if that one finished it, return its results without running it."""
     echo, node = _enter(ctx, monitor)
     t0 = time.perf_counter()
-    results = run_trial(trial, echo=echo, progress=False)
     path = Path(trial.run_dir) / "results.json"
-    against_record = finish_trial(trial, path, ctx.get("record"))
+    waiting = "another process is running this trial; waiting for it"
+    with stage_lock(claim_path(trial), on_wait=lambda: echo(waiting)):
+        by_other = path.is_file()  # finished since the sweep was planned
+        results = json.loads(path.read_text()) if by_other else run_trial(trial, echo=echo)
+        against_record = finish_trial(trial, path, ctx.get("record"))
     note = None
     seen = results.get("dataset", {}).get("hash")
     if ctx.get("data_hash") and seen != ctx["data_hash"]:
@@ -138,6 +146,7 @@ def _trial_task(trial: Trial, ctx: dict[str, Any], monitor: Any, *deps: Any) -> 
         "score": score.get("normalized_mean", score.get("mean_return")),
         "note": note,
         "against_record": against_record,
+        "by_other": by_other,
     }
 
 
@@ -374,6 +383,13 @@ class _RayDriver:
         t: Trial = item
         self.ended.add(_trial_name(t))
         self.counter.done += 1
+        also = f"; {value['against_record']}" if value.get("against_record") else ""
+        if value.get("by_other"):  # another sweep on this out ran it (its claim was waited for)
+            self.outcomes[t.index] = TrialOutcome(
+                t, "done", results=value["results"], against_record=value.get("against_record")
+            )
+            self.echo(f"{self.prefix} {t.title}: finished by another process ({t.run_dir})" + also)
+            return True
         self.counter.finished_now += 1
         self.outcomes[t.index] = TrialOutcome(
             t,
@@ -389,7 +405,7 @@ class _RayDriver:
             f"{self.prefix} {t.title}: finished, score "
             + ("-" if score is None else f"{score:.1f}")
             + f" ({_duration(value['seconds'])}, node {value['node'][:8]})"
-            + (f"; {value['against_record']}" if value.get("against_record") else "")
+            + also
         )
         return True
 

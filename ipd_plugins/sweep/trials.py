@@ -154,6 +154,16 @@ def score_change(before: dict[str, Any], after: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+#: A trial's claim on its run folder, held while a process runs the trial (a serial sweep or a
+#: Ray task): a second sweep on the same ``out`` does not run it again.
+CLAIM = ".trial.lock"
+
+
+def claim_path(trial: Trial) -> Path:
+    """The lock file of ``trial``'s claim (:data:`CLAIM`)."""
+    return Path(trial.run_dir) / CLAIM
+
+
 def run_trial(trial: Trial, echo: Echo = print, progress: bool = False) -> dict[str, Any]:
     """Run (resume, reuse) one trial in this process; returns its ``results.json`` content."""
     if trial.method == "ipd":
