@@ -48,6 +48,7 @@ __all__ = [
     "to_markdown",
     "paired_changes",
     "paired_markdown",
+    "per_seed_markdown",
     "bar_chart",
     "line_chart",
     "dataset_label",
@@ -389,6 +390,28 @@ def paired_markdown(records: Sequence[RunRecord], against: str, order: Sequence[
         pooled = [v for d in datasets for v in per.get(d, {}).values()]
         cells = [cell(list(per.get(d, {}).values())) for d in datasets]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {cell(pooled)} |")
+    return "\n".join(lines) + "\n"
+
+
+def per_seed_markdown(records: Sequence[RunRecord], order: Sequence[str] = ()) -> str:
+    """Every run's score: a row per (dataset, seed), a column per method (``order`` first),
+    ``-`` where a method has no run; two runs of one label and seed are both shown."""
+    found = sorted({r.label for r in records})
+    labels = [m for m in order if m in found] + [m for m in found if m not in order]
+    scores: dict[tuple[str, int, str], list[float]] = {}
+    for r in records:
+        scores.setdefault((r.dataset, r.seed, r.label), []).append(r.score)
+    lines = [
+        "Every run, seed by seed:",
+        "",
+        "| dataset | seed | " + " | ".join(labels) + " |",
+        "|---|---:|" + "---:|" * len(labels),
+    ]
+    for d, seed in sorted({(r.dataset, r.seed) for r in records}):
+        cells = [
+            " / ".join(f"{v:.1f}" for v in scores.get((d, seed, m), [])) or "-" for m in labels
+        ]
+        lines.append(f"| {d} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

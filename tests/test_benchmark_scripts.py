@@ -172,6 +172,8 @@ def test_table_keeps_one_column_per_method_and_says_how_complete_it_is(tmp_path)
     assert "| hopper-medium | +15.0 (+15.3) |" in text
     assert "| IPD ahead on | 1 of 1 |" in text
     assert "| IPD ahead on, (dataset, seed) pairs | 1 of 1 |" in text  # seed 0: 40 against 30
+    # every run, seed by seed, the two IPD hashes in one column
+    assert "| hopper-medium | 0 | 40.0 | 30.0 |\n| hopper-medium | 1 | 50.0 | - |\n" in text
     # the same (dataset, method, seed) twice is refused, naming both records
     _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__dddddddd", 1, 55.0)
     with pytest.raises(ValueError, match="ipd hopper-medium seed 1 is recorded twice"):

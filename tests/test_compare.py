@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,30 @@ def test_against_pairs_each_method_with_the_base_on_the_same_seed(runs, tmp_path
     assert "| iql | -19.0 ± 9.0 (n=3) | -19.0 ± 9.0 (n=3) |" in md.read_text()
     result = CliRunner().invoke(main, ["compare", str(runs), "--out", str(md), "--against", "x"])
     assert result.exit_code == 2 and "no run labelled 'x'" in result.output
+
+
+def test_every_run_is_listed_seed_by_seed_with_gaps_and_repeats(runs, tmp_path):
+    again = tmp_path / "again" / "hopper-medium__baseline-iql__cccc3333"
+    shutil.copytree(runs / again.name / "seed_1", again / "seed_1")  # the same run, twice
+    md = tmp_path / "e.md"
+    args = ["compare", str(runs), str(again.parent), "--out", str(md), "--every-run"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert md.read_text().endswith(
+        """Every run, seed by seed:
+
+| dataset | seed | ipd | iql |
+|---|---:|---:|---:|
+| hopper-medium | 0 | 50.0 | 40.0 |
+| hopper-medium | 1 | 60.0 | 41.0 / 41.0 |
+| hopper-medium | 2 | 70.0 | 42.0 |
+| walker2d-medium | 0 | 80.0 | - |
+| walker2d-medium | 1 | 90.0 | - |
+| walker2d-medium | 2 | 100.0 | - |
+"""
+    )
+    plain = ["compare", str(runs), "--out", str(tmp_path / "plain.md")]
+    assert "Every run" not in CliRunner().invoke(main, plain).output
 
 
 def test_labels_name_swapped_components_and_never_pool_different_configs(tmp_path):

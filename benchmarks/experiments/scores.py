@@ -46,6 +46,7 @@ from ipd_plugins.compare import (
     RunRecord,
     load_records,
     paired_changes,
+    per_seed_markdown,
     summarise,
     to_markdown,
 )
@@ -393,6 +394,8 @@ def write_table(
             if len(done) < planned_runs
             else ""
         ),
+        "",
+        per_seed_markdown(records, methods).rstrip("\n"),
         "",
         "Wall time per method (training of all stages, reused cache stages counted at their "
         "original cost; evaluation excluded). Wall-clock seconds of one torch thread, on a 2-core "

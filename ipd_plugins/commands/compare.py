@@ -38,8 +38,9 @@ __all__ = ["compare", "ablate"]
     metavar="LABEL",
     help="also a table of every method's change against this one, seed by seed (e.g. ipd)",
 )
+@click.option("--every-run", is_flag=True, help="also a table of every run's score, seed by seed")
 @debug_option
-def compare(runs, out_file, actor, reps, seed, title, against) -> None:
+def compare(runs, out_file, actor, reps, seed, title, against, every_run) -> None:
     """Table of normalised scores of finished runs: per dataset and method, and IQM with CIs.
 
     RUNS are run folders, seed folders, whole --out folders or globs (quote them to let ipd
@@ -52,11 +53,13 @@ def compare(runs, out_file, actor, reps, seed, title, against) -> None:
       ipd compare runs/                       # everything under runs/
       ipd compare 'runs/hopper-medium__*' --out hopper.md
       ipd compare runs/ --against ipd         # + each method's paired change against ipd
+      ipd compare runs/ --every-run           # + every run's score, a row per dataset and seed
     """
     from ipd_plugins.compare import (
         bar_chart,
         load_records,
         paired_markdown,
+        per_seed_markdown,
         summarise,
         to_markdown,
     )
@@ -65,9 +68,11 @@ def compare(runs, out_file, actor, reps, seed, title, against) -> None:
         records = load_records(runs, actor=actor)
         cmp = summarise(records, reps=reps, seed=seed, order=["ipd"])
         text = to_markdown(cmp, title)
+        order = [m.label for m in cmp.methods]
         if against:
-            order = [m.label for m in cmp.methods]
             text += "\n" + paired_markdown(records, against, order)
+        if every_run:
+            text += "\n" + per_seed_markdown(records, order)
     click.echo(text)
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
