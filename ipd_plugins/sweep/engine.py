@@ -269,7 +269,8 @@ def _run_serial(
             if note:
                 echo(f"{prefix} {t.title}: {note}")
 
-    def claimed(t: Trial, claims: contextlib.ExitStack) -> bool:  # if no other process has
+    def claimed(t: Trial, claims: contextlib.ExitStack) -> bool:
+        """Claim ``t`` unless another process holds it; the claim lasts as long as ``claims``."""
         return claims.enter_context(stage_lock(claim_path(t), wait=False))
 
     pending = list(todo)
