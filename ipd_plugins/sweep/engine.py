@@ -22,6 +22,7 @@ from ipd_plugins.sweep.spec import (
 from ipd_plugins.sweep.trials import (
     SweepResult,
     TrialOutcome,
+    _also,
     _duration,
     _Progress,
     _shared,
@@ -285,10 +286,6 @@ def _run_serial(
             pending.remove(t)
             run_one(t)
         counter.show(0, force=True)
-
-
-def _also(note: str | None) -> str:
-    return f"; {note}" if note else ""
 
 
 # -- the command's engine ----------------------------------------------------------------------

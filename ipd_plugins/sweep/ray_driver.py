@@ -13,6 +13,7 @@ from ipd_plugins.stages import stage_lock
 from ipd_plugins.sweep.spec import SHARED_STAGES, STAGE_ORDER, Echo, Trial, _first_line
 from ipd_plugins.sweep.trials import (
     TrialOutcome,
+    _also,
     _duration,
     _Progress,
     _shared,
@@ -383,7 +384,7 @@ class _RayDriver:
         t: Trial = item
         self.ended.add(_trial_name(t))
         self.counter.done += 1
-        also = f"; {value['against_record']}" if value.get("against_record") else ""
+        also = _also(value.get("against_record"))
         if value.get("by_other"):  # another sweep on this out ran it (its claim was waited for)
             self.outcomes[t.index] = TrialOutcome(
                 t, "done", results=value["results"], against_record=value.get("against_record")

@@ -159,6 +159,11 @@ def score_change(before: dict[str, Any], after: dict[str, Any]) -> str:
 CLAIM = ".trial.lock"
 
 
+def _also(note: str | None) -> str:
+    """``"; note"``, or nothing: a note appended to a trial's line."""
+    return f"; {note}" if note else ""
+
+
 def claim_path(trial: Trial) -> Path:
     """The lock file of ``trial``'s claim (:data:`CLAIM`)."""
     return Path(trial.run_dir) / CLAIM
