@@ -147,11 +147,11 @@ def sweep(
         progress_seconds=progress_seconds,
         reproduce=reproduce,
     )
-    now, earlier = result.count("finished"), result.count("done")
+    now, done = result.count("finished"), result.count("done")
     bad = [o for o in result.outcomes if o.status in ("failed", "invalid")]
     waiting = result.count("not run")
     click.echo(
-        f"{len(result.outcomes)} trials: {now} finished now, {earlier} earlier, {len(bad)} failed"
+        f"{len(result.outcomes)} trials: {now} finished now, {done} already done, {len(bad)} failed"
         + (f", {waiting} not run" if collect else "")
     )
     for o in bad:

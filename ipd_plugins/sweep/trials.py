@@ -39,8 +39,8 @@ def _shared(keys: dict[int, dict[str, str]]) -> dict[tuple[str, str], list[int]]
 # -- outcomes ----------------------------------------------------------------------------------
 @dataclass
 class TrialOutcome:
-    """What became of a trial: ``done`` (earlier), ``finished`` (now), ``failed``, ``invalid``,
-    ``cancelled`` or ``not run`` (``ipd sweep --collect``)."""
+    """What became of a trial: ``done`` (before this sweep, or by another process meanwhile),
+    ``finished`` (now), ``failed``, ``invalid``, ``cancelled`` or ``not run`` (``--collect``)."""
 
     trial: Trial
     status: str
