@@ -174,6 +174,15 @@ def test_table_keeps_one_column_per_method_and_says_how_complete_it_is(tmp_path)
     assert "| IPD ahead on, (dataset, seed) pairs | 1 of 1 |" in text  # seed 0: 40 against 30
     # every run, seed by seed, the two IPD hashes in one column
     assert "| hopper-medium | 0 | 40.0 | 30.0 |\n| hopper-medium | 1 | 50.0 | - |\n" in text
+    # IQL's seed 1 gives ipd and iql the same cells: their IQMs compare, the plan is not done
+    _record(record, "hopper-medium__baseline-iql__cccccccc", 1, 32.0, baseline="iql")
+    text = scores.write_table(str(record), "runs/x", "default", table, 50, ("ipd", "iql"))
+    assert "Recorded: 4 of the 36 planned runs" in text
+    assert "Every method has the same 2 (dataset, seed) cells, so their IQMs compare" in text
+    assert "compare them row by row" not in text
+    # with DT planned too (no run yet), the cells differ again
+    text = scores.write_table(str(record), "runs/x", "default", table, 50, ("ipd", "dt", "iql"))
+    assert "compare them row by row" in text
     # the same (dataset, method, seed) twice is refused, naming both records
     _record(record, "hopper-medium__qov-pe-gjs-mpc-ipd-dt__dddddddd", 1, 55.0)
     with pytest.raises(ValueError, match="ipd hopper-medium seed 1 is recorded twice"):

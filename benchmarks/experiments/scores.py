@@ -384,16 +384,24 @@ def write_table(
         ]
         for d, scores in sorted(qop.items()):
             lines.append(f"| {d} | {ipd[d][0]:.1f} | {np.mean(scores):.1f} | {len(scores)} |")
+    cells = {m: {(d, s) for d, label, s in done if label == m} for m in methods}
+    same_cells = len({frozenset(c) for c in cells.values()}) == 1
+    if len(done) == planned_runs:
+        completeness = ""
+    elif same_cells:
+        completeness = (
+            f" Every method has the same {len(cells[methods[0]])} (dataset, seed) cells, so"
+            " their IQMs compare, though not yet over every planned seed."
+        )
+    else:
+        completeness = (
+            " Until every cell has its runs, the methods' IQMs cover different datasets and"
+            " seeds: compare them row by row, not by IQM."
+        )
     lines += [
         "",
         f"Recorded: {len(done)} of the {planned_runs} planned runs ({len(DATASETS)} datasets x "
-        f"{len(seeds)} seeds x {len(methods)} methods); cells with no run: {empty}."
-        + (
-            " Until every cell has its runs, the methods' IQMs cover different datasets and"
-            " seeds: compare them row by row, not by IQM."
-            if len(done) < planned_runs
-            else ""
-        ),
+        f"{len(seeds)} seeds x {len(methods)} methods); cells with no run: {empty}." + completeness,
         "",
         per_seed_markdown(records, methods).rstrip("\n"),
         "",
