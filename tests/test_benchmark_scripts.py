@@ -767,29 +767,29 @@ def test_lanes_requeue_puts_the_runs_in_flight_before_the_rest_of_the_queue(tmp_
     assert again.returncode == 2 and "exists; not overwritten" in again.stderr
 
 
-def test_table_v2_queue_has_a_line_for_each_missing_trial_and_dwm_row(
-    tmp_path, monkeypatch, capsys
-):
-    """Every (dataset, seed) with a trial left gets a sweep line (the short baselines their own
-    too), chained with the `dwm` rows it lacks; a recorded run without its row and without its
-    folder is trained again with --reproduce."""
+def _table_v2_queue_lines(queue, tmp_path, monkeypatch, capsys, record: Path, rows: Path):
+    """The queue's lines for ``record`` and ``rows``, checked against what they lack: every
+    (dataset, seed) with a trial left gets a sweep line (the short baselines their own too),
+    chained with the `dwm` rows it lacks; a recorded run without its row and without its folder
+    is trained again with --reproduce. Returns the lines' (full, short, again) sets."""
     import dataclasses
     import re
 
     from ipd_plugins.sweep import expand, find_finished, load_spec
 
-    queue = _script("table_v2_queue")
     wt, out = tmp_path / "wt", tmp_path / "runs"
-    monkeypatch.setattr(sys, "argv", ["q", "--worktree", str(wt), "--out", str(out)])
+    argv = ["q", "--worktree", str(wt), "--out", str(out), "--record", str(record)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--dwm-rows", str(rows)])
     monkeypatch.chdir(tmp_path)
     queue.main()
-    lines = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
     spec = load_spec(BENCHMARKS / "experiments" / "table_v2.yaml")
-    spec = dataclasses.replace(spec, out=str(out), record=str(BENCHMARKS.parent / spec.record))
+    spec = dataclasses.replace(spec, out=str(out), record=str(record))
     trials = [t for t in expand(spec) if t.error is None]
     left = {(t.seed, t.dataset, t.label) for t in trials if find_finished(t, spec.record) is None}
-    rows = [json.loads(x) for x in queue.DWM_ROWS.read_text().splitlines() if x.strip()]
-    rowed = {(Path(r["run"]).parent.name, Path(r["run"]).name) for r in rows}
+    have = [json.loads(x) for x in rows.read_text().splitlines() if x.strip()]
+    rowed = {(Path(r["run"]).parent.name, Path(r["run"]).name) for r in have}
     no_row = {
         (t.seed, t.dataset, t.label)
         for t in trials
@@ -812,7 +812,47 @@ def test_table_v2_queue_has_a_line_for_each_missing_trial_and_dwm_row(
             folder = Path(run)
             label = "rebrac" if "baseline-rebrac" in folder.parent.name else "ipd"
             dwm.append((int(folder.name[5:]), folder.parent.name.split("__")[0], label))
+        assert f"--out {rows} " in line or "dwm_scores.py" not in line, line
     assert full == {(s, d) for s, d, m in left if m not in ("iql", "td3+bc")}
     assert short == {(s, d) for s, d, m in left if m in ("iql", "td3+bc")}
     assert again == no_row - left  # recorded, and no folder under the fresh --out
     assert sorted(dwm) == sorted(no_row)  # each missing row once, after its run
+    assert bool(lines) != ("nothing left" in printed.err)
+    return full, short, again
+
+
+def test_table_v2_queue_has_a_line_for_each_missing_trial_and_dwm_row(
+    tmp_path, monkeypatch, capsys
+):
+    """On the checkout's record as it stands, and on a copy lacking an `ipd` run (and its row),
+    an IQL run, and the `dwm` row of a recorded ReBRAC run."""
+    import dataclasses
+    import shutil
+
+    from ipd_plugins.sweep import expand, find_finished, load_spec
+
+    queue = _script("table_v2_queue")
+    record = BENCHMARKS / "results" / "table_v2_runs"
+    _table_v2_queue_lines(queue, tmp_path, monkeypatch, capsys, record, queue.DWM_ROWS)
+
+    trimmed, rows = tmp_path / "record", tmp_path / "rows.jsonl"
+    shutil.copytree(record, trimmed)
+    spec = load_spec(BENCHMARKS / "experiments" / "table_v2.yaml")
+    spec = dataclasses.replace(spec, record=str(trimmed))
+    trials = {(t.seed, t.dataset, t.label): t for t in expand(spec) if t.error is None}
+    gone = [trials[10, "hopper-medium", "ipd"], trials[11, "walker2d-medium", "iql"]]
+    for t in gone:
+        done = find_finished(t, spec.record)
+        if done is not None:
+            shutil.rmtree(done.parent)
+    unrowed = {Path(trials[12, "halfcheetah-medium", "rebrac"].run_dir).parent.name}
+    unrowed.add(Path(gone[0].run_dir).parent.name)
+    kept = [
+        x
+        for x in queue.DWM_ROWS.read_text().splitlines()
+        if x.strip() and Path(json.loads(x)["run"]).parent.name not in unrowed
+    ]
+    rows.write_text("\n".join(kept) + "\n")
+    full, short, again = _table_v2_queue_lines(queue, tmp_path, monkeypatch, capsys, trimmed, rows)
+    assert (10, "hopper-medium") in full and (11, "walker2d-medium") in short
+    assert (12, "halfcheetah-medium", "rebrac") in again

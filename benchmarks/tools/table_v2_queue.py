@@ -20,7 +20,8 @@ seed by seed, in that order.
     python benchmarks/tools/table_v2_queue.py --worktree /work/wt22 > /work/q/queue.txt
     benchmarks/tools/lanes.sh /work/q/queue.txt laneA laneB
 
-Run it from the checkout whose record is current (after ``ipd sweep ... --collect``).
+Run it from the checkout whose record is current (after ``ipd sweep ... --collect``). When
+nothing is left it prints no line and says so on stderr.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 from ipd_plugins.sweep import Trial, expand, find_finished, load_spec
@@ -52,12 +54,17 @@ def main() -> None:
     ap.add_argument("--out", default="/work/runs/table_v2", help="run folders + stage cache")
     ap.add_argument("--venv", default=os.environ.get("VIRTUAL_ENV", "/work/venv"))
     ap.add_argument("--minari", default=os.environ.get("MINARI_DATASETS_PATH", "/work/minari"))
+    ap.add_argument("--record", type=Path, help="finished runs (default: the spec's record)")
+    ap.add_argument("--dwm-rows", type=Path, default=DWM_ROWS, help="the `dwm` rows (jsonl)")
     args = ap.parse_args()
     wt, out = Path(args.worktree).resolve(), str(Path(args.out).resolve())
+    record, rows_file = args.record and args.record.resolve(), args.dwm_rows.resolve()
     os.chdir(ROOT)  # the spec's record is relative to the checkout
     spec = dataclasses.replace(load_spec(ROOT / SPEC), out=out)
+    if record:
+        spec = dataclasses.replace(spec, record=str(record))
     trials = [t for t in expand(spec) if t.error is None]
-    rows = [json.loads(x) for x in DWM_ROWS.read_text().splitlines() if x.strip()]
+    rows = [json.loads(x) for x in rows_file.read_text().splitlines() if x.strip()]
     have = {(Path(r["run"]).parent.name, Path(r["run"]).name, r["actor"]) for r in rows}
 
     env = f". {args.venv}/bin/activate && export PYTHONPATH={wt} MINARI_DATASETS_PATH={args.minari}"
@@ -69,8 +76,9 @@ def main() -> None:
     def dwm(t: Trial) -> str:
         actor = ADAPTED[t.label]
         return (
-            f"python {wt}/benchmarks/experiments/dwm_scores.py --out {DWM_ROWS} --runs {t.run_dir} "
-            f"--lrs {DWM_LR[actor][t.dataset]}" + (" --actor qop" if actor == "qop" else "")
+            f"python {wt}/benchmarks/experiments/dwm_scores.py --out {rows_file} "
+            f"--runs {t.run_dir} --lrs {DWM_LR[actor][t.dataset]}"
+            + (" --actor qop" if actor == "qop" else "")
         )
 
     pending: dict[tuple[int, str], list[Trial]] = {}
@@ -97,7 +105,10 @@ def main() -> None:
             if any(t.label not in SHORT for t in ts):
                 chained = [dwm(t) for t in ts if t.label in ADAPTED]
                 lines.append(" && ".join([sweep(seed, dataset), *chained]))
-    print("\n".join(lines))
+    if lines:
+        print("\n".join(lines))
+    else:
+        print(f"nothing left: every trial of {SPEC} and `dwm` row is recorded", file=sys.stderr)
 
 
 if __name__ == "__main__":
