@@ -86,7 +86,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "world_model": {"n_steps": 10_000, "hidden": 200, "n_hidden": 3},
         # max_share 0.1: the segments' share of hopper-medium's runs in the score table (9%),
         # now also on small datasets, where eq. 21 alone made it 64% and cost ipd-dt 25 points
-        # on 5 hopper episodes (benchmarks/results/small_data.md)
+        # on 5 hopper episodes (benchmarks/results/small_data.md). Uncapped on the tuning seeds
+        # 0-2 (`no cap`, benchmarks/results/variants.md): -4.2 over 6 pairs, +5.4 on
+        # halfcheetah-medium-replay and -13.7 on hopper-medium-replay (below on every seed).
         "augment": {"n_aug": 1.0, "max_episodes": 100, "max_share": 0.1},
         # The policy is eq. 26's ipd-dt (V(s) tokens, MSE + alpha Q term), kept over the variants
         # tried on the tuning seeds 0-2 of hopper-medium, hopper-medium-replay and
