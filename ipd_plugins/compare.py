@@ -346,6 +346,16 @@ def to_markdown(cmp: Comparison, title: str = "Scores") -> str:
         lines.append(
             f"| {m.label} | {m.iqm:.1f} | {m.ci_text()} | {m.n_runs} | {m.train_minutes:.1f} |"
         )
+    n = len(cmp.datasets)
+    partial = [f"`{m.label}` {len(m.cells)} of {n}" for m in cmp.methods if len(m.cells) < n]
+    if partial:
+        lines += [
+            "",
+            f"Not like for like: some methods ran on fewer of the {n} datasets ("
+            + ", ".join(partial)
+            + "), and an IQM pools only its method's datasets; compare those per dataset, "
+            "or seed by seed with `--against`.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -146,6 +146,8 @@ IQM over runs, 95% stratified bootstrap CI (500 replicates, seed 0):
 |---|---:|---:|---:|---:|
 | ipd | 75.0 | [{ci_ipd[0]:.1f}, {ci_ipd[1]:.1f}] | 6 | 2.0 |
 | iql | 41.0 | [{ci_iql[0]:.1f}, {ci_iql[1]:.1f}] | 3 | 0.5 |
+
+Not like for like: some methods ran on fewer of the 2 datasets (`iql` 1 of 2), and an IQM pools only its method's datasets; compare those per dataset, or seed by seed with `--against`.
 """  # noqa: E501
     assert md.read_text() == expected
     assert expected in result.output
@@ -229,6 +231,7 @@ def test_labels_name_swapped_components_and_never_pool_different_configs(tmp_pat
     # one run per dataset: the bootstrap's interval is the IQM itself, so none is printed
     assert not any(m.has_ci for m in cmp.methods)
     assert "| ipd[planner=greedy] | 1.0 | - (1 run per dataset) | 1 |" in to_markdown(cmp)
+    assert "Not like for like" not in to_markdown(cmp)  # every method on the one dataset
 
 
 def test_mixing_normalised_and_raw_scores_is_refused(tmp_path):
